@@ -1,0 +1,133 @@
+//! The typed facts a source emits about one service.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::host::HostPattern;
+
+/// How a service spreads requests over its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    /// Weighted round robin (smooth interleaving, as nginx does).
+    #[default]
+    RoundRobin,
+    /// Power of two random choices by in-flight requests.
+    LeastRequests,
+    /// Consistent hashing of the client address.
+    IpHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// One upstream address of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetSpec {
+    pub scheme: Scheme,
+    /// Host name or IP literal, as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Relative share of requests under weighted policies; at least 1.
+    pub weight: u32,
+}
+
+impl TargetSpec {
+    /// `host:port`, with brackets around IPv6 literals: the form of a Host header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!("{scheme}://{}", self.authority())
+    }
+}
+
+/// Upstream timeouts of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection establishment; past it the next target is tried.
+    #[serde(with = "duration_ms")]
+    pub connect: Duration,
+    /// From the request being sent to the response head arriving; past it: 504.
+    #[serde(with = "duration_ms")]
+    pub response_header: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    #[serde(with = "duration_ms")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+/// Everything a source says about one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Which source said so ("file", later "deploy" and "drove:<namespace>").
+    pub source: String,
+    pub hosts: Vec<HostPattern>,
+    /// Requests whose path starts with this prefix (on a segment boundary); `/` is all.
+    pub path_prefix: String,
+    /// Remove `path_prefix` from the path before forwarding.
+    pub strip_prefix: bool,
+    pub targets: Vec<TargetSpec>,
+    pub balance: BalancePolicy,
+    pub timeouts: Timeouts,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_size: Option<u64>,
+    /// Speak HTTP/2 to the targets (needed for gRPC).
+    pub upstream_http2: bool,
+    /// Verify the certificates of `https://` targets.
+    pub tls_verify: bool,
+    /// How many further targets to try when a connection cannot be made.
+    pub retries: u32,
+}
+
+impl ServiceSpec {
+    /// A service with the defaults every source starts from.
+    pub fn new(name: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            source: source.into(),
+            hosts: Vec::new(),
+            path_prefix: "/".to_string(),
+            strip_prefix: false,
+            targets: Vec::new(),
+            balance: BalancePolicy::default(),
+            timeouts: Timeouts::default(),
+            max_body_size: None,
+            upstream_http2: false,
+            tls_verify: true,
+            retries: 2,
+        }
+    }
+}

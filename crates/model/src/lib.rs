@@ -1,0 +1,16 @@
+//! Gatehouse's routing model.
+//!
+//! Every source (the static file today; deploys and Drove later) describes where
+//! applications are as [`ServiceSpec`] facts. [`RouteTable::build`] merges them into one
+//! immutable snapshot with a generation number; engines read snapshots and never mutate
+//! them, so a route change is a pointer swap. This crate does no I/O.
+
+mod balance;
+mod facts;
+mod host;
+mod table;
+
+pub use balance::{Balancer, PickContext};
+pub use facts::{BalancePolicy, Scheme, ServiceSpec, TargetSpec, Timeouts};
+pub use host::{normalize_host, HostPattern, HostPatternError};
+pub use table::{BuildError, Route, RouteTable, Service, Target};
