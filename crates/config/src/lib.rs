@@ -1,1 +1,107 @@
+//! Gatehouse's configuration file.
+//!
+//! The file is TOML and a superset of drove-gateway's `nixy.toml`: keys that file already
+//! has keep their names and meaning. [`load`] turns it into a validated [`Config`]; every
+//! problem is reported as `FILE:LINE:COL: what is wrong`. Its `[[services]]` are the static
+//! source of routes, handed to the model as [`gatehouse_model::ServiceSpec`] facts.
 
+mod deferred;
+mod diagnostic;
+mod file;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gatehouse_model::ServiceSpec;
+use serde::Serialize;
+
+pub use diagnostic::{ConfigError, Diagnostic};
+pub use units::{parse_duration, parse_size};
+
+/// Which engine carries the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyPlatform {
+    Native,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file it came from (relative paths inside it are resolved against its folder).
+    pub origin: PathBuf,
+    pub admin: AdminSettings,
+    pub log_level: String,
+    /// Value of the `X-Proxy` response header; the host name when unset.
+    pub xproxy: Option<String>,
+    pub proxy_platform: ProxyPlatform,
+    /// Worker threads of the native proxy; all cores when unset.
+    pub workers: Option<usize>,
+    pub listeners: Vec<ListenerSpec>,
+    pub services: Vec<ServiceSpec>,
+    /// Things worth a log line that do not stop the file from loading.
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    /// Bearer token required by mutating endpoints.
+    pub token: Option<Secret>,
+}
+
+/// A value never printed or returned: `Debug` and `Serialize` show it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    /// Certificates offered by SNI; the first is the default. Empty means plain HTTP.
+    pub tls_certificates: Vec<CertificatePaths>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificatePaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates configuration text that came from `origin`.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    validate::parse(text, origin)
+}

@@ -1,0 +1,555 @@
+//! File types -> validated [`Config`], collecting every problem with its position.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use gatehouse_model::{
+    BalancePolicy, BuildError, HostPattern, RouteTable, Scheme, ServiceSpec, TargetSpec,
+};
+use toml::de::{DeTable, Deserializer};
+use toml::Spanned;
+
+use crate::deferred::DEFERRED_KEYS;
+use crate::diagnostic::{ConfigError, Diagnostic};
+use crate::file::{FileBalance, FileConfig, FileListener, FileService, FileTarget, NumberOrText};
+use crate::units::{parse_duration, parse_size};
+use crate::{AdminSettings, CertificatePaths, Config, ListenerSpec, ProxyPlatform, Secret};
+
+const DEFAULT_ADMIN_PORT: u16 = 6000;
+const MAX_WEIGHT: i64 = 1000;
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+struct Checker<'a> {
+    origin: &'a Path,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::at(self.origin, self.text, span, message));
+    }
+
+    fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.warnings
+            .push(Diagnostic::at(self.origin, self.text, span, message));
+    }
+
+    /// Paths in the file are relative to the file's folder.
+    fn resolve(&self, path: &str) -> PathBuf {
+        let dir = self.origin.parent().unwrap_or(Path::new(""));
+        dir.join(path)
+    }
+}
+
+pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        origin,
+        text,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut root = DeTable::parse(text).map_err(|e| invalid(&c, e.span(), e.message()))?;
+    for (key, owner) in DEFERRED_KEYS {
+        if let Some((k, _)) = root.get_mut().remove_entry(*key) {
+            c.warn(
+                Some(k.span()),
+                format!("`{key}` belongs to {owner}, which this build does not have yet; ignored"),
+            );
+        }
+    }
+    let file: FileConfig = serde::Deserialize::deserialize(Deserializer::from(root))
+        .map_err(|e| invalid(&c, e.span(), e.message()))?;
+    let config = convert(&mut c, file);
+    if c.errors.is_empty() {
+        let mut config = config;
+        config.warnings = c.warnings;
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(c.errors))
+    }
+}
+
+fn invalid(c: &Checker<'_>, span: Option<Range<usize>>, message: &str) -> ConfigError {
+    ConfigError::Invalid(vec![Diagnostic::at(
+        c.origin,
+        c.text,
+        span,
+        message.trim_end(),
+    )])
+}
+
+fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
+    let admin_ip = match &file.address {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(a) => match a.get_ref().trim() {
+            "" => {
+                c.warn(
+                    Some(a.span()),
+                    "empty `address`: the admin API listens on all interfaces",
+                );
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            text => text.parse().unwrap_or_else(|_| {
+                c.error(
+                    Some(a.span()),
+                    format!("`address` must be an IP address, not `{text}`"),
+                );
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }),
+        },
+    };
+    let admin_port = match &file.port {
+        None => DEFAULT_ADMIN_PORT,
+        Some(p) => port_number(p.get_ref()).unwrap_or_else(|| {
+            c.error(
+                Some(p.span()),
+                "`port` must be a port number from 1 to 65535",
+            );
+            DEFAULT_ADMIN_PORT
+        }),
+    };
+    let log_level = match &file.loglevel {
+        None => "info".to_string(),
+        Some(l) if LOG_LEVELS.contains(&l.get_ref().to_ascii_lowercase().as_str()) => {
+            l.get_ref().to_ascii_lowercase()
+        }
+        Some(l) => {
+            c.warn(
+                Some(l.span()),
+                format!(
+                    "unknown `loglevel` `{}`; using info (one of {})",
+                    l.get_ref(),
+                    LOG_LEVELS.join(", ")
+                ),
+            );
+            "info".to_string()
+        }
+    };
+    let proxy_platform = match &file.proxy_platform {
+        None => ProxyPlatform::Native,
+        Some(p) => match p.get_ref().as_str() {
+            "native" => ProxyPlatform::Native,
+            "nginx" | "haproxy" => {
+                c.error(Some(p.span()), format!("`proxy_platform = \"{}\"`: that engine is not in this build yet; use \"native\"", p.get_ref()));
+                ProxyPlatform::Native
+            }
+            other => {
+                c.error(Some(p.span()), format!("unknown `proxy_platform` `{other}`; expected \"native\", \"nginx\" or \"haproxy\""));
+                ProxyPlatform::Native
+            }
+        },
+    };
+    let workers = file
+        .workers
+        .as_ref()
+        .and_then(|w| match usize::try_from(*w.get_ref()) {
+            Ok(n @ 1..=1024) => Some(n),
+            _ => {
+                c.error(Some(w.span()), "`workers` must be from 1 to 1024");
+                None
+            }
+        });
+    let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
+    let listeners = listeners(c, file.listeners);
+    let services = services(c, file.services);
+    if !services.is_empty() && listeners.is_empty() {
+        c.warn(
+            None,
+            "services are defined but no [[listeners]]: nothing will accept their traffic",
+        );
+    }
+    Config {
+        origin: c.origin.to_path_buf(),
+        admin: AdminSettings {
+            address: SocketAddr::new(admin_ip, admin_port),
+            token,
+        },
+        log_level,
+        xproxy: file.xproxy.filter(|x| !x.is_empty()),
+        proxy_platform,
+        workers,
+        listeners,
+        services,
+        warnings: Vec::new(),
+    }
+}
+
+fn port_number(value: &NumberOrText) -> Option<u16> {
+    let n = match value {
+        NumberOrText::Number(n) if n.fract() == 0.0 => *n as i64,
+        NumberOrText::Number(_) => return None,
+        NumberOrText::Text(t) => t.trim().parse().ok()?,
+    };
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+fn listeners(c: &mut Checker<'_>, file: Vec<FileListener>) -> Vec<ListenerSpec> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for l in file {
+        let Ok(address) = l.address.get_ref().parse::<SocketAddr>() else {
+            c.error(
+                Some(l.address.span()),
+                format!(
+                    "listener address `{}` must be IP:PORT, e.g. \"127.0.0.1:8080\"",
+                    l.address.get_ref()
+                ),
+            );
+            continue;
+        };
+        if !seen.insert(address) {
+            c.error(
+                Some(l.address.span()),
+                format!("listener address `{address}` is listed twice"),
+            );
+        }
+        let mut tls_certificates = Vec::new();
+        for pair in l.tls_certificates {
+            let cert = existing_file(c, &pair.cert, "certificate");
+            let key = existing_file(c, &pair.key, "key");
+            if let (Some(cert), Some(key)) = (cert, key) {
+                tls_certificates.push(CertificatePaths { cert, key });
+            }
+        }
+        out.push(ListenerSpec {
+            address,
+            tls_certificates,
+        });
+    }
+    out
+}
+
+fn existing_file(c: &mut Checker<'_>, path: &Spanned<String>, what: &str) -> Option<PathBuf> {
+    let resolved = c.resolve(path.get_ref());
+    if resolved.is_file() {
+        Some(resolved)
+    } else {
+        c.error(
+            Some(path.span()),
+            format!("{what} file `{}` does not exist", resolved.display()),
+        );
+        None
+    }
+}
+
+fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
+    let mut specs = Vec::new();
+    let mut name_spans = Vec::new();
+    for s in file {
+        let name = s.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            c.error(Some(s.name.span()), "service `name` must not be empty");
+        }
+        let mut spec = ServiceSpec::new(name, "file");
+        if s.hosts.get_ref().is_empty() {
+            c.error(Some(s.hosts.span()), "`hosts` must list at least one host");
+        }
+        for host in s.hosts.get_ref() {
+            match HostPattern::parse(host.get_ref()) {
+                Ok(h) => spec.hosts.push(h),
+                Err(e) => c.error(Some(host.span()), e.to_string()),
+            }
+        }
+        if let Some(prefix) = &s.path_prefix {
+            if !prefix.get_ref().starts_with('/') {
+                c.error(
+                    Some(prefix.span()),
+                    format!("`path_prefix` `{}` must start with `/`", prefix.get_ref()),
+                );
+            }
+            spec.path_prefix = prefix.get_ref().clone();
+        }
+        spec.strip_prefix = s.strip_prefix;
+        for target in s.targets.get_ref() {
+            match target_spec(target.get_ref()) {
+                Ok(t) => spec.targets.push(t),
+                Err(e) => c.error(Some(target.span()), e),
+            }
+        }
+        spec.balance = match s.balance {
+            None | Some(FileBalance::RoundRobin) => BalancePolicy::RoundRobin,
+            Some(FileBalance::LeastRequests) => BalancePolicy::LeastRequests,
+            Some(FileBalance::IpHash) => BalancePolicy::IpHash,
+        };
+        for (value, slot) in [
+            (&s.connect_timeout, &mut spec.timeouts.connect),
+            (
+                &s.response_header_timeout,
+                &mut spec.timeouts.response_header,
+            ),
+            (&s.idle_timeout, &mut spec.timeouts.idle),
+        ] {
+            if let Some(v) = value {
+                match duration(v.get_ref()) {
+                    Ok(d) if !d.is_zero() => *slot = d,
+                    Ok(_) => c.error(Some(v.span()), "a timeout must be greater than zero"),
+                    Err(e) => c.error(Some(v.span()), e),
+                }
+            }
+        }
+        if let Some(v) = &s.max_body_size {
+            match size(v.get_ref()) {
+                Ok(n) => spec.max_body_size = Some(n),
+                Err(e) => c.error(Some(v.span()), e),
+            }
+        }
+        spec.upstream_http2 = s.http2;
+        spec.tls_verify = s.tls_verify.unwrap_or(true);
+        if let Some(r) = &s.retries {
+            match u32::try_from(*r.get_ref()) {
+                Ok(n @ 0..=10) => spec.retries = n,
+                _ => c.error(Some(r.span()), "`retries` must be from 0 to 10"),
+            }
+        }
+        name_spans.push((spec.name.clone(), s.name.span()));
+        specs.push(spec);
+    }
+    // The model owns the rules for conflicts between services; point at the second one.
+    if c.errors.is_empty() {
+        if let Err(e) = RouteTable::build(0, specs.clone()) {
+            let culprit = match &e {
+                BuildError::DuplicateService(name) => name,
+                BuildError::DuplicateRoute { second, .. } => second,
+                BuildError::BadPrefix { service, .. } => service,
+            };
+            let span = name_spans
+                .iter()
+                .rev()
+                .find(|(n, _)| n == culprit)
+                .map(|(_, s)| s.clone());
+            c.error(span, e.to_string());
+        }
+    }
+    specs
+}
+
+fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
+    match value {
+        NumberOrText::Number(n) => std::time::Duration::try_from_secs_f64(*n)
+            .map_err(|_| format!("duration {n} is out of range")),
+        NumberOrText::Text(t) => parse_duration(t),
+    }
+}
+
+fn size(value: &NumberOrText) -> Result<u64, String> {
+    match value {
+        NumberOrText::Number(n) if *n >= 0.0 && n.fract() == 0.0 => Ok(*n as u64),
+        NumberOrText::Number(n) => Err(format!("size {n} must be a whole number of bytes")),
+        NumberOrText::Text(t) => parse_size(t),
+    }
+}
+
+fn target_spec(target: &FileTarget) -> Result<TargetSpec, String> {
+    let (url, weight) = match target {
+        FileTarget::Url(url) => (url.as_str(), 1),
+        FileTarget::Table(t) => (t.url.as_str(), t.weight.unwrap_or(1)),
+    };
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return Err(format!("target weight must be from 1 to {MAX_WEIGHT}"));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| {
+        format!("target `{url}` is not a URL; write e.g. \"http://127.0.0.1:9000\"")
+    })?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => {
+            return Err(format!(
+                "target `{url}` must start with http:// or https://"
+            ))
+        }
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("target `{url}` must not have a path; use path_prefix and strip_prefix to rewrite paths"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("target `{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("target `{url}` must not carry credentials"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    Ok(TargetSpec {
+        scheme,
+        host,
+        port,
+        weight: weight as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("g.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_file_loads() {
+        let cfg = check(
+            r#"
+address = "127.0.0.1"
+port = "6100"
+loglevel = "debug"
+xproxy = "edge-1"
+admin_token = "s3cret"
+workers = 2
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[services]]
+name = "web"
+hosts = ["Example.com", "*.example.com"]
+path_prefix = "/api"
+strip_prefix = true
+targets = ["http://127.0.0.1:9000", { url = "https://[::1]:9443", weight = 3 }]
+balance = "least_requests"
+connect_timeout = "250ms"
+response_header_timeout = 30
+max_body_size = "1MiB"
+retries = 1
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.admin.address, "127.0.0.1:6100".parse().unwrap());
+        assert_eq!(cfg.workers, Some(2));
+        let s = &cfg.services[0];
+        assert_eq!(s.hosts[1].to_string(), "*.example.com");
+        assert_eq!(s.targets[1].host, "::1");
+        assert_eq!(s.targets[1].weight, 3);
+        assert_eq!(s.targets[1].scheme, Scheme::Https);
+        assert_eq!(s.timeouts.connect.as_millis(), 250);
+        assert_eq!(s.max_body_size, Some(1 << 20));
+        assert_eq!(s.balance, BalancePolicy::LeastRequests);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            !json.contains("s3cret") && !format!("{cfg:?}").contains("s3cret"),
+            "secrets never shown"
+        );
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let cfg = check("").unwrap();
+        assert_eq!(cfg.admin.address, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(cfg.log_level, "info");
+        assert!(cfg.admin.token.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_positions() {
+        let err = check("port = \"6000\"\nlisten = 1\n").unwrap_err();
+        assert!(
+            err.starts_with("g.toml:2:1: unknown field `listen`"),
+            "{err}"
+        );
+        let err = check("[[services]]\nname = \"a\"\nhosts = [\"a\"]\ntargets = []\nbogus = 1\n")
+            .unwrap_err();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn drove_gateway_keys_are_accepted_with_warnings() {
+        let cfg =
+            check("nginx_config = \"/etc/nginx/nginx.conf\"\n[[namespaces]]\nname = \"stage\"\n")
+                .unwrap();
+        let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("g.toml:1:1: `nginx_config` belongs to the nginx engine")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("`namespaces` belongs to the Drove source")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = check("port = \n").unwrap_err();
+        assert!(err.starts_with("g.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let err = check(
+            r#"address = "not-an-ip"
+[[listeners]]
+address = "8080"
+[[services]]
+name = "a"
+hosts = ["a..b"]
+targets = ["ftp://x", "http://h/path", { url = "http://h", weight = 0 }]
+connect_timeout = "5 fortnights"
+"#,
+        )
+        .unwrap_err();
+        let lines: Vec<_> = err.lines().collect();
+        assert!(
+            lines[0].starts_with("g.toml:1:11: `address` must be an IP"),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("g.toml:3:11: listener address"),
+            "{err}"
+        );
+        assert!(
+            err.contains("g.toml:6:10: host `a..b` has an empty label"),
+            "{err}"
+        );
+        assert!(
+            err.contains("g.toml:7:12: target `ftp://x` must start with"),
+            "{err}"
+        );
+        assert!(err.contains("must not have a path"), "{err}");
+        assert!(err.contains("weight must be from 1"), "{err}");
+        assert!(err.contains("g.toml:8:19: unknown duration unit"), "{err}");
+    }
+
+    #[test]
+    fn conflicts_point_at_the_second_service() {
+        let err = check(
+            "[[services]]\nname = \"a\"\nhosts = [\"x.test\"]\ntargets = []\n[[services]]\nname = \"b\"\nhosts = [\"X.test\"]\ntargets = []\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "g.toml:6:8: host `x.test` with path prefix `/` is claimed by both `a` and `b`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_certificates_are_reported() {
+        let err = check("[[listeners]]\naddress = \"127.0.0.1:8443\"\ntls_certificates = [{ cert = \"nope.pem\", key = \"nope.key\" }]\n").unwrap_err();
+        assert!(
+            err.contains("certificate file `nope.pem` does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn engines_not_built_are_refused() {
+        let err = check("proxy_platform = \"nginx\"\n").unwrap_err();
+        assert!(err.contains("not in this build yet"), "{err}");
+    }
+}
