@@ -244,7 +244,8 @@ mod tests {
         let s = specs(&[1, 1]);
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::LeastRequests, &s);
-        let _busy = [t[0].begin(), t[0].begin()];
+        t[0].in_flight
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         for r in 0..20u64 {
             assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], r * 7919), &[]), Some(1));
         }

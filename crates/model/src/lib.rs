@@ -13,4 +13,4 @@ mod table;
 pub use balance::{Balancer, PickContext};
 pub use facts::{BalancePolicy, Scheme, ServiceSpec, TargetSpec, Timeouts};
 pub use host::{normalize_host, HostPattern, HostPatternError};
-pub use table::{BuildError, Route, RouteTable, Service, Target};
+pub use table::{BuildError, InFlight, Route, RouteTable, Service, Target};

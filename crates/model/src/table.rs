@@ -32,7 +32,7 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct Target {
     pub spec: TargetSpec,
-    in_flight: AtomicU32,
+    pub(crate) in_flight: AtomicU32,
 }
 
 impl Target {
@@ -46,39 +46,52 @@ impl Target {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
-
-    /// Counts a request as in flight until the returned guard is dropped.
-    pub fn begin(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(&self.in_flight)
-    }
 }
 
-/// Decrements a target's in-flight count on drop.
-pub struct InFlight<'a>(&'a AtomicU32);
+/// Counts a request against its target until dropped (it may outlive the route table).
+pub struct InFlight {
+    service: Arc<Service>,
+    target: usize,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.service.targets[self.target]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A service as engines use it: its facts, its targets and its balancer.
 #[derive(Debug)]
 pub struct Service {
+    /// Position in [`RouteTable::services`], for engines' per-service side tables.
+    pub index: usize,
     pub spec: ServiceSpec,
     pub targets: Box<[Target]>,
     balancer: Balancer,
 }
 
 impl Service {
-    fn new(spec: ServiceSpec) -> Self {
+    fn new(index: usize, spec: ServiceSpec) -> Self {
         let balancer = Balancer::new(spec.balance, &spec.targets);
         let targets = spec.targets.iter().cloned().map(Target::new).collect();
         Self {
+            index,
             spec,
             targets,
             balancer,
+        }
+    }
+
+    /// Counts a request as in flight on `target` until the guard is dropped.
+    pub fn begin(self: &Arc<Self>, target: usize) -> InFlight {
+        self.targets[target]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            service: self.clone(),
+            target,
         }
     }
 
@@ -177,7 +190,7 @@ impl RouteTable {
                     });
                 }
             }
-            let service = Arc::new(Service::new(spec));
+            let service = Arc::new(Service::new(table.services.len(), spec));
             for host in &service.spec.hosts {
                 let routes = match host {
                     HostPattern::Exact(name) => table.exact.entry(name.clone()).or_default(),

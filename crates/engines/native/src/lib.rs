@@ -1,1 +1,21 @@
+//! Gatehouse's own data plane.
+//!
+//! Worker threads each run a single-threaded tokio runtime that accepts on every listener,
+//! so a connection, its requests and its upstream connection pool stay on one core. Every
+//! request reads the current [`Snapshot`] (route table, per-service metrics, `X-Proxy`)
+//! through an `ArcSwap`; installing a new one is a pointer swap that never touches
+//! listeners or open connections.
 
+mod body;
+mod guard;
+mod handler;
+mod headers;
+mod listen;
+mod local;
+mod snapshot;
+mod tls;
+mod upstream;
+
+pub use listen::{EngineError, ListenerConfig, NativeProxy};
+pub use snapshot::Snapshot;
+pub use tls::{CertError, CertStore, Certificates};

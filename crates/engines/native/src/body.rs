@@ -1,0 +1,169 @@
+//! Bodies streamed through the proxy, never buffered whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use gatehouse_model::InFlight;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::upstream;
+
+/// A client's request body on its way upstream, cut off at the service's size limit.
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    remaining: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestBodyError {
+    #[error("request body is larger than the service allows")]
+    TooLarge,
+    #[error("reading the request body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            remaining: limit,
+        }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            remaining: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(remaining)) = (frame.data_ref(), this.remaining.as_mut()) {
+                    let len = data.len() as u64;
+                    if len > *remaining {
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    *remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A response body on its way to the client: one Gatehouse wrote, or a target's.
+pub struct ProxyBody(Kind);
+
+enum Kind {
+    Local(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+/// A target's response body. When it has been read to its end, the HTTP/1 connection it
+/// came on goes back to the pool; a body dropped half-read closes the connection instead.
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    ended: bool,
+    reuse: Option<(Arc<str>, SendRequest<RequestBody>)>,
+    _in_flight: InFlight,
+}
+
+impl ProxyBody {
+    pub(crate) fn local(text: Bytes) -> Self {
+        ProxyBody(Kind::Local(Some(text)))
+    }
+
+    pub(crate) fn empty() -> Self {
+        ProxyBody(Kind::Local(None))
+    }
+
+    pub(crate) fn upstream(
+        inner: Incoming,
+        reuse: Option<(Arc<str>, SendRequest<RequestBody>)>,
+        in_flight: InFlight,
+    ) -> Self {
+        ProxyBody(Kind::Upstream(UpstreamBody {
+            inner,
+            ended: false,
+            reuse,
+            _in_flight: in_flight,
+        }))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Kind::Upstream(up) => {
+                let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
+                match &frame {
+                    None => up.ended = true,
+                    Some(Err(_)) => up.reuse = None,
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Local(text) => text.is_none(),
+            Kind::Upstream(up) => up.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            Kind::Upstream(up) => up.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.ended || self.inner.is_end_stream() {
+            if let Some((key, sender)) = self.reuse.take() {
+                upstream::check_in(key, sender);
+            }
+        }
+    }
+}

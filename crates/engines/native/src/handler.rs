@@ -1,0 +1,364 @@
+//! The request path: route, rewrite, pick a target, forward, stream the answer back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use gatehouse_metrics::Metrics;
+use gatehouse_model::{normalize_host, PickContext, Scheme, Service, ServiceSpec, TargetSpec};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{ProxyBody, RequestBody, RequestBodyError};
+use crate::headers::{self, X_PROXY, X_REQUEST_ID};
+use crate::local::LocalError;
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, ConnectError, ConnectOptions};
+
+/// State shared by every worker.
+pub(crate) struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a request knows about the connection it came on.
+#[derive(Clone)]
+pub(crate) struct ConnInfo {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// More tries than this per request are never made, whatever `retries` says.
+const MAX_TRIES: usize = 11;
+
+pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    let snap = conn.shared.snapshot.load_full();
+    let request_id = headers::request_id(req.headers());
+    let mut routed = None;
+    match proxy(req, conn, &snap, &request_id, &mut routed).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            conn.shared.metrics.proxy_error(err.kind());
+            let metrics = routed.map_or(&snap.unrouted, |i| &snap.services[i].metrics);
+            metrics.record_status(err.status().as_u16());
+            err.respond(&snap.xproxy, &request_id)
+        }
+    }
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    snap: &Arc<Snapshot>,
+    request_id: &HeaderValue,
+    routed: &mut Option<usize>,
+) -> Result<Response<ProxyBody>, LocalError> {
+    let host = request_host(&req)?;
+    let host_text = host
+        .to_str()
+        .map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
+    let service = snap
+        .table
+        .lookup(&normalize_host(host_text), req.uri().path())
+        .ok_or(LocalError::NoRoute)?
+        .clone();
+    *routed = Some(service.index);
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(LocalError::MethodNotAllowed);
+    }
+    if service.targets.is_empty() {
+        return Err(LocalError::NoTargets);
+    }
+    let spec = &service.spec;
+    if let (Some(limit), Some(length)) = (spec.max_body_size, content_length(&req)) {
+        if length > limit {
+            return Err(LocalError::BodyTooLarge);
+        }
+    }
+    let upgrade = wants_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = forward_path(&service, &parts.uri);
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.https, &host);
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    if spec.upstream_http2 {
+        // HTTP/2 carries the host as :authority.
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.headers.insert(header::HOST, host.clone());
+        parts.version = Version::HTTP_11;
+    }
+    parts.uri = Uri::from(path_and_query.clone());
+    let body = if upgrade {
+        RequestBody::empty()
+    } else {
+        RequestBody::new(body, spec.max_body_size)
+    };
+    let mut outgoing = Request::from_parts(parts, body);
+
+    let pick = PickContext {
+        client_ip: conn.peer.ip(),
+        random: fastrand::u64(..),
+    };
+    let mut tried = [0usize; MAX_TRIES];
+    let tries = (spec.retries as usize + 1)
+        .min(service.targets.len())
+        .min(MAX_TRIES);
+    let runtime = &snap.services[service.index];
+    for attempt in 0..tries {
+        let Some(index) = service.pick(&pick, &tried[..attempt]) else {
+            break;
+        };
+        tried[attempt] = index;
+        let target = &service.targets[index].spec;
+        if spec.upstream_http2 {
+            *outgoing.uri_mut() = absolute_uri(target, &host, &path_and_query)?;
+        }
+        let in_flight = service.begin(index);
+        let started = Instant::now();
+        let key = &runtime.pool_keys[index];
+        let (mut resp, reuse) = match send(outgoing, target, key, spec, upgrade).await {
+            Ok(sent) => sent,
+            Err(Failure::NotConnected(e, back)) => {
+                tracing::warn!(service = %spec.name, error = %e, "target unreachable");
+                outgoing = back;
+                continue;
+            }
+            Err(Failure::Timeout) => {
+                tracing::warn!(service = %spec.name, target = %target.url(), "no response head in time");
+                return Err(LocalError::Timeout);
+            }
+            Err(Failure::Failed(e)) => return Err(classify(&spec.name, target, e)),
+        };
+        runtime
+            .metrics
+            .record_upstream_latency(started.elapsed().as_secs_f64());
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && !upgrade {
+            tracing::warn!(service = %spec.name, target = %target.url(), "unsolicited 101 from target");
+            return Err(LocalError::BadUpstream);
+        }
+        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        runtime.metrics.record_status(parts.status.as_u16());
+        headers::remove_hop_by_hop(&mut parts.headers, switching);
+        if switching {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        parts.headers.insert(X_PROXY, snap.xproxy.clone());
+        parts.version = Version::HTTP_11;
+        let body = match (client_upgrade, upstream_upgrade) {
+            (Some(client), Some(upstream)) => {
+                tunnel(client, upstream, conn.shared.metrics.clone(), in_flight);
+                ProxyBody::empty()
+            }
+            _ => ProxyBody::upstream(body, reuse.map(|sender| (key.clone(), sender)), in_flight),
+        };
+        return Ok(Response::from_parts(parts, body));
+    }
+    Err(LocalError::Unreachable)
+}
+
+enum Failure {
+    /// No connection could be made; the request was not sent and comes back for another try.
+    NotConnected(ConnectError, Request<RequestBody>),
+    Timeout,
+    Failed(hyper::Error),
+}
+
+type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+
+/// Sends one request to one target: on a pooled connection when one is idle (a stale one
+/// that closed before taking the request is skipped), else on a new connection.
+async fn send(
+    mut req: Request<RequestBody>,
+    target: &TargetSpec,
+    key: &Arc<str>,
+    spec: &ServiceSpec,
+    upgrade: bool,
+) -> Result<Sent, Failure> {
+    let wait = spec.timeouts.response_header;
+    let opts = ConnectOptions {
+        timeout: spec.timeouts.connect,
+        http2: spec.upstream_http2 && !upgrade,
+        verify: spec.tls_verify,
+        upgrades: upgrade,
+    };
+    if opts.http2 {
+        let mut sender = match upstream::shared_h2(key) {
+            Some(sender) => sender,
+            None => match upstream::connect_h2(target, &opts).await {
+                Ok(sender) => {
+                    upstream::share_h2(key.clone(), sender.clone());
+                    sender
+                }
+                Err(e) => return Err(Failure::NotConnected(e, req)),
+            },
+        };
+        return match tokio::time::timeout(wait, sender.try_send_request(req)).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Ok(resp)) => Ok((resp, None)),
+            Ok(Err(e)) => Err(Failure::Failed(e.into_error())),
+        };
+    }
+    if !upgrade {
+        while let Some(mut sender) = upstream::check_out(key, spec.timeouts.idle) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match tokio::time::timeout(wait, sender.try_send_request(req)).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Ok(resp)) => return Ok((resp, Some(sender))),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Failure::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+    let mut sender = match upstream::connect_h1(target, &opts).await {
+        Ok(sender) => sender,
+        Err(e) => return Err(Failure::NotConnected(e, req)),
+    };
+    match tokio::time::timeout(wait, sender.try_send_request(req)).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Ok(resp)) => Ok((resp, (!upgrade).then_some(sender))),
+        Ok(Err(e)) => Err(Failure::Failed(e.into_error())),
+    }
+}
+
+fn classify(service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<RequestBodyError>() {
+            return match body {
+                RequestBodyError::TooLarge => LocalError::BodyTooLarge,
+                RequestBodyError::Client(_) => {
+                    LocalError::BadRequest("the request body could not be read\n")
+                }
+            };
+        }
+        source = err.source();
+    }
+    tracing::warn!(service, target = %target.url(), error = %e, "exchange with target failed");
+    if e.is_timeout() {
+        LocalError::Timeout
+    } else {
+        LocalError::BadUpstream
+    }
+}
+
+/// Relays bytes both ways once client and target have both switched protocols.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    metrics: Arc<Metrics>,
+    in_flight: gatehouse_model::InFlight,
+) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        metrics.open_websockets.inc();
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "tunnel closed with an error");
+        }
+        metrics.open_websockets.dec();
+        drop(in_flight);
+    });
+}
+
+/// The routing authority: the URI's (HTTP/2 `:authority`, or an absolute-form request
+/// target, which RFC 9112 §3.2.2 says wins over Host), else the single Host header.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, LocalError> {
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(LocalError::BadRequest(
+                "credentials in the request target are not accepted\n",
+            ));
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map_err(|_| LocalError::BadRequest("invalid authority\n"));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if !host.is_empty() => Ok(host.clone()),
+        (None, _) | (Some(_), None) => Err(LocalError::BadRequest("missing Host header\n")),
+        (Some(_), Some(_)) => Err(LocalError::BadRequest("more than one Host header\n")),
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An HTTP/1.1 upgrade to anything but h2c (which must never be tunnelled through an edge).
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && headers::connection_has(req.headers(), "upgrade")
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+}
+
+fn forward_path(service: &Service, uri: &Uri) -> PathAndQuery {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = service.forward_path(uri.path());
+    if path == uri.path() {
+        return original;
+    }
+    let rewritten = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    // A suffix of a valid path is a valid path.
+    rewritten.parse().unwrap_or(original)
+}
+
+fn absolute_uri(
+    target: &TargetSpec,
+    host: &HeaderValue,
+    path: &PathAndQuery,
+) -> Result<Uri, LocalError> {
+    let scheme = match target.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    Uri::builder()
+        .scheme(scheme)
+        .authority(host.as_bytes())
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|_| LocalError::BadRequest("invalid authority\n"))
+}

@@ -1,0 +1,171 @@
+//! Header rules of a reverse proxy: hop-by-hop removal (RFC 9110 §7.6.1), forwarding
+//! headers, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) const X_PROXY: HeaderName = HeaderName::from_static("x-proxy");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` is
+/// removed too unless `keep_upgrade`; the caller re-adds `Connection: upgrade` for tunnels.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True when the `Connection` header lists `token` (case-insensitively).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
+/// edge nothing before us is trusted.
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    https: bool,
+    host: &HeaderValue,
+) {
+    let client = client_text(client);
+    headers.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")),
+    );
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    headers.insert(X_FORWARDED_HOST, host.clone());
+}
+
+fn client_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// The request's id: the client's if it is a sane token, else a new random one.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let mut n = fastrand::u128(..);
+    for byte in out.iter_mut() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret, upgrade".parse().unwrap(),
+        );
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(KEEP_ALIVE, "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        let mut tunnel = h.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-keep"]
+        );
+        remove_hop_by_hop(&mut tunnel, true);
+        assert!(tunnel.contains_key(header::UPGRADE) && !tunnel.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        set_forwarded(
+            &mut h,
+            "::ffff:127.0.0.2".parse().unwrap(),
+            true,
+            &HeaderValue::from_static("a.test"),
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "a.test");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let mut h = HeaderMap::new();
+        let made = request_id(&h);
+        assert_eq!(made.len(), 32);
+        assert_ne!(made, request_id(&h));
+        h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"has space").unwrap());
+        assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.append(header::CONNECTION, "Upgrade".parse().unwrap());
+        assert!(connection_has(&h, "upgrade"));
+        assert!(!connection_has(&h, "close"));
+    }
+}

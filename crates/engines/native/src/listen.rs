@@ -1,0 +1,404 @@
+//! Listeners and worker threads.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use gatehouse_metrics::Metrics;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::guard::FramingGuard;
+use crate::handler::{self, ConnInfo, Shared};
+use crate::snapshot::Snapshot;
+use crate::tls::{self, CertStore};
+use crate::upstream;
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Time a client has to send a complete request head, and how long an idle keep-alive
+/// connection is kept.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How often each worker drops expired idle upstream connections.
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
+const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
+
+/// One address to accept on; TLS when it has a certificate store.
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: Option<Arc<CertStore>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("TLS setup for {address}: {source}")]
+    Tls {
+        address: SocketAddr,
+        source: rustls::Error,
+    },
+    #[error("cannot start a worker: {0}")]
+    Worker(io::Error),
+}
+
+struct Listener {
+    socket: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// The running native proxy.
+pub struct NativeProxy {
+    shared: Arc<Shared>,
+    /// `Some(drain)` asks the workers to stop, letting requests finish for up to `drain`.
+    stop: watch::Sender<Option<Duration>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    addresses: Vec<SocketAddr>,
+}
+
+impl NativeProxy {
+    /// Binds every listener and starts `workers` threads accepting on all of them.
+    pub fn start(
+        listeners: Vec<ListenerConfig>,
+        workers: usize,
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        let mut bound = Vec::new();
+        let mut addresses = Vec::new();
+        for l in listeners {
+            let socket = bind(l.address).map_err(|source| EngineError::Bind {
+                address: l.address,
+                source,
+            })?;
+            addresses.push(socket.local_addr().map_err(|source| EngineError::Bind {
+                address: l.address,
+                source,
+            })?);
+            let tls = match l.tls {
+                None => None,
+                Some(store) => {
+                    let config = tls::server_config(store).map_err(|source| EngineError::Tls {
+                        address: l.address,
+                        source,
+                    })?;
+                    Some(TlsAcceptor::from(Arc::new(config)))
+                }
+            };
+            bound.push(Listener { socket, tls });
+        }
+        metrics
+            .route_table_generation
+            .set(snapshot.generation() as i64);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+        });
+        let (stop, stopped) = watch::channel(None);
+        let mut threads = Vec::new();
+        for n in 0..workers.max(1) {
+            let mine = bound
+                .iter()
+                .map(|l| {
+                    Ok(Listener {
+                        socket: l.socket.try_clone()?,
+                        tls: l.tls.clone(),
+                    })
+                })
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(EngineError::Worker)?;
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{n}"))
+                .spawn(move || run_worker(mine, shared, stopped))
+                .map_err(EngineError::Worker)?;
+            threads.push(thread);
+        }
+        Ok(NativeProxy {
+            shared,
+            stop,
+            workers: threads,
+            addresses,
+        })
+    }
+
+    /// Makes `snapshot` the one every new request uses. Requests already running finish on
+    /// the one they started with.
+    pub fn install(&self, snapshot: Snapshot) {
+        self.shared
+            .metrics
+            .route_table_generation
+            .set(snapshot.generation() as i64);
+        self.shared.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// The bound addresses, in listener order (port 0 resolved).
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
+    /// Stops accepting, lets open requests finish for up to `drain`, then returns.
+    pub fn shutdown(self, drain: Duration) {
+        let _ = self.stop.send(Some(drain));
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn run_worker(
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<Option<Duration>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        // Every connection task holds a clone of `open`; the channel closes when all are done.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        for listener in listeners {
+            let socket = match TcpListener::from_std(listener.socket) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register a listener");
+                    continue;
+                }
+            };
+            tokio::spawn(accept_loop(
+                socket,
+                listener.tls,
+                shared.clone(),
+                stopped.clone(),
+                open.clone(),
+            ));
+        }
+        drop(open);
+        let sweeper = tokio::spawn(async {
+            loop {
+                tokio::time::sleep(POOL_SWEEP_EVERY).await;
+                upstream::sweep(POOL_MAX_IDLE);
+            }
+        });
+        let mut stopped = stopped;
+        let drain = loop {
+            if let Some(drain) = *stopped.borrow_and_update() {
+                break drain;
+            }
+            if stopped.changed().await.is_err() {
+                break Duration::ZERO;
+            }
+        };
+        sweeper.abort();
+        if tokio::time::timeout(drain, all_closed.recv())
+            .await
+            .is_err()
+        {
+            tracing::info!(?drain, "drain time over; closing the remaining connections");
+        }
+    });
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<Option<Duration>>,
+    open: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = stop_requested(&mut stopped) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = ConnInfo {
+                    shared: shared.clone(),
+                    peer,
+                    https: tls.is_some(),
+                };
+                tokio::spawn(serve(
+                    stream,
+                    tls.clone(),
+                    conn,
+                    stopped.clone(),
+                    open.clone(),
+                ));
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::error!(error = %e, "cannot accept connections; retrying in 500 ms");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "accept failed"),
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// Resolves once the workers are asked to stop.
+async fn stop_requested(stopped: &mut watch::Receiver<Option<Duration>>) {
+    // The borrow `wait_for` returns must not live across an await: drop it at once.
+    let _ = stopped.wait_for(Option::is_some).await.map(|_| ());
+}
+
+/// Keeps the open-connections gauge honest however a connection ends.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.metrics.open_connections.inc();
+        OpenConnection(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.open_connections.dec();
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    conn: ConnInfo,
+    stopped: watch::Receiver<Option<Duration>>,
+    _open: mpsc::Sender<()>,
+) {
+    let _counted = OpenConnection::new(&conn.shared);
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_h1(FramingGuard::new(stream), conn, stopped).await;
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            conn.shared.metrics.proxy_error("tls_handshake");
+            return;
+        }
+        Err(_) => {
+            conn.shared.metrics.proxy_error("tls_handshake");
+            return;
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(stream, conn, stopped).await
+    } else {
+        serve_h1(FramingGuard::new(stream), conn, stopped).await
+    }
+}
+
+async fn serve_h1<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let shared = conn.shared.clone();
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handler::handle(req, &conn).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_requested(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        count_connection_error(&shared, &e);
+    }
+}
+
+async fn serve_h2<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let shared = conn.shared.clone();
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handler::handle(req, &conn).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_requested(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        count_connection_error(&shared, &e);
+    }
+}
+
+/// Requests hyper rejected before they reached a handler (it answered 400, 431 or 414).
+fn count_connection_error(shared: &Shared, e: &hyper::Error) {
+    if e.is_parse_too_large() {
+        shared.metrics.proxy_error("headers_too_large");
+    } else if e.is_parse() {
+        shared.metrics.proxy_error("malformed_request");
+    } else if e.is_timeout() {
+        shared.metrics.proxy_error("client_timeout");
+    } else {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}

@@ -1,0 +1,81 @@
+//! Responses Gatehouse writes itself: short plain text, counted by kind.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalError {
+    /// The request cannot be proxied as sent (the text says why).
+    BadRequest(&'static str),
+    NoRoute,
+    MethodNotAllowed,
+    /// The service is known but has no targets right now.
+    NoTargets,
+    /// No target accepted a connection.
+    Unreachable,
+    /// A target did not answer in time.
+    Timeout,
+    BodyTooLarge,
+    /// A target answered with something that is not valid HTTP, or broke the exchange.
+    BadUpstream,
+}
+
+impl LocalError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            LocalError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LocalError::NoRoute => StatusCode::NOT_FOUND,
+            LocalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            LocalError::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
+            LocalError::Unreachable | LocalError::BadUpstream => StatusCode::BAD_GATEWAY,
+            LocalError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            LocalError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `kind` label of `gatehouse_proxy_errors_total`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            LocalError::BadRequest(_) => "bad_request",
+            LocalError::NoRoute => "no_route",
+            LocalError::MethodNotAllowed => "method_not_allowed",
+            LocalError::NoTargets => "no_targets",
+            LocalError::Unreachable => "upstream_unreachable",
+            LocalError::Timeout => "upstream_timeout",
+            LocalError::BodyTooLarge => "body_too_large",
+            LocalError::BadUpstream => "bad_upstream_response",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            LocalError::BadRequest(why) => why,
+            LocalError::NoRoute => "no route for this host and path\n",
+            LocalError::MethodNotAllowed => "method not allowed\n",
+            LocalError::NoTargets => "no healthy targets for this service\n",
+            LocalError::Unreachable => "no target could be reached\n",
+            LocalError::Timeout => "the target did not answer in time\n",
+            LocalError::BodyTooLarge => "request body too large\n",
+            LocalError::BadUpstream => "the target sent an invalid response\n",
+        }
+    }
+
+    pub fn respond(self, xproxy: &HeaderValue, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::local(Bytes::from_static(self.text().as_bytes())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(crate::headers::X_PROXY, xproxy.clone());
+        h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
+        if matches!(self, LocalError::BadRequest(_) | LocalError::BodyTooLarge) {
+            // The rest of the request may still be on the wire; do not read it as a new one.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

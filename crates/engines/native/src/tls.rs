@@ -1,0 +1,162 @@
+//! TLS termination: certificates chosen by SNI from their SANs, swapped without touching
+//! listeners.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{}: cannot read certificates: {reason}", path.display())]
+    Certificate { path: PathBuf, reason: String },
+    #[error("{}: cannot read the private key: {reason}", path.display())]
+    Key { path: PathBuf, reason: String },
+    #[error("{}: the certificate has no DNS names (subjectAltName) to match SNI against", path.display())]
+    NoNames { path: PathBuf },
+}
+
+/// The certificates of one listener, indexed for SNI lookup.
+#[derive(Default)]
+pub struct Certificates {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`: matches exactly one label below it.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+    names: Vec<String>,
+}
+
+impl fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificates")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Certificates {
+    /// Loads PEM `(certificate chain, private key)` pairs. The first pair is the default for
+    /// clients that send no SNI or an unknown name; earlier pairs win a name shared by two.
+    pub fn load(pairs: &[(PathBuf, PathBuf)]) -> Result<Self, CertError> {
+        let mut out = Certificates::default();
+        for (cert_path, key_path) in pairs {
+            let (key, names) = load_pair(cert_path, key_path)?;
+            for name in names {
+                let name = name.to_ascii_lowercase();
+                let slot = match name.strip_prefix("*.") {
+                    Some(base) => out.wildcard.entry(base.to_string()),
+                    None => out.exact.entry(name.clone()),
+                };
+                slot.or_insert_with(|| key.clone());
+                out.names.push(name);
+            }
+            out.default.get_or_insert(key);
+        }
+        Ok(out)
+    }
+
+    /// The DNS names covered, in file order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let name = name.to_ascii_lowercase();
+            if let Some(key) = self.exact.get(&name) {
+                return Some(key.clone());
+            }
+            if let Some((_, base)) = name.split_once('.') {
+                if let Some(key) = self.wildcard.get(base) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
+    let cert_err = |reason: String| CertError::Certificate {
+        path: cert_path.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
+    let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| cert_err(format!("not a usable certificate: {e}")))?
+        .valid_dns_names()
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(CertError::NoNames {
+            path: cert_path.to_path_buf(),
+        });
+    }
+    let key_err = |reason: String| CertError::Key {
+        path: key_path.to_path_buf(),
+        reason,
+    };
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| key_err(e.to_string()))?;
+    let signer = any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .map_err(|e| key_err(format!("does not belong to {}: {e}", cert_path.display())))?;
+    Ok((Arc::new(certified), names))
+}
+
+/// A listener's live certificates; [`CertStore::replace`] swaps them for new handshakes.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: ArcSwap<Certificates>,
+}
+
+impl CertStore {
+    pub fn new(certs: Certificates) -> Self {
+        CertStore {
+            current: ArcSwap::from_pointee(certs),
+        }
+    }
+
+    pub fn replace(&self, certs: Certificates) {
+        self.current.store(Arc::new(certs));
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.current.load().names().to_vec()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().find(hello.server_name())
+    }
+}
+
+/// The rustls server configuration of a TLS listener: ALPN offers h2 and http/1.1.
+pub(crate) fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
