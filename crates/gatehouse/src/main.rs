@@ -1,1 +1,201 @@
-fn main() {}
+//! Gatehouse: one binary that puts HTTP traffic in front of applications.
+
+mod admin;
+mod clock;
+mod demo;
+mod gateway;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::gateway::{ConfigSource, Gateway};
+
+/// How long requests in flight may run on after SIGTERM or Ctrl-C.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An edge gateway: routes HTTP traffic to applications from a TOML file",
+    after_help = "Examples:\n  gatehouse demo                       try it with built-in backends\n  gatehouse check -c gatehouse.toml    validate a file\n  gatehouse run -c gatehouse.toml      serve (also: gatehouse -f nixy.toml)\n\nSignals: SIGHUP reloads the file; SIGTERM and SIGINT stop after a drain."
+)]
+struct Cli {
+    /// Configuration file (drove-gateway's -f works too).
+    #[arg(
+        short = 'c',
+        long = "config",
+        short_alias = 'f',
+        global = true,
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic as the configuration file says (the default with --config).
+    Run,
+    /// Validate the configuration file; errors are printed as FILE:LINE:COL: message.
+    Check,
+    /// Run on a built-in configuration with sample backends, until Ctrl-C.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the demo's admin API listens.
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        admin: SocketAddr,
+        /// Print the demo's configuration file and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (
+            Some(Command::Demo {
+                listen,
+                admin,
+                print_config,
+            }),
+            _,
+        ) => demo(listen, admin, print_config),
+        (Some(Command::Check), Some(path)) => return check(&path),
+        (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
+        (Some(Command::Check | Command::Run), None) => {
+            eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
+            return ExitCode::from(2);
+        }
+        (None, None) => {
+            eprintln!("gatehouse: nothing to do. Try `gatehouse demo`, or `gatehouse run --config FILE` (see --help).");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match gatehouse_config::load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("{warning} (warning)");
+            }
+            println!(
+                "{}: OK ({} services, {} listeners)",
+                path.display(),
+                config.services.len(),
+                config.listeners.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // The admin API, signals and reloads; the proxy has its own worker threads.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gatehouse-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")
+}
+
+fn run(source: ConfigSource) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let log = logging::init(&config.log_level);
+    runtime()?.block_on(serve(source, config, log, None))
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr, print_config: bool) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let demo = demo::prepare(listen, admin).await?;
+        if print_config {
+            print!("{}", demo.text);
+            return Ok(());
+        }
+        let config = demo.source.load()?;
+        let log = logging::init(&config.log_level);
+        serve(
+            demo.source,
+            config,
+            log,
+            Some(demo::instructions(listen, admin)),
+        )
+        .await
+    })
+}
+
+async fn serve(
+    source: ConfigSource,
+    config: gatehouse_config::Config,
+    log: logging::LogHandle,
+    banner: Option<String>,
+) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let admin_address = config.admin.address;
+    let admin = tokio::net::TcpListener::bind(admin_address)
+        .await
+        .with_context(|| {
+            format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)")
+        })?;
+    let gateway = Gateway::start(source, config, log)?;
+    tracing::info!(address = %admin.local_addr()?, "admin API listening");
+    let router = admin::router(gateway.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, router).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    if let Some(banner) = banner {
+        println!("{banner}");
+    }
+    wait_for_signals(&gateway).await?;
+    tracing::info!(drain = ?DRAIN, "stopping: no new connections, letting requests finish");
+    let stopping = gateway.clone();
+    tokio::task::spawn_blocking(move || stopping.shutdown(DRAIN)).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT return.
+async fn wait_for_signals(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = gateway.reload().await;
+            }
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
+}

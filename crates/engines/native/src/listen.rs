@@ -64,7 +64,7 @@ pub struct NativeProxy {
     shared: Arc<Shared>,
     /// `Some(drain)` asks the workers to stop, letting requests finish for up to `drain`.
     stop: watch::Sender<Option<Duration>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     addresses: Vec<SocketAddr>,
 }
 
@@ -129,7 +129,7 @@ impl NativeProxy {
         Ok(NativeProxy {
             shared,
             stop,
-            workers: threads,
+            workers: std::sync::Mutex::new(threads),
             addresses,
         })
     }
@@ -153,10 +153,12 @@ impl NativeProxy {
         &self.addresses
     }
 
-    /// Stops accepting, lets open requests finish for up to `drain`, then returns.
-    pub fn shutdown(self, drain: Duration) {
+    /// Stops accepting, lets open requests finish for up to `drain`, then returns
+    /// (blocking: call it off the async runtime).
+    pub fn shutdown(&self, drain: Duration) {
         let _ = self.stop.send(Some(drain));
-        for worker in self.workers {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for worker in workers {
             let _ = worker.join();
         }
     }

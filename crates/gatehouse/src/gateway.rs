@@ -1,0 +1,268 @@
+//! The running gateway: the configuration in force, the engine it feeds, and reloads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use gatehouse_config::{Config, ConfigError, ListenerSpec};
+use gatehouse_metrics::Metrics;
+use gatehouse_model::RouteTable;
+use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
+use serde::Serialize;
+
+use crate::clock::rfc3339;
+use crate::logging::LogHandle;
+
+/// Where the configuration comes from: a file, or text built in (the demo).
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded { text: String, origin: PathBuf },
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(path) => gatehouse_config::load(path),
+            ConfigSource::Embedded { text, origin } => gatehouse_config::parse(text, origin),
+        }
+    }
+}
+
+/// Outcome of the last (re)load, shown by `/v1/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    #[serde(rename = "Healthy")]
+    pub healthy: bool,
+    #[serde(rename = "Message")]
+    pub message: String,
+    #[serde(rename = "LastAttempt")]
+    pub last_attempt: String,
+}
+
+struct State {
+    config: Arc<Config>,
+    generation: u64,
+    status: ReloadStatus,
+}
+
+pub struct Gateway {
+    source: ConfigSource,
+    pub metrics: Arc<Metrics>,
+    proxy: NativeProxy,
+    /// The TLS listeners' certificate stores, by address as configured.
+    cert_stores: Vec<(SocketAddr, Arc<CertStore>)>,
+    listeners: Vec<ListenerSpec>,
+    state: Mutex<State>,
+    /// Serialises reloads; held across the whole load-build-install sequence.
+    reloading: tokio::sync::Mutex<()>,
+    log: LogHandle,
+}
+
+impl Gateway {
+    /// Builds the first route table and starts the engine on the configured listeners.
+    pub fn start(
+        source: ConfigSource,
+        config: Config,
+        log: LogHandle,
+    ) -> anyhow::Result<Arc<Self>> {
+        let metrics = Arc::new(Metrics::new());
+        let generation = 1;
+        let snapshot = snapshot(&config, generation, &metrics)?;
+        let mut cert_stores = Vec::new();
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let tls = if l.tls_certificates.is_empty() {
+                None
+            } else {
+                let certs =
+                    load_certificates(l).with_context(|| format!("listener {}", l.address))?;
+                let store = Arc::new(CertStore::new(certs));
+                cert_stores.push((l.address, store.clone()));
+                Some(store)
+            };
+            listeners.push(ListenerConfig {
+                address: l.address,
+                tls,
+            });
+        }
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone())?;
+        for (spec, bound) in config.listeners.iter().zip(proxy.addresses()) {
+            let tls = if spec.tls_certificates.is_empty() {
+                "http"
+            } else {
+                "https"
+            };
+            tracing::info!(address = %bound, protocol = tls, "listening");
+        }
+        tracing::info!(
+            workers,
+            generation,
+            services = config.services.len(),
+            "route table installed"
+        );
+        let status = ReloadStatus {
+            healthy: true,
+            message: "configuration loaded".into(),
+            last_attempt: rfc3339(SystemTime::now()),
+        };
+        let listeners = config.listeners.clone();
+        Ok(Arc::new(Gateway {
+            source,
+            metrics,
+            proxy,
+            cert_stores,
+            listeners,
+            state: Mutex::new(State {
+                config: Arc::new(config),
+                generation,
+                status,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+            log,
+        }))
+    }
+
+    /// Re-reads the configuration and swaps in a new route table and certificates. On any
+    /// error the current ones stay in service and the error shows in `/v1/health`.
+    pub async fn reload(&self) -> Result<u64, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload();
+        let now = rfc3339(SystemTime::now());
+        let mut state = self.lock();
+        match &result {
+            Ok(generation) => {
+                state.status = ReloadStatus {
+                    healthy: true,
+                    message: format!("generation {generation} in service"),
+                    last_attempt: now,
+                };
+                tracing::info!(generation, "configuration reloaded");
+            }
+            Err(message) => {
+                state.status = ReloadStatus {
+                    healthy: false,
+                    message: message.clone(),
+                    last_attempt: now,
+                };
+                tracing::error!(
+                    generation = state.generation,
+                    "reload failed; keeping the current configuration:\n{message}"
+                );
+            }
+        }
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self) -> Result<u64, String> {
+        let config = self.source.load().map_err(|e| e.to_string())?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let generation = self.lock().generation + 1;
+        let snapshot =
+            snapshot(&config, generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
+        self.warn_about_restart_only_changes(&config);
+        // Load every certificate before changing anything, so a bad one changes nothing.
+        let mut new_certs = Vec::new();
+        for (address, store) in &self.cert_stores {
+            if let Some(l) = config
+                .listeners
+                .iter()
+                .find(|l| l.address == *address && !l.tls_certificates.is_empty())
+            {
+                let certs =
+                    load_certificates(l).map_err(|e| format!("listener {address}: {e:#}"))?;
+                new_certs.push((store, certs));
+            }
+        }
+        self.proxy.install(snapshot);
+        self.log.set_level(&config.log_level);
+        for (store, certs) in new_certs {
+            store.replace(certs);
+        }
+        let mut state = self.lock();
+        state.config = Arc::new(config);
+        state.generation = generation;
+        Ok(generation)
+    }
+
+    fn warn_about_restart_only_changes(&self, new: &Config) {
+        let old = self.lock().config.clone();
+        let started: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|l| (l.address, l.tls_certificates.is_empty()))
+            .collect();
+        let wanted: Vec<_> = new
+            .listeners
+            .iter()
+            .map(|l| (l.address, l.tls_certificates.is_empty()))
+            .collect();
+        if started != wanted {
+            tracing::warn!("the [[listeners]] changed (addresses or TLS on/off): that takes a restart; routes and certificates were reloaded");
+        }
+        if old.admin.address != new.admin.address {
+            tracing::warn!(from = %old.admin.address, to = %new.admin.address, "the admin address changed: that takes a restart");
+        }
+        if old.workers != new.workers {
+            tracing::warn!("`workers` changed: that takes a restart");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.lock().config.clone()
+    }
+
+    pub fn status(&self) -> (u64, ReloadStatus) {
+        let state = self.lock();
+        (state.generation, state.status.clone())
+    }
+
+    pub fn routes(&self) -> Arc<Snapshot> {
+        self.proxy.current()
+    }
+
+    pub fn proxy_addresses(&self) -> &[SocketAddr] {
+        self.proxy.addresses()
+    }
+
+    pub fn certificate_names(&self) -> Vec<(SocketAddr, Vec<String>)> {
+        self.cert_stores
+            .iter()
+            .map(|(a, s)| (*a, s.names()))
+            .collect()
+    }
+
+    /// Stops accepting and lets requests in flight finish for up to `drain`.
+    pub fn shutdown(&self, drain: std::time::Duration) {
+        self.proxy.shutdown(drain);
+    }
+}
+
+fn snapshot(config: &Config, generation: u64, metrics: &Metrics) -> anyhow::Result<Snapshot> {
+    let table = RouteTable::build(generation, config.services.clone())?;
+    let xproxy = match &config.xproxy {
+        Some(x) => x.clone(),
+        None => gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    Ok(Snapshot::new(table, &xproxy, metrics)?)
+}
+
+fn load_certificates(listener: &ListenerSpec) -> anyhow::Result<Certificates> {
+    let pairs: Vec<_> = listener
+        .tls_certificates
+        .iter()
+        .map(|c| (c.cert.clone(), c.key.clone()))
+        .collect();
+    Ok(Certificates::load(&pairs)?)
+}
