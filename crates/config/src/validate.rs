@@ -186,7 +186,7 @@ fn port_number(value: &NumberOrText) -> Option<u16> {
         NumberOrText::Number(_) => return None,
         NumberOrText::Text(t) => t.trim().parse().ok()?,
     };
-    u16::try_from(n).ok().filter(|p| *p != 0)
+    u16::try_from(n).ok()
 }
 
 fn listeners(c: &mut Checker<'_>, file: Vec<FileListener>) -> Vec<ListenerSpec> {

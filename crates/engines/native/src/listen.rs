@@ -348,7 +348,8 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
         .keep_alive(true);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
