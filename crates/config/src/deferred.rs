@@ -7,21 +7,12 @@ pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
     ("event_refresh_interval_sec", "the Drove source"),
     ("api_timeout", "the Drove source"),
     ("startup_controller_sync_tries", "the Drove source"),
-    (
-        "startup_controller_sync_retry_delay_sec",
-        "the Drove source",
-    ),
+    ("startup_controller_sync_retry_delay_sec", "the Drove source"),
     ("state_persistence_enabled", "the Drove source"),
     ("state_persistence_dir", "the Drove source"),
     ("disk_io_timeout_sec", "the Drove source"),
-    (
-        "dns_resolution_timeout_sec",
-        "the nginx and HAProxy engines",
-    ),
-    (
-        "proxy_control_plane_timeout_sec",
-        "the nginx and HAProxy engines",
-    ),
+    ("dns_resolution_timeout_sec", "the nginx and HAProxy engines"),
+    ("proxy_control_plane_timeout_sec", "the nginx and HAProxy engines"),
     ("left_delimiter", "the nginx and HAProxy engines"),
     ("right_delimiter", "the nginx and HAProxy engines"),
     ("port_use_tls", "admin API TLS"),
@@ -46,76 +37,25 @@ pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
     ("haproxy_reload_cmd", "the HAProxy engine"),
     ("haproxy_ignore_check", "the HAProxy engine"),
     ("haproxy_reload_disabled", "the HAProxy engine"),
-    (
-        "haproxy_disable_large_backend_count_optimisation",
-        "the HAProxy engine",
-    ),
+    ("haproxy_disable_large_backend_count_optimisation", "the HAProxy engine"),
     ("haproxy_server_name_prefix", "the HAProxy engine"),
-    (
-        "haproxy_server_name_host_port_delimiter",
-        "the HAProxy engine",
-    ),
+    ("haproxy_server_name_host_port_delimiter", "the HAProxy engine"),
     ("haproxy_backend_name_separator", "the HAProxy engine"),
-    (
-        "haproxy_backend_include_routing_tag_suffix",
-        "the HAProxy engine",
-    ),
+    ("haproxy_backend_include_routing_tag_suffix", "the HAProxy engine"),
     ("haproxy_add_server_attributes_string", "the HAProxy engine"),
-    (
-        "haproxy_add_server_ssl_attributes_string",
-        "the HAProxy engine",
-    ),
-    (
-        "haproxy_manage_global_server_state_file",
-        "the HAProxy engine",
-    ),
-    (
-        "haproxy_global_server_state_file_path",
-        "the HAProxy engine",
-    ),
+    ("haproxy_add_server_ssl_attributes_string", "the HAProxy engine"),
+    ("haproxy_manage_global_server_state_file", "the HAProxy engine"),
+    ("haproxy_global_server_state_file_path", "the HAProxy engine"),
     // Keys drove-gateway 2.1 itself ignores (single-cluster and Marathon eras).
-    (
-        "drove",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "user",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "pass",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "access_token",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "realm",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "realm_suffix",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "routing_tag",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "leader_vhost",
-        "drove-gateway's single-cluster era (use [[namespaces]])",
-    ),
-    (
-        "statsd",
-        "drove-gateway's statsd output, which 2.1 also ignores",
-    ),
-    (
-        "traefiklabel",
-        "the Marathon era, which drove-gateway 2.1 also ignores",
-    ),
-    (
-        "traefikbackend",
-        "the Marathon era, which drove-gateway 2.1 also ignores",
-    ),
+    ("drove", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("user", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("pass", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("access_token", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("realm", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("realm_suffix", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("routing_tag", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("leader_vhost", "drove-gateway's single-cluster era (use [[namespaces]])"),
+    ("statsd", "drove-gateway's statsd output, which 2.1 also ignores"),
+    ("traefiklabel", "the Marathon era, which drove-gateway 2.1 also ignores"),
+    ("traefikbackend", "the Marathon era, which drove-gateway 2.1 also ignores"),
 ];

@@ -5,36 +5,27 @@ use std::time::Duration;
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write e.g. \"5s\", \"250ms\" or \"2m\"")
-    })?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration; write e.g. \"5s\", \"250ms\" or \"2m\""))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s, m or h"
-            ))
-        }
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration `{text}` is out of range"))
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a size; write e.g. \"10MB\", \"512KiB\" or a number of bytes")
-    })?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. \"10MB\", \"512KiB\" or a number of bytes"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -43,15 +34,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}`; use B, KB, KiB, MB, MiB, GB or GiB"
-            ))
-        }
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KB, KiB, MB, MiB, GB or GiB")),
     };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    value.checked_mul(factor).ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 #[cfg(test)]

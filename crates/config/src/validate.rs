@@ -5,9 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use gatehouse_model::{
-    BalancePolicy, BuildError, HostPattern, RouteTable, Scheme, ServiceSpec, TargetSpec,
-};
+use gatehouse_model::{BalancePolicy, BuildError, HostPattern, RouteTable, Scheme, ServiceSpec, TargetSpec};
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
@@ -30,13 +28,11 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        self.errors
-            .push(Diagnostic::at(self.origin, self.text, span, message));
+        self.errors.push(Diagnostic::at(self.origin, self.text, span, message));
     }
 
     fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        self.warnings
-            .push(Diagnostic::at(self.origin, self.text, span, message));
+        self.warnings.push(Diagnostic::at(self.origin, self.text, span, message));
     }
 
     /// Paths in the file are relative to the file's folder.
@@ -47,23 +43,15 @@ impl Checker<'_> {
 }
 
 pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    let mut c = Checker {
-        origin,
-        text,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut c = Checker { origin, text, errors: Vec::new(), warnings: Vec::new() };
     let mut root = DeTable::parse(text).map_err(|e| invalid(&c, e.span(), e.message()))?;
     for (key, owner) in DEFERRED_KEYS {
         if let Some((k, _)) = root.get_mut().remove_entry(*key) {
-            c.warn(
-                Some(k.span()),
-                format!("`{key}` belongs to {owner}, which this build does not have yet; ignored"),
-            );
+            c.warn(Some(k.span()), format!("`{key}` belongs to {owner}, which this build does not have yet; ignored"));
         }
     }
-    let file: FileConfig = serde::Deserialize::deserialize(Deserializer::from(root))
-        .map_err(|e| invalid(&c, e.span(), e.message()))?;
+    let file: FileConfig =
+        serde::Deserialize::deserialize(Deserializer::from(root)).map_err(|e| invalid(&c, e.span(), e.message()))?;
     let config = convert(&mut c, file);
     if c.errors.is_empty() {
         let mut config = config;
@@ -75,12 +63,7 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
 }
 
 fn invalid(c: &Checker<'_>, span: Option<Range<usize>>, message: &str) -> ConfigError {
-    ConfigError::Invalid(vec![Diagnostic::at(
-        c.origin,
-        c.text,
-        span,
-        message.trim_end(),
-    )])
+    ConfigError::Invalid(vec![Diagnostic::at(c.origin, c.text, span, message.trim_end())])
 }
 
 fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
@@ -88,18 +71,12 @@ fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(a) => match a.get_ref().trim() {
             "" => {
-                c.warn(
-                    Some(a.span()),
-                    "empty `address`: the admin API listens on all interfaces",
-                );
+                c.warn(Some(a.span()), "empty `address`: the admin API listens on all interfaces");
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             }
             "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
             text => text.parse().unwrap_or_else(|_| {
-                c.error(
-                    Some(a.span()),
-                    format!("`address` must be an IP address, not `{text}`"),
-                );
+                c.error(Some(a.span()), format!("`address` must be an IP address, not `{text}`"));
                 IpAddr::V4(Ipv4Addr::LOCALHOST)
             }),
         },
@@ -107,26 +84,17 @@ fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
     let admin_port = match &file.port {
         None => DEFAULT_ADMIN_PORT,
         Some(p) => port_number(p.get_ref()).unwrap_or_else(|| {
-            c.error(
-                Some(p.span()),
-                "`port` must be a port number from 1 to 65535",
-            );
+            c.error(Some(p.span()), "`port` must be a port number from 1 to 65535");
             DEFAULT_ADMIN_PORT
         }),
     };
     let log_level = match &file.loglevel {
         None => "info".to_string(),
-        Some(l) if LOG_LEVELS.contains(&l.get_ref().to_ascii_lowercase().as_str()) => {
-            l.get_ref().to_ascii_lowercase()
-        }
+        Some(l) if LOG_LEVELS.contains(&l.get_ref().to_ascii_lowercase().as_str()) => l.get_ref().to_ascii_lowercase(),
         Some(l) => {
             c.warn(
                 Some(l.span()),
-                format!(
-                    "unknown `loglevel` `{}`; using info (one of {})",
-                    l.get_ref(),
-                    LOG_LEVELS.join(", ")
-                ),
+                format!("unknown `loglevel` `{}`; using info (one of {})", l.get_ref(), LOG_LEVELS.join(", ")),
             );
             "info".to_string()
         }
@@ -136,40 +104,40 @@ fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
         Some(p) => match p.get_ref().as_str() {
             "native" => ProxyPlatform::Native,
             "nginx" | "haproxy" => {
-                c.error(Some(p.span()), format!("`proxy_platform = \"{}\"`: that engine is not in this build yet; use \"native\"", p.get_ref()));
+                c.error(
+                    Some(p.span()),
+                    format!(
+                        "`proxy_platform = \"{}\"`: that engine is not in this build yet; use \"native\"",
+                        p.get_ref()
+                    ),
+                );
                 ProxyPlatform::Native
             }
             other => {
-                c.error(Some(p.span()), format!("unknown `proxy_platform` `{other}`; expected \"native\", \"nginx\" or \"haproxy\""));
+                c.error(
+                    Some(p.span()),
+                    format!("unknown `proxy_platform` `{other}`; expected \"native\", \"nginx\" or \"haproxy\""),
+                );
                 ProxyPlatform::Native
             }
         },
     };
-    let workers = file
-        .workers
-        .as_ref()
-        .and_then(|w| match usize::try_from(*w.get_ref()) {
-            Ok(n @ 1..=1024) => Some(n),
-            _ => {
-                c.error(Some(w.span()), "`workers` must be from 1 to 1024");
-                None
-            }
-        });
+    let workers = file.workers.as_ref().and_then(|w| match usize::try_from(*w.get_ref()) {
+        Ok(n @ 1..=1024) => Some(n),
+        _ => {
+            c.error(Some(w.span()), "`workers` must be from 1 to 1024");
+            None
+        }
+    });
     let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
     if !services.is_empty() && listeners.is_empty() {
-        c.warn(
-            None,
-            "services are defined but no [[listeners]]: nothing will accept their traffic",
-        );
+        c.warn(None, "services are defined but no [[listeners]]: nothing will accept their traffic");
     }
     Config {
         origin: c.origin.to_path_buf(),
-        admin: AdminSettings {
-            address: SocketAddr::new(admin_ip, admin_port),
-            token,
-        },
+        admin: AdminSettings { address: SocketAddr::new(admin_ip, admin_port), token },
         log_level,
         xproxy: file.xproxy.filter(|x| !x.is_empty()),
         proxy_platform,
@@ -196,18 +164,12 @@ fn listeners(c: &mut Checker<'_>, file: Vec<FileListener>) -> Vec<ListenerSpec> 
         let Ok(address) = l.address.get_ref().parse::<SocketAddr>() else {
             c.error(
                 Some(l.address.span()),
-                format!(
-                    "listener address `{}` must be IP:PORT, e.g. \"127.0.0.1:8080\"",
-                    l.address.get_ref()
-                ),
+                format!("listener address `{}` must be IP:PORT, e.g. \"127.0.0.1:8080\"", l.address.get_ref()),
             );
             continue;
         };
-        if !seen.insert(address) {
-            c.error(
-                Some(l.address.span()),
-                format!("listener address `{address}` is listed twice"),
-            );
+        if address.port() != 0 && !seen.insert(address) {
+            c.error(Some(l.address.span()), format!("listener address `{address}` is listed twice"));
         }
         let mut tls_certificates = Vec::new();
         for pair in l.tls_certificates {
@@ -217,10 +179,7 @@ fn listeners(c: &mut Checker<'_>, file: Vec<FileListener>) -> Vec<ListenerSpec> 
                 tls_certificates.push(CertificatePaths { cert, key });
             }
         }
-        out.push(ListenerSpec {
-            address,
-            tls_certificates,
-        });
+        out.push(ListenerSpec { address, tls_certificates });
     }
     out
 }
@@ -230,10 +189,7 @@ fn existing_file(c: &mut Checker<'_>, path: &Spanned<String>, what: &str) -> Opt
     if resolved.is_file() {
         Some(resolved)
     } else {
-        c.error(
-            Some(path.span()),
-            format!("{what} file `{}` does not exist", resolved.display()),
-        );
+        c.error(Some(path.span()), format!("{what} file `{}` does not exist", resolved.display()));
         None
     }
 }
@@ -258,10 +214,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         }
         if let Some(prefix) = &s.path_prefix {
             if !prefix.get_ref().starts_with('/') {
-                c.error(
-                    Some(prefix.span()),
-                    format!("`path_prefix` `{}` must start with `/`", prefix.get_ref()),
-                );
+                c.error(Some(prefix.span()), format!("`path_prefix` `{}` must start with `/`", prefix.get_ref()));
             }
             spec.path_prefix = prefix.get_ref().clone();
         }
@@ -279,10 +232,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         };
         for (value, slot) in [
             (&s.connect_timeout, &mut spec.timeouts.connect),
-            (
-                &s.response_header_timeout,
-                &mut spec.timeouts.response_header,
-            ),
+            (&s.response_header_timeout, &mut spec.timeouts.response_header),
             (&s.idle_timeout, &mut spec.timeouts.idle),
         ] {
             if let Some(v) = value {
@@ -318,11 +268,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
                 BuildError::DuplicateRoute { second, .. } => second,
                 BuildError::BadPrefix { service, .. } => service,
             };
-            let span = name_spans
-                .iter()
-                .rev()
-                .find(|(n, _)| n == culprit)
-                .map(|(_, s)| s.clone());
+            let span = name_spans.iter().rev().find(|(n, _)| n == culprit).map(|(_, s)| s.clone());
             c.error(span, e.to_string());
         }
     }
@@ -331,8 +277,9 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
 
 fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
     match value {
-        NumberOrText::Number(n) => std::time::Duration::try_from_secs_f64(*n)
-            .map_err(|_| format!("duration {n} is out of range")),
+        NumberOrText::Number(n) => {
+            std::time::Duration::try_from_secs_f64(*n).map_err(|_| format!("duration {n} is out of range"))
+        }
         NumberOrText::Text(t) => parse_duration(t),
     }
 }
@@ -353,42 +300,26 @@ fn target_spec(target: &FileTarget) -> Result<TargetSpec, String> {
     if !(1..=MAX_WEIGHT).contains(&weight) {
         return Err(format!("target weight must be from 1 to {MAX_WEIGHT}"));
     }
-    let uri: http::Uri = url.parse().map_err(|_| {
-        format!("target `{url}` is not a URL; write e.g. \"http://127.0.0.1:9000\"")
-    })?;
+    let uri: http::Uri =
+        url.parse().map_err(|_| format!("target `{url}` is not a URL; write e.g. \"http://127.0.0.1:9000\""))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
-        _ => {
-            return Err(format!(
-                "target `{url}` must start with http:// or https://"
-            ))
-        }
+        _ => return Err(format!("target `{url}` must start with http:// or https://")),
     };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("target `{url}` must not have a path; use path_prefix and strip_prefix to rewrite paths"));
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("target `{url}` has no host"))?;
+    let authority = uri.authority().ok_or_else(|| format!("target `{url}` has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("target `{url}` must not carry credentials"));
     }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
     let port = authority.port_u16().unwrap_or(match scheme {
         Scheme::Http => 80,
         Scheme::Https => 443,
     });
-    Ok(TargetSpec {
-        scheme,
-        host,
-        port,
-        weight: weight as u32,
-    })
+    Ok(TargetSpec { scheme, host, port, weight: weight as u32 })
 }
 
 #[cfg(test)]
@@ -438,10 +369,7 @@ retries = 1
         assert_eq!(s.max_body_size, Some(1 << 20));
         assert_eq!(s.balance, BalancePolicy::LeastRequests);
         let json = serde_json::to_string(&cfg).unwrap();
-        assert!(
-            !json.contains("s3cret") && !format!("{cfg:?}").contains("s3cret"),
-            "secrets never shown"
-        );
+        assert!(!json.contains("s3cret") && !format!("{cfg:?}").contains("s3cret"), "secrets never shown");
     }
 
     #[test]
@@ -455,31 +383,17 @@ retries = 1
     #[test]
     fn unknown_keys_are_errors_with_positions() {
         let err = check("port = \"6000\"\nlisten = 1\n").unwrap_err();
-        assert!(
-            err.starts_with("g.toml:2:1: unknown field `listen`"),
-            "{err}"
-        );
-        let err = check("[[services]]\nname = \"a\"\nhosts = [\"a\"]\ntargets = []\nbogus = 1\n")
-            .unwrap_err();
+        assert!(err.starts_with("g.toml:2:1: unknown field `listen`"), "{err}");
+        let err = check("[[services]]\nname = \"a\"\nhosts = [\"a\"]\ntargets = []\nbogus = 1\n").unwrap_err();
         assert!(err.contains("unknown field `bogus`"), "{err}");
     }
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg =
-            check("nginx_config = \"/etc/nginx/nginx.conf\"\n[[namespaces]]\nname = \"stage\"\n")
-                .unwrap();
+        let cfg = check("nginx_config = \"/etc/nginx/nginx.conf\"\n[[namespaces]]\nname = \"stage\"\n").unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
-        assert!(
-            w.iter()
-                .any(|w| w.starts_with("g.toml:1:1: `nginx_config` belongs to the nginx engine")),
-            "{w:?}"
-        );
-        assert!(
-            w.iter()
-                .any(|w| w.contains("`namespaces` belongs to the Drove source")),
-            "{w:?}"
-        );
+        assert!(w.iter().any(|w| w.starts_with("g.toml:1:1: `nginx_config` belongs to the nginx engine")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("`namespaces` belongs to the Drove source")), "{w:?}");
     }
 
     #[test]
@@ -503,22 +417,10 @@ connect_timeout = "5 fortnights"
         )
         .unwrap_err();
         let lines: Vec<_> = err.lines().collect();
-        assert!(
-            lines[0].starts_with("g.toml:1:11: `address` must be an IP"),
-            "{err}"
-        );
-        assert!(
-            lines[1].starts_with("g.toml:3:11: listener address"),
-            "{err}"
-        );
-        assert!(
-            err.contains("g.toml:6:10: host `a..b` has an empty label"),
-            "{err}"
-        );
-        assert!(
-            err.contains("g.toml:7:12: target `ftp://x` must start with"),
-            "{err}"
-        );
+        assert!(lines[0].starts_with("g.toml:1:11: `address` must be an IP"), "{err}");
+        assert!(lines[1].starts_with("g.toml:3:11: listener address"), "{err}");
+        assert!(err.contains("g.toml:6:10: host `a..b` has an empty label"), "{err}");
+        assert!(err.contains("g.toml:7:12: target `ftp://x` must start with"), "{err}");
         assert!(err.contains("must not have a path"), "{err}");
         assert!(err.contains("weight must be from 1"), "{err}");
         assert!(err.contains("g.toml:8:19: unknown duration unit"), "{err}");
@@ -531,9 +433,7 @@ connect_timeout = "5 fortnights"
         )
         .unwrap_err();
         assert!(
-            err.starts_with(
-                "g.toml:6:8: host `x.test` with path prefix `/` is claimed by both `a` and `b`"
-            ),
+            err.starts_with("g.toml:6:8: host `x.test` with path prefix `/` is claimed by both `a` and `b`"),
             "{err}"
         );
     }
@@ -541,10 +441,7 @@ connect_timeout = "5 fortnights"
     #[test]
     fn missing_certificates_are_reported() {
         let err = check("[[listeners]]\naddress = \"127.0.0.1:8443\"\ntls_certificates = [{ cert = \"nope.pem\", key = \"nope.key\" }]\n").unwrap_err();
-        assert!(
-            err.contains("certificate file `nope.pem` does not exist"),
-            "{err}"
-        );
+        assert!(err.contains("certificate file `nope.pem` does not exist"), "{err}");
     }
 
     #[test]

@@ -32,16 +32,9 @@ async fn version() -> &'static str {
 /// failed (the previous configuration keeps serving).
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let (generation, status) = gw.status();
-    let code = if status.healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    let certificates: serde_json::Map<String, serde_json::Value> = gw
-        .certificate_names()
-        .into_iter()
-        .map(|(addr, names)| (addr.to_string(), json!(names)))
-        .collect();
+    let code = if status.healthy { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let certificates: serde_json::Map<String, serde_json::Value> =
+        gw.certificate_names().into_iter().map(|(addr, names)| (addr.to_string(), json!(names))).collect();
     let body = json!({
         "Healthy": status.healthy,
         "Config": status,
@@ -97,13 +90,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        gw.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gw.metrics.encode())
         .into_response()
 }
 

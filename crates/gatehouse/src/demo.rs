@@ -64,10 +64,7 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<De
         let port = start_backend(name).await?;
         text = text.replace(&format!("{{{name}}}"), &port.to_string());
     }
-    let source = ConfigSource::Embedded {
-        text: text.clone(),
-        origin: PathBuf::from("<demo>"),
-    };
+    let source = ConfigSource::Embedded { text: text.clone(), origin: PathBuf::from("<demo>") };
     Ok(Demo { source, text })
 }
 
@@ -104,13 +101,9 @@ async fn start_backend(name: &'static str) -> anyhow::Result<u16> {
             };
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let forwarded_for = req
-                        .headers()
-                        .get("x-forwarded-for")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    let text =
-                        format!(
+                    let forwarded_for =
+                        req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let text = format!(
                         "Hello from {name}\n  {} {} (Host: {}, X-Forwarded-For: {forwarded_for})\n",
                         req.method(),
                         req.uri(),
@@ -118,9 +111,7 @@ async fn start_backend(name: &'static str) -> anyhow::Result<u16> {
                     );
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

@@ -51,8 +51,8 @@ pub struct Gateway {
     source: ConfigSource,
     pub metrics: Arc<Metrics>,
     proxy: NativeProxy,
-    /// The TLS listeners' certificate stores, by address as configured.
-    cert_stores: Vec<(SocketAddr, Arc<CertStore>)>,
+    /// The TLS listeners' certificate stores: (position in [[listeners]], address, store).
+    cert_stores: Vec<(usize, SocketAddr, Arc<CertStore>)>,
     listeners: Vec<ListenerSpec>,
     state: Mutex<State>,
     /// Serialises reloads; held across the whole load-build-install sequence.
@@ -62,49 +62,30 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the first route table and starts the engine on the configured listeners.
-    pub fn start(
-        source: ConfigSource,
-        config: Config,
-        log: LogHandle,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub fn start(source: ConfigSource, config: Config, log: LogHandle) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let generation = 1;
         let snapshot = snapshot(&config, generation, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
-        for l in &config.listeners {
+        for (index, l) in config.listeners.iter().enumerate() {
             let tls = if l.tls_certificates.is_empty() {
                 None
             } else {
-                let certs =
-                    load_certificates(l).with_context(|| format!("listener {}", l.address))?;
+                let certs = load_certificates(l).with_context(|| format!("listener {}", l.address))?;
                 let store = Arc::new(CertStore::new(certs));
-                cert_stores.push((l.address, store.clone()));
+                cert_stores.push((index, l.address, store.clone()));
                 Some(store)
             };
-            listeners.push(ListenerConfig {
-                address: l.address,
-                tls,
-            });
+            listeners.push(ListenerConfig { address: l.address, tls });
         }
-        let workers = config
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone())?;
         for (spec, bound) in config.listeners.iter().zip(proxy.addresses()) {
-            let tls = if spec.tls_certificates.is_empty() {
-                "http"
-            } else {
-                "https"
-            };
+            let tls = if spec.tls_certificates.is_empty() { "http" } else { "https" };
             tracing::info!(address = %bound, protocol = tls, "listening");
         }
-        tracing::info!(
-            workers,
-            generation,
-            services = config.services.len(),
-            "route table installed"
-        );
+        tracing::info!(workers, generation, services = config.services.len(), "route table installed");
         let status = ReloadStatus {
             healthy: true,
             message: "configuration loaded".into(),
@@ -117,11 +98,7 @@ impl Gateway {
             proxy,
             cert_stores,
             listeners,
-            state: Mutex::new(State {
-                config: Arc::new(config),
-                generation,
-                status,
-            }),
+            state: Mutex::new(State { config: Arc::new(config), generation, status }),
             reloading: tokio::sync::Mutex::new(()),
             log,
         }))
@@ -144,11 +121,7 @@ impl Gateway {
                 tracing::info!(generation, "configuration reloaded");
             }
             Err(message) => {
-                state.status = ReloadStatus {
-                    healthy: false,
-                    message: message.clone(),
-                    last_attempt: now,
-                };
+                state.status = ReloadStatus { healthy: false, message: message.clone(), last_attempt: now };
                 tracing::error!(
                     generation = state.generation,
                     "reload failed; keeping the current configuration:\n{message}"
@@ -165,19 +138,14 @@ impl Gateway {
             tracing::warn!("{warning}");
         }
         let generation = self.lock().generation + 1;
-        let snapshot =
-            snapshot(&config, generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
+        let snapshot = snapshot(&config, generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
         self.warn_about_restart_only_changes(&config);
         // Load every certificate before changing anything, so a bad one changes nothing.
         let mut new_certs = Vec::new();
-        for (address, store) in &self.cert_stores {
-            if let Some(l) = config
-                .listeners
-                .iter()
-                .find(|l| l.address == *address && !l.tls_certificates.is_empty())
-            {
-                let certs =
-                    load_certificates(l).map_err(|e| format!("listener {address}: {e:#}"))?;
+        for (index, address, store) in &self.cert_stores {
+            let same_listener = config.listeners.get(*index).filter(|l| l.address == *address);
+            if let Some(l) = same_listener.filter(|l| !l.tls_certificates.is_empty()) {
+                let certs = load_certificates(l).map_err(|e| format!("listener {address}: {e:#}"))?;
                 new_certs.push((store, certs));
             }
         }
@@ -194,16 +162,8 @@ impl Gateway {
 
     fn warn_about_restart_only_changes(&self, new: &Config) {
         let old = self.lock().config.clone();
-        let started: Vec<_> = self
-            .listeners
-            .iter()
-            .map(|l| (l.address, l.tls_certificates.is_empty()))
-            .collect();
-        let wanted: Vec<_> = new
-            .listeners
-            .iter()
-            .map(|l| (l.address, l.tls_certificates.is_empty()))
-            .collect();
+        let started: Vec<_> = self.listeners.iter().map(|l| (l.address, l.tls_certificates.is_empty())).collect();
+        let wanted: Vec<_> = new.listeners.iter().map(|l| (l.address, l.tls_certificates.is_empty())).collect();
         if started != wanted {
             tracing::warn!("the [[listeners]] changed (addresses or TLS on/off): that takes a restart; routes and certificates were reloaded");
         }
@@ -237,10 +197,7 @@ impl Gateway {
     }
 
     pub fn certificate_names(&self) -> Vec<(SocketAddr, Vec<String>)> {
-        self.cert_stores
-            .iter()
-            .map(|(a, s)| (*a, s.names()))
-            .collect()
+        self.cert_stores.iter().map(|(i, _, s)| (self.proxy.addresses()[*i], s.names())).collect()
     }
 
     /// Stops accepting and lets requests in flight finish for up to `drain`.
@@ -259,10 +216,6 @@ fn snapshot(config: &Config, generation: u64, metrics: &Metrics) -> anyhow::Resu
 }
 
 fn load_certificates(listener: &ListenerSpec) -> anyhow::Result<Certificates> {
-    let pairs: Vec<_> = listener
-        .tls_certificates
-        .iter()
-        .map(|c| (c.cert.clone(), c.key.clone()))
-        .collect();
+    let pairs: Vec<_> = listener.tls_certificates.iter().map(|c| (c.cert.clone(), c.key.clone())).collect();
     Ok(Certificates::load(&pairs)?)
 }

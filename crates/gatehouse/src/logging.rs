@@ -14,29 +14,17 @@ pub struct LogHandle {
 
 fn filter_for(level: &str) -> EnvFilter {
     // Dependencies log at their own level only when something is wrong.
-    EnvFilter::new(format!(
-        "{level},hyper=warn,h2=warn,rustls=warn,tokio_rustls=warn"
-    ))
+    EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,tokio_rustls=warn"))
 }
 
 pub fn init(level: &str) -> LogHandle {
-    let env = std::env::var("GATEHOUSE_LOG")
-        .ok()
-        .filter(|f| !f.is_empty());
-    let filter = env
-        .as_deref()
-        .map_or_else(|| filter_for(level), EnvFilter::new);
+    let env = std::env::var("GATEHOUSE_LOG").ok().filter(|f| !f.is_empty());
+    let filter = env.as_deref().map_or_else(|| filter_for(level), EnvFilter::new);
     let (filter, handle) = reload::Layer::new(filter);
     let json = std::env::var("GATEHOUSE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
     } else {
         registry
             .with(
@@ -49,10 +37,7 @@ pub fn init(level: &str) -> LogHandle {
     if let Err(e) = result {
         eprintln!("logging was already set up: {e}");
     }
-    LogHandle {
-        filter: handle,
-        from_env: env.is_some(),
-    }
+    LogHandle { filter: handle, from_env: env.is_some() }
 }
 
 impl LogHandle {

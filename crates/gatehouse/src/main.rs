@@ -30,13 +30,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 )]
 struct Cli {
     /// Configuration file (drove-gateway's -f works too).
-    #[arg(
-        short = 'c',
-        long = "config",
-        short_alias = 'f',
-        global = true,
-        value_name = "FILE"
-    )]
+    #[arg(short = 'c', long = "config", short_alias = 'f', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -65,14 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
-        (
-            Some(Command::Demo {
-                listen,
-                admin,
-                print_config,
-            }),
-            _,
-        ) => demo(listen, admin, print_config),
+        (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
         (Some(Command::Check | Command::Run), None) => {
@@ -139,13 +126,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr, print_config: bool) -> anyhow::Re
         }
         let config = demo.source.load()?;
         let log = logging::init(&config.log_level);
-        serve(
-            demo.source,
-            config,
-            log,
-            Some(demo::instructions(listen, admin)),
-        )
-        .await
+        serve(demo.source, config, log, Some(demo::instructions(listen, admin))).await
     })
 }
 
@@ -161,9 +142,7 @@ async fn serve(
     let admin_address = config.admin.address;
     let admin = tokio::net::TcpListener::bind(admin_address)
         .await
-        .with_context(|| {
-            format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)")
-        })?;
+        .with_context(|| format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)"))?;
     let gateway = Gateway::start(source, config, log)?;
     tracing::info!(address = %admin.local_addr()?, "admin API listening");
     let router = admin::router(gateway.clone());

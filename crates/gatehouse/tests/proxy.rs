@@ -23,99 +23,40 @@ fn config_with(top_level: &str, services: &str) -> String {
 
 fn service(name: &str, hosts: &str, targets: &[String], extra: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    format!(
-        "[[services]]\nname = \"{name}\"\nhosts = [{hosts}]\ntargets = [{}]\n{extra}\n",
-        targets.join(", ")
-    )
+    format!("[[services]]\nname = \"{name}\"\nhosts = [{hosts}]\ntargets = [{}]\n{extra}\n", targets.join(", "))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_longest_path_prefix() {
-    let (exact, wild, api, v2) = tokio::join!(
-        backend::start("exact"),
-        backend::start("wild"),
-        backend::start("api"),
-        backend::start("v2")
-    );
+    let (exact, wild, api, v2) =
+        tokio::join!(backend::start("exact"), backend::start("wild"), backend::start("api"), backend::start("v2"));
     let gh = Gatehouse::start(&config(
         &[
             service("exact", "\"app.example.com\"", &[exact.url()], ""),
             service("wild", "\"*.example.com\"", &[wild.url()], ""),
-            service(
-                "api",
-                "\"app.example.com\"",
-                &[api.url()],
-                "path_prefix = \"/api\"\nstrip_prefix = true",
-            ),
-            service(
-                "v2",
-                "\"app.example.com\"",
-                &[v2.url()],
-                "path_prefix = \"/api/v2\"",
-            ),
+            service("api", "\"app.example.com\"", &[api.url()], "path_prefix = \"/api\"\nstrip_prefix = true"),
+            service("v2", "\"app.example.com\"", &[v2.url()], "path_prefix = \"/api/v2\""),
         ]
         .concat(),
     ));
     let at = gh.listener();
-    assert_eq!(
-        get(at, "app.example.com", "/").await.header("x-backend"),
-        "exact"
-    );
-    assert_eq!(
-        get(at, "APP.Example.COM:8080", "/x")
-            .await
-            .header("x-backend"),
-        "exact",
-        "case and port ignored"
-    );
-    assert_eq!(
-        get(at, "www.example.com", "/").await.header("x-backend"),
-        "wild"
-    );
-    assert_eq!(
-        get(at, "a.b.example.com", "/").await.header("x-backend"),
-        "wild"
-    );
-    assert_eq!(
-        get(at, "app.example.com", "/api/users?id=7")
-            .await
-            .header("x-backend"),
-        "api"
-    );
-    assert_eq!(
-        api.last().target,
-        "/users?id=7",
-        "prefix stripped, query kept"
-    );
-    assert_eq!(
-        get(at, "app.example.com", "/api").await.header("x-backend"),
-        "api"
-    );
+    assert_eq!(get(at, "app.example.com", "/").await.header("x-backend"), "exact");
+    assert_eq!(get(at, "APP.Example.COM:8080", "/x").await.header("x-backend"), "exact", "case and port ignored");
+    assert_eq!(get(at, "www.example.com", "/").await.header("x-backend"), "wild");
+    assert_eq!(get(at, "a.b.example.com", "/").await.header("x-backend"), "wild");
+    assert_eq!(get(at, "app.example.com", "/api/users?id=7").await.header("x-backend"), "api");
+    assert_eq!(api.last().target, "/users?id=7", "prefix stripped, query kept");
+    assert_eq!(get(at, "app.example.com", "/api").await.header("x-backend"), "api");
     assert_eq!(api.last().target, "/");
-    assert_eq!(
-        get(at, "app.example.com", "/api/v2/x")
-            .await
-            .header("x-backend"),
-        "v2"
-    );
+    assert_eq!(get(at, "app.example.com", "/api/v2/x").await.header("x-backend"), "v2");
     assert_eq!(v2.last().target, "/api/v2/x", "not stripped");
-    assert_eq!(
-        get(at, "app.example.com", "/apix")
-            .await
-            .header("x-backend"),
-        "exact",
-        "segment boundary"
-    );
+    assert_eq!(get(at, "app.example.com", "/apix").await.header("x-backend"), "exact", "segment boundary");
 
     let missing = get(at, "nowhere.test", "/").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.header("content-type"), "text/plain; charset=utf-8");
     assert_eq!(missing.header("x-proxy"), "test-proxy");
-    assert_eq!(
-        get(at, "example.com", "/").await.status,
-        404,
-        "a wildcard does not cover its bare suffix"
-    );
+    assert_eq!(get(at, "example.com", "/").await.status, 404, "a wildcard does not cover its bare suffix");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,15 +76,9 @@ async fn rewrites_headers_like_a_reverse_proxy() {
     let reply = client::send(gh.listener(), req).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-proxy"), "test-proxy");
-    assert!(
-        reply.headers.get("x-hop").is_none(),
-        "hop-by-hop headers named by the target's Connection are removed"
-    );
+    assert!(reply.headers.get("x-hop").is_none(), "hop-by-hop headers named by the target's Connection are removed");
     let seen = b.last().headers;
-    assert_eq!(
-        seen["x-forwarded-for"], "127.0.0.1",
-        "client value replaced"
-    );
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "client value replaced");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "h.test");
     assert_eq!(seen["host"], "h.test", "Host preserved");
@@ -152,38 +87,24 @@ async fn rewrites_headers_like_a_reverse_proxy() {
     for gone in ["x-drop-me", "keep-alive", "proxy-authorization"] {
         assert!(!seen.contains_key(gone), "{gone} must not be forwarded");
     }
-    let req = Request::get("/")
-        .header("host", "h.test")
-        .header("x-request-id", "req-42")
-        .body(Bytes::new())
-        .unwrap();
+    let req = Request::get("/").header("host", "h.test").header("x-request-id", "req-42").body(Bytes::new()).unwrap();
     client::send(gh.listener(), req).await;
-    assert_eq!(
-        b.last().headers["x-request-id"],
-        "req-42",
-        "client request id kept"
-    );
+    assert_eq!(b.last().headers["x-request-id"], "req-42", "client request id kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balances_by_policy() {
     let (a, b) = tokio::join!(backend::start("a"), backend::start("b"));
-    let weighted = format!("[[services]]\nname = \"rr\"\nhosts = [\"rr.test\"]\ntargets = [{{ url = \"{}\", weight = 3 }}, \"{}\"]\n", a.url(), b.url());
+    let weighted = format!(
+        "[[services]]\nname = \"rr\"\nhosts = [\"rr.test\"]\ntargets = [{{ url = \"{}\", weight = 3 }}, \"{}\"]\n",
+        a.url(),
+        b.url()
+    );
     let gh = Gatehouse::start(&config(
         &[
             weighted,
-            service(
-                "sticky",
-                "\"ip.test\"",
-                &[a.url(), b.url()],
-                "balance = \"ip_hash\"",
-            ),
-            service(
-                "p2c",
-                "\"p2c.test\"",
-                &[a.url(), b.url()],
-                "balance = \"least_requests\"",
-            ),
+            service("sticky", "\"ip.test\"", &[a.url(), b.url()], "balance = \"ip_hash\""),
+            service("p2c", "\"p2c.test\"", &[a.url(), b.url()], "balance = \"least_requests\""),
         ]
         .concat(),
     ));
@@ -195,28 +116,13 @@ async fn balances_by_policy() {
     }
     assert_eq!((counts["a"], counts["b"]), (30, 10), "weights 3:1");
 
-    let first = conn
-        .get("ip.test", "/")
-        .await
-        .unwrap()
-        .header("x-backend")
-        .to_string();
+    let first = conn.get("ip.test", "/").await.unwrap().header("x-backend").to_string();
     for _ in 0..20 {
-        assert_eq!(
-            conn.get("ip.test", "/").await.unwrap().header("x-backend"),
-            first,
-            "same client, same target"
-        );
+        assert_eq!(conn.get("ip.test", "/").await.unwrap().header("x-backend"), first, "same client, same target");
     }
     let mut used = std::collections::HashSet::new();
     for _ in 0..40 {
-        used.insert(
-            conn.get("p2c.test", "/")
-                .await
-                .unwrap()
-                .header("x-backend")
-                .to_string(),
-        );
+        used.insert(conn.get("p2c.test", "/").await.unwrap().header("x-backend").to_string());
     }
     assert_eq!(used.len(), 2, "least_requests uses both targets");
 }
@@ -227,31 +133,11 @@ async fn upstream_failures_map_to_statuses() {
     let refused = format!("http://{}", closed_port());
     let gh = Gatehouse::start(&config(
         &[
-            service(
-                "down",
-                "\"down.test\"",
-                &[refused.clone(), format!("http://{}", closed_port())],
-                "",
-            ),
-            service(
-                "retry",
-                "\"retry.test\"",
-                &[refused.clone(), good.url()],
-                "retries = 1",
-            ),
-            service(
-                "slow",
-                "\"slow.test\"",
-                &[slow.url()],
-                "response_header_timeout = \"300ms\"",
-            ),
+            service("down", "\"down.test\"", &[refused.clone(), format!("http://{}", closed_port())], ""),
+            service("retry", "\"retry.test\"", &[refused.clone(), good.url()], "retries = 1"),
+            service("slow", "\"slow.test\"", &[slow.url()], "response_header_timeout = \"300ms\""),
             service("empty", "\"empty.test\"", &[], ""),
-            service(
-                "limited",
-                "\"limit.test\"",
-                &[good.url()],
-                "max_body_size = 100",
-            ),
+            service("limited", "\"limit.test\"", &[good.url()], "max_body_size = 100"),
         ]
         .concat(),
     ));
@@ -261,75 +147,33 @@ async fn upstream_failures_map_to_statuses() {
     assert_eq!(down.body, "no target could be reached\n");
     for _ in 0..6 {
         let r = get(at, "retry.test", "/").await;
-        assert_eq!(
-            (r.status, r.header("x-backend")),
-            (200, "good"),
-            "a refused target is skipped"
-        );
+        assert_eq!((r.status, r.header("x-backend")), (200, "good"), "a refused target is skipped");
     }
-    let post = client::send(
-        at,
-        Request::post("/")
-            .header("host", "retry.test")
-            .body(Bytes::from_static(b"body"))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        post.status, 200,
-        "nothing was sent to the refusing target, so a POST is retried too"
-    );
+    let post =
+        client::send(at, Request::post("/").header("host", "retry.test").body(Bytes::from_static(b"body")).unwrap())
+            .await;
+    assert_eq!(post.status, 200, "nothing was sent to the refusing target, so a POST is retried too");
     assert_eq!(get(at, "slow.test", "/slow?ms=3000").await.status, 504);
     assert_eq!(get(at, "empty.test", "/").await.status, 503);
 
-    let big = client::send(
-        at,
-        Request::post("/")
-            .header("host", "limit.test")
-            .body(Bytes::from(vec![b'x'; 101]))
-            .unwrap(),
-    )
-    .await;
+    let big =
+        client::send(at, Request::post("/").header("host", "limit.test").body(Bytes::from(vec![b'x'; 101])).unwrap())
+            .await;
     assert_eq!(big.status, 413);
-    let ok = client::send(
-        at,
-        Request::post("/")
-            .header("host", "limit.test")
-            .body(Bytes::from(vec![b'x'; 100]))
-            .unwrap(),
-    )
-    .await;
+    let ok =
+        client::send(at, Request::post("/").header("host", "limit.test").body(Bytes::from(vec![b'x'; 100])).unwrap())
+            .await;
     assert_eq!((ok.status, ok.body.as_str()), (200, "good 100"));
     let before = good.requests();
     let chunked = raw(at, b"POST / HTTP/1.1\r\nHost: limit.test\r\nTransfer-Encoding: chunked\r\n\r\n50\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n50\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n").await;
     assert_eq!(status_of(&chunked), 413, "{chunked}");
     assert!(good.requests() <= before + 1);
 
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"upstream_unreachable\"}")
-            .await
-            >= 1.0
-    );
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"upstream_timeout\"}")
-            .await
-            >= 1.0
-    );
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"body_too_large\"}")
-            .await
-            >= 2.0
-    );
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"no_targets\"}")
-            .await
-            >= 1.0
-    );
-    assert!(
-        gh.metric("gatehouse_requests_total{service=\"down\",code_class=\"5xx\"}")
-            .await
-            >= 1.0
-    );
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"upstream_unreachable\"}").await >= 1.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"upstream_timeout\"}").await >= 1.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"body_too_large\"}").await >= 2.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"no_targets\"}").await >= 1.0);
+    assert!(gh.metric("gatehouse_requests_total{service=\"down\",code_class=\"5xx\"}").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,22 +202,11 @@ async fn malformed_requests_are_rejected_and_never_forwarded() {
         let reply = raw(at, request).await;
         assert_eq!(status_of(&reply), *status, "{what}: {reply}");
     }
-    let huge = format!(
-        "GET / HTTP/1.1\r\nHost: h.test\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(70_000)
-    );
-    assert_eq!(
-        status_of(&raw(at, huge.as_bytes()).await),
-        431,
-        "header section over 64 KiB"
-    );
+    let huge = format!("GET / HTTP/1.1\r\nHost: h.test\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+    assert_eq!(status_of(&raw(at, huge.as_bytes()).await), 431, "header section over 64 KiB");
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: h.test\r\n{many}\r\n");
-    assert_eq!(
-        status_of(&raw(at, many.as_bytes()).await),
-        431,
-        "too many headers"
-    );
+    assert_eq!(status_of(&raw(at, many.as_bytes()).await), 431, "too many headers");
     assert_eq!(b.requests(), 0, "nothing malformed reached the backend");
 
     // A smuggling attempt after a valid request on the same connection.
@@ -381,44 +214,22 @@ async fn malformed_requests_are_rejected_and_never_forwarded() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("HTTP/1.1 400"), "{reply}");
     assert_eq!(b.requests(), 1, "only the first request was forwarded");
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"malformed_request\"}")
-            .await
-            >= 8.0
-    );
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"headers_too_large\"}")
-            .await
-            >= 2.0
-    );
-    assert!(
-        gh.metric("gatehouse_proxy_errors_total{kind=\"bad_request\"}")
-            .await
-            >= 2.0
-    );
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"malformed_request\"}").await >= 8.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"headers_too_large\"}").await >= 2.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"bad_request\"}").await >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_connections_alive_on_both_sides() {
     let b = backend::start("b").await;
-    let gh = Gatehouse::start(&config_with(
-        "workers = 1",
-        &service("s", "\"h.test\"", &[b.url()], ""),
-    ));
+    let gh = Gatehouse::start(&config_with("workers = 1", &service("s", "\"h.test\"", &[b.url()], "")));
     let mut conn = KeepAlive::connect(gh.listener()).await;
     for i in 0..50 {
-        let r = conn
-            .get("h.test", &format!("/n{i}"))
-            .await
-            .expect("keep-alive request");
+        let r = conn.get("h.test", &format!("/n{i}")).await.expect("keep-alive request");
         assert_eq!(r.status, 200);
     }
     assert_eq!(b.requests(), 50);
-    assert_eq!(
-        b.connections(),
-        1,
-        "one pooled upstream connection served all requests"
-    );
+    assert_eq!(b.connections(), 1, "one pooled upstream connection served all requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,42 +237,20 @@ async fn streams_bodies_without_buffering_them() {
     let b = backend::start("b").await;
     let gh = Gatehouse::start(&config(&service("s", "\"h.test\"", &[b.url()], "")));
     let mut conn = KeepAlive::connect(gh.listener()).await;
-    let resp = conn
-        .open(
-            Request::get("/stream")
-                .header("host", "h.test")
-                .body(Bytes::new())
-                .unwrap(),
-        )
-        .await;
+    let resp = conn.open(Request::get("/stream").header("host", "h.test").body(Bytes::new()).unwrap()).await;
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
         .expect("first part arrives before the backend finishes");
     assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first\n");
     b.stats.release.notify_one();
-    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
     assert_eq!(rest, "second\n");
 
     let upload = Bytes::from(vec![b'u'; 8 << 20]);
-    let r = conn
-        .send(
-            Request::post("/")
-                .header("host", "h.test")
-                .body(upload)
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let r = conn.send(Request::post("/").header("host", "h.test").body(upload).unwrap()).await.unwrap();
     assert_eq!(r.body, format!("b {}", 8 << 20));
-    let r = conn
-        .get("h.test", &format!("/size?n={}", 8 << 20))
-        .await
-        .unwrap();
+    let r = conn.get("h.test", &format!("/size?n={}", 8 << 20)).await.unwrap();
     assert_eq!(r.body.len(), 8 << 20);
 }
 
@@ -470,18 +259,13 @@ async fn tunnels_websockets_both_ways() {
     let b = backend::start("ws").await;
     let gh = Gatehouse::start(&config(&service("s", "\"ws.test\"", &[b.url()], "")));
     let stream = tokio::net::TcpStream::connect(gh.listener()).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/ws", stream)
-        .await
-        .expect("upgrade through the proxy");
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async("ws://ws.test/ws", stream).await.expect("upgrade through the proxy");
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["x-proxy"], "test-proxy");
     for i in 0..5 {
         ws.send(format!("hello {i}").into()).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(msg.to_text().unwrap(), format!("ws: hello {i}"));
     }
     assert!(gh.metric("gatehouse_open_websockets").await >= 1.0);
@@ -492,17 +276,11 @@ async fn tunnels_websockets_both_ways() {
 async fn speaks_http2_to_targets_that_ask_for_it() {
     let b = backend::start_h2c("grpc").await;
     // One worker: pools are per worker thread.
-    let gh = Gatehouse::start(&config_with(
-        "workers = 1",
-        &service("s", "\"g.test\"", &[b.url()], "http2 = true"),
-    ));
+    let gh = Gatehouse::start(&config_with("workers = 1", &service("s", "\"g.test\"", &[b.url()], "http2 = true")));
     for _ in 0..3 {
         let r = client::send(
             gh.listener(),
-            Request::post("/pkg.Svc/Call")
-                .header("host", "g.test")
-                .body(Bytes::from_static(b"abc"))
-                .unwrap(),
+            Request::post("/pkg.Svc/Call").header("host", "g.test").body(Bytes::from_static(b"abc")).unwrap(),
         )
         .await;
         assert_eq!((r.status, r.body.as_str()), (200, "grpc 3"));
@@ -521,38 +299,16 @@ async fn verifies_https_targets_unless_told_not_to() {
     let url = format!("https://localhost:{}", b.addr.port());
     let services = [
         service("checked", "\"checked.test\"", &[url.clone()], ""),
-        service(
-            "unchecked",
-            "\"unchecked.test\"",
-            &[url.clone()],
-            "tls_verify = false",
-        ),
+        service("unchecked", "\"unchecked.test\"", &[url.clone()], "tls_verify = false"),
     ]
     .concat();
     let untrusting = Gatehouse::start(&config(&services));
-    assert_eq!(
-        get(untrusting.listener(), "checked.test", "/").await.status,
-        502,
-        "unknown CA refused"
-    );
-    assert_eq!(
-        get(untrusting.listener(), "unchecked.test", "/")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get(untrusting.listener(), "checked.test", "/").await.status, 502, "unknown CA refused");
+    assert_eq!(get(untrusting.listener(), "unchecked.test", "/").await.status, 200);
 
     let dir = tempfile::tempdir().unwrap();
     let ca_file = support::write(dir.path(), "ca.pem", &ca.pem());
-    let trusting = Gatehouse::start_with(
-        &config(&services),
-        dir,
-        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
-    );
+    let trusting = Gatehouse::start_with(&config(&services), dir, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     let r = get(trusting.listener(), "checked.test", "/").await;
-    assert_eq!(
-        (r.status, r.header("x-backend")),
-        (200, "secure"),
-        "trusted CA accepted"
-    );
+    assert_eq!((r.status, r.header("x-backend")), (200, "secure"), "trusted CA accepted");
 }

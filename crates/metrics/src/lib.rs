@@ -100,11 +100,7 @@ impl Metrics {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("gatehouse");
         let requests = Family::default();
-        registry.register(
-            names::REQUESTS,
-            "Requests answered, by service and status class",
-            requests.clone(),
-        );
+        registry.register(names::REQUESTS, "Requests answered, by service and status class", requests.clone());
         let upstream_latency = Family::new_with_constructor(LatencyBuckets);
         registry.register(
             names::UPSTREAM_RESPONSE_SECONDS,
@@ -118,23 +114,11 @@ impl Metrics {
             proxy_errors.clone(),
         );
         let reloads = Family::default();
-        registry.register(
-            names::RELOADS,
-            "Configuration reloads, by result",
-            reloads.clone(),
-        );
+        registry.register(names::RELOADS, "Configuration reloads, by result", reloads.clone());
         let open_connections = Gauge::default();
-        registry.register(
-            names::OPEN_CONNECTIONS,
-            "Client connections open now",
-            open_connections.clone(),
-        );
+        registry.register(names::OPEN_CONNECTIONS, "Client connections open now", open_connections.clone());
         let open_websockets = Gauge::default();
-        registry.register(
-            names::OPEN_WEBSOCKETS,
-            "Upgraded (WebSocket) tunnels open now",
-            open_websockets.clone(),
-        );
+        registry.register(names::OPEN_WEBSOCKETS, "Upgraded (WebSocket) tunnels open now", open_websockets.clone());
         let route_table_generation = Gauge::default();
         registry.register(
             names::ROUTE_TABLE_GENERATION,
@@ -156,14 +140,9 @@ impl Metrics {
     pub fn service(&self, name: &str) -> ServiceMetrics {
         ServiceMetrics {
             by_class: CODE_CLASSES.map(|code_class| {
-                self.requests.get_or_create_owned(&RequestLabels {
-                    service: name.to_string(),
-                    code_class,
-                })
+                self.requests.get_or_create_owned(&RequestLabels { service: name.to_string(), code_class })
             }),
-            upstream_latency: self.upstream_latency.get_or_create_owned(&ServiceLabels {
-                service: name.to_string(),
-            }),
+            upstream_latency: self.upstream_latency.get_or_create_owned(&ServiceLabels { service: name.to_string() }),
         }
     }
 

@@ -43,9 +43,7 @@ impl Balancer {
                 next: AtomicUsize::new(0),
             },
             BalancePolicy::LeastRequests => Balancer::LeastRequests,
-            BalancePolicy::IpHash => Balancer::IpHash {
-                ring: hash_ring(targets).into(),
-            },
+            BalancePolicy::IpHash => Balancer::IpHash { ring: hash_ring(targets).into() },
         }
     }
 
@@ -76,9 +74,7 @@ impl Balancer {
                 let load = |i: usize| targets[i].in_flight();
                 match (tried.contains(&a), tried.contains(&b)) {
                     (false, false) => Some(if load(b) < load(a) { b } else { a }),
-                    _ => (0..n)
-                        .filter(|i| !tried.contains(i))
-                        .min_by_key(|&i| load(i)),
+                    _ => (0..n).filter(|i| !tried.contains(i)).min_by_key(|&i| load(i)),
                 }
             }
             Balancer::IpHash { ring } => {
@@ -107,10 +103,7 @@ fn scaled_weights(targets: &[TargetSpec], per_weight: u64) -> Vec<u64> {
     if total <= MAX_ENTRIES {
         return weights;
     }
-    weights
-        .iter()
-        .map(|w| (w * MAX_ENTRIES / total).max(1))
-        .collect()
+    weights.iter().map(|w| (w * MAX_ENTRIES / total).max(1)).collect()
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -167,9 +160,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 
 /// FNV-1a: stable across builds and platforms, so a client keeps its target across restarts.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// splitmix64's finaliser: spreads FNV's clustered outputs evenly over the ring.
@@ -203,10 +194,7 @@ mod tests {
     }
 
     fn ctx(ip: [u8; 4], random: u64) -> PickContext {
-        PickContext {
-            client_ip: IpAddr::V4(Ipv4Addr::from(ip)),
-            random,
-        }
+        PickContext { client_ip: IpAddr::V4(Ipv4Addr::from(ip)), random }
     }
 
     #[test]
@@ -220,9 +208,7 @@ mod tests {
         let s = specs(&[2, 1]);
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::RoundRobin, &s);
-        let picks: Vec<_> = (0..6)
-            .map(|_| b.pick(&t, &ctx([1, 1, 1, 1], 0), &[]).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&t, &ctx([1, 1, 1, 1], 0), &[]).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 4);
         for _ in 0..5 {
             assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 0), &[0]), Some(1));
@@ -244,8 +230,7 @@ mod tests {
         let s = specs(&[1, 1]);
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::LeastRequests, &s);
-        t[0].in_flight
-            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        t[0].in_flight.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         for r in 0..20u64 {
             assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], r * 7919), &[]), Some(1));
         }
@@ -257,17 +242,9 @@ mod tests {
         let s = specs(&[1, 1, 1, 1]);
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::IpHash, &s);
-        let clients: Vec<[u8; 4]> = (0..200u32)
-            .map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes())
-            .collect();
-        let first: Vec<_> = clients
-            .iter()
-            .map(|c| b.pick(&t, &ctx(*c, 1), &[]).unwrap())
-            .collect();
-        let again: Vec<_> = clients
-            .iter()
-            .map(|c| b.pick(&t, &ctx(*c, 99), &[]).unwrap())
-            .collect();
+        let clients: Vec<[u8; 4]> = (0..200u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()).collect();
+        let first: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 1), &[]).unwrap()).collect();
+        let again: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 99), &[]).unwrap()).collect();
         assert_eq!(first, again, "same client, same target");
         let used: std::collections::HashSet<_> = first.iter().collect();
         assert_eq!(used.len(), 4, "every target gets clients");
@@ -278,9 +255,7 @@ mod tests {
         let moved = clients
             .iter()
             .zip(&first)
-            .filter(|(c, before)| {
-                **before != 3 && b3.pick(&t3, &ctx(**c, 1), &[]).unwrap() != **before
-            })
+            .filter(|(c, before)| **before != 3 && b3.pick(&t3, &ctx(**c, 1), &[]).unwrap() != **before)
             .count();
         assert_eq!(moved, 0, "clients of remaining targets keep them");
     }

@@ -42,17 +42,10 @@ impl HostPattern {
         if name.split('.').any(str::is_empty) {
             return Err(HostPatternError::EmptyLabel(raw.to_string()));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
             return Err(HostPatternError::BadCharacter(raw.to_string()));
         }
-        Ok(if wildcard {
-            HostPattern::Wildcard(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
+        Ok(if wildcard { HostPattern::Wildcard(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
     }
 }
 
@@ -97,42 +90,18 @@ mod tests {
 
     #[test]
     fn parses_exact_and_wildcard() {
-        assert_eq!(
-            HostPattern::parse("App.Example.com.").unwrap(),
-            HostPattern::Exact("app.example.com".into())
-        );
-        assert_eq!(
-            HostPattern::parse("*.Example.com").unwrap(),
-            HostPattern::Wildcard(".example.com".into())
-        );
-        assert_eq!(
-            HostPattern::parse("*.example.com").unwrap().to_string(),
-            "*.example.com"
-        );
+        assert_eq!(HostPattern::parse("App.Example.com.").unwrap(), HostPattern::Exact("app.example.com".into()));
+        assert_eq!(HostPattern::parse("*.Example.com").unwrap(), HostPattern::Wildcard(".example.com".into()));
+        assert_eq!(HostPattern::parse("*.example.com").unwrap().to_string(), "*.example.com");
     }
 
     #[test]
     fn rejects_bad_hosts() {
-        assert!(matches!(
-            HostPattern::parse(""),
-            Err(HostPatternError::Empty)
-        ));
-        assert!(matches!(
-            HostPattern::parse("a.*.com"),
-            Err(HostPatternError::BadWildcard(_))
-        ));
-        assert!(matches!(
-            HostPattern::parse("a..com"),
-            Err(HostPatternError::EmptyLabel(_))
-        ));
-        assert!(matches!(
-            HostPattern::parse("a b.com"),
-            Err(HostPatternError::BadCharacter(_))
-        ));
-        assert!(matches!(
-            HostPattern::parse("http://a.com"),
-            Err(HostPatternError::BadCharacter(_))
-        ));
+        assert!(matches!(HostPattern::parse(""), Err(HostPatternError::Empty)));
+        assert!(matches!(HostPattern::parse("a.*.com"), Err(HostPatternError::BadWildcard(_))));
+        assert!(matches!(HostPattern::parse("a..com"), Err(HostPatternError::EmptyLabel(_))));
+        assert!(matches!(HostPattern::parse("a b.com"), Err(HostPatternError::BadCharacter(_))));
+        assert!(matches!(HostPattern::parse("http://a.com"), Err(HostPatternError::BadCharacter(_))));
     }
 
     #[test]

@@ -15,15 +15,8 @@ use crate::host::HostPattern;
 pub enum BuildError {
     #[error("service name `{0}` is used twice")]
     DuplicateService(String),
-    #[error(
-        "host `{host}` with path prefix `{prefix}` is claimed by both `{first}` and `{second}`"
-    )]
-    DuplicateRoute {
-        host: String,
-        prefix: String,
-        first: String,
-        second: String,
-    },
+    #[error("host `{host}` with path prefix `{prefix}` is claimed by both `{first}` and `{second}`")]
+    DuplicateRoute { host: String, prefix: String, first: String, second: String },
     #[error("service `{service}`: path prefix `{prefix}` must start with `/`")]
     BadPrefix { service: String, prefix: String },
 }
@@ -37,10 +30,7 @@ pub struct Target {
 
 impl Target {
     pub fn new(spec: TargetSpec) -> Self {
-        Self {
-            spec,
-            in_flight: AtomicU32::new(0),
-        }
+        Self { spec, in_flight: AtomicU32::new(0) }
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -56,9 +46,7 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.service.targets[self.target]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.service.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -76,23 +64,13 @@ impl Service {
     fn new(index: usize, spec: ServiceSpec) -> Self {
         let balancer = Balancer::new(spec.balance, &spec.targets);
         let targets = spec.targets.iter().cloned().map(Target::new).collect();
-        Self {
-            index,
-            spec,
-            targets,
-            balancer,
-        }
+        Self { index, spec, targets, balancer }
     }
 
     /// Counts a request as in flight on `target` until the guard is dropped.
     pub fn begin(self: &Arc<Self>, target: usize) -> InFlight {
-        self.targets[target]
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            service: self.clone(),
-            target,
-        }
+        self.targets[target].in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { service: self.clone(), target }
     }
 
     pub fn name(&self) -> &str {
@@ -163,17 +141,11 @@ impl RouteTable {
     /// Merges the facts of every source into a table. Fails, leaving the caller's current
     /// table in service, when two services claim the same host and prefix.
     pub fn build(generation: u64, specs: Vec<ServiceSpec>) -> Result<Self, BuildError> {
-        let mut table = RouteTable {
-            generation,
-            ..Default::default()
-        };
+        let mut table = RouteTable { generation, ..Default::default() };
         let mut owners: HashMap<(HostPattern, String), String> = HashMap::new();
         for mut spec in specs {
             if !spec.path_prefix.starts_with('/') {
-                return Err(BuildError::BadPrefix {
-                    service: spec.name,
-                    prefix: spec.path_prefix,
-                });
+                return Err(BuildError::BadPrefix { service: spec.name, prefix: spec.path_prefix });
             }
             spec.path_prefix = canonical_prefix(&spec.path_prefix);
             if table.services.iter().any(|s| s.spec.name == spec.name) {
@@ -194,9 +166,7 @@ impl RouteTable {
             for host in &service.spec.hosts {
                 let routes = match host {
                     HostPattern::Exact(name) => table.exact.entry(name.clone()).or_default(),
-                    HostPattern::Wildcard(suffix) => {
-                        table.wildcard.entry(suffix.clone()).or_default()
-                    }
+                    HostPattern::Wildcard(suffix) => table.wildcard.entry(suffix.clone()).or_default(),
                 };
                 routes.push(service.clone());
             }
@@ -220,9 +190,7 @@ impl RouteTable {
     /// An exact host wins over wildcards, and a longer wildcard suffix over a shorter one;
     /// within the host, the longest matching path prefix wins.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
-        self.host_routes(host)?
-            .iter()
-            .find(|s| s.matches_path(path))
+        self.host_routes(host)?.iter().find(|s| s.matches_path(path))
     }
 
     fn host_routes(&self, host: &str) -> Option<&HostRoutes> {
@@ -273,11 +241,7 @@ impl Serialize for RouteTable {
                     live_targets: svc
                         .targets
                         .iter()
-                        .map(|t| TargetView {
-                            url: t.spec.url(),
-                            weight: t.spec.weight,
-                            in_flight: t.in_flight(),
-                        })
+                        .map(|t| TargetView { url: t.spec.url(), weight: t.spec.weight, in_flight: t.in_flight() })
                         .collect(),
                 })
                 .collect(),
@@ -293,17 +257,9 @@ mod tests {
 
     fn svc(name: &str, hosts: &[&str], prefix: &str) -> ServiceSpec {
         let mut spec = ServiceSpec::new(name, "test");
-        spec.hosts = hosts
-            .iter()
-            .map(|h| HostPattern::parse(h).unwrap())
-            .collect();
+        spec.hosts = hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect();
         spec.path_prefix = prefix.to_string();
-        spec.targets = vec![TargetSpec {
-            scheme: Scheme::Http,
-            host: "127.0.0.1".into(),
-            port: 1,
-            weight: 1,
-        }];
+        spec.targets = vec![TargetSpec { scheme: Scheme::Http, host: "127.0.0.1".into(), port: 1, weight: 1 }];
         spec
     }
 
@@ -326,11 +282,7 @@ mod tests {
         assert_eq!(name(&t, "www.example.com", "/"), Some("wild"));
         assert_eq!(name(&t, "a.b.example.com", "/"), Some("wild"));
         assert_eq!(name(&t, "x.eu.example.com", "/"), Some("deeper"));
-        assert_eq!(
-            name(&t, "example.com", "/"),
-            None,
-            "a wildcard does not match its bare suffix"
-        );
+        assert_eq!(name(&t, "example.com", "/"), None, "a wildcard does not match its bare suffix");
         assert_eq!(name(&t, "other.org", "/"), None);
     }
 
@@ -338,11 +290,7 @@ mod tests {
     fn longest_prefix_wins_on_segment_boundaries() {
         let t = RouteTable::build(
             1,
-            vec![
-                svc("root", &["a.test"], "/"),
-                svc("api", &["a.test"], "/api/"),
-                svc("v2", &["a.test"], "/api/v2"),
-            ],
+            vec![svc("root", &["a.test"], "/"), svc("api", &["a.test"], "/api/"), svc("v2", &["a.test"], "/api/v2")],
         )
         .unwrap();
         assert_eq!(name(&t, "a.test", "/api"), Some("api"));
@@ -364,17 +312,9 @@ mod tests {
 
     #[test]
     fn rejects_conflicts() {
-        let err = RouteTable::build(
-            1,
-            vec![svc("a", &["x.test"], "/p"), svc("b", &["X.test"], "/p/")],
-        )
-        .unwrap_err();
+        let err = RouteTable::build(1, vec![svc("a", &["x.test"], "/p"), svc("b", &["X.test"], "/p/")]).unwrap_err();
         assert!(matches!(err, BuildError::DuplicateRoute { .. }), "{err}");
-        let err = RouteTable::build(
-            1,
-            vec![svc("a", &["x.test"], "/"), svc("a", &["y.test"], "/")],
-        )
-        .unwrap_err();
+        let err = RouteTable::build(1, vec![svc("a", &["x.test"], "/"), svc("a", &["y.test"], "/")]).unwrap_err();
         assert_eq!(err, BuildError::DuplicateService("a".into()));
         let err = RouteTable::build(1, vec![svc("a", &["x.test"], "api")]).unwrap_err();
         assert!(matches!(err, BuildError::BadPrefix { .. }));
@@ -384,9 +324,6 @@ mod tests {
     fn serializes_for_the_admin_api() {
         let t = RouteTable::build(7, vec![svc("a", &["*.x.test"], "/")]).unwrap();
         let json = serde_json::to_string(&t).unwrap();
-        assert!(
-            json.contains("\"generation\":7") && json.contains("*.x.test"),
-            "{json}"
-        );
+        assert!(json.contains("\"generation\":7") && json.contains("*.x.test"), "{json}");
     }
 }

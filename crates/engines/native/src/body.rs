@@ -28,17 +28,11 @@ pub(crate) enum RequestBodyError {
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        RequestBody {
-            inner: Some(inner),
-            remaining: limit,
-        }
+        RequestBody { inner: Some(inner), remaining: limit }
     }
 
     pub fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            remaining: None,
-        }
+        RequestBody { inner: None, remaining: None }
     }
 }
 
@@ -46,10 +40,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = RequestBodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -75,9 +66,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or(SizeHint::with_exact(0), Body::size_hint)
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -112,12 +101,7 @@ impl ProxyBody {
         reuse: Option<(Arc<str>, SendRequest<RequestBody>)>,
         in_flight: InFlight,
     ) -> Self {
-        ProxyBody(Kind::Upstream(UpstreamBody {
-            inner,
-            ended: false,
-            reuse,
-            _in_flight: in_flight,
-        }))
+        ProxyBody(Kind::Upstream(UpstreamBody { inner, ended: false, reuse, _in_flight: in_flight }))
     }
 }
 
@@ -125,10 +109,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Kind::Upstream(up) => {

@@ -60,14 +60,8 @@ async fn proxy(
     routed: &mut Option<usize>,
 ) -> Result<Response<ProxyBody>, LocalError> {
     let host = request_host(&req)?;
-    let host_text = host
-        .to_str()
-        .map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
-    let service = snap
-        .table
-        .lookup(&normalize_host(host_text), req.uri().path())
-        .ok_or(LocalError::NoRoute)?
-        .clone();
+    let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
+    let service = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?.clone();
     *routed = Some(service.index);
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
@@ -88,9 +82,7 @@ async fn proxy(
     let path_and_query = forward_path(&service, &parts.uri);
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.https, &host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
@@ -103,21 +95,12 @@ async fn proxy(
         parts.version = Version::HTTP_11;
     }
     parts.uri = Uri::from(path_and_query.clone());
-    let body = if upgrade {
-        RequestBody::empty()
-    } else {
-        RequestBody::new(body, spec.max_body_size)
-    };
+    let body = if upgrade { RequestBody::empty() } else { RequestBody::new(body, spec.max_body_size) };
     let mut outgoing = Request::from_parts(parts, body);
 
-    let pick = PickContext {
-        client_ip: conn.peer.ip(),
-        random: fastrand::u64(..),
-    };
+    let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..) };
     let mut tried = [0usize; MAX_TRIES];
-    let tries = (spec.retries as usize + 1)
-        .min(service.targets.len())
-        .min(MAX_TRIES);
+    let tries = (spec.retries as usize + 1).min(service.targets.len()).min(MAX_TRIES);
     let runtime = &snap.services[service.index];
     for attempt in 0..tries {
         let Some(index) = service.pick(&pick, &tried[..attempt]) else {
@@ -144,9 +127,7 @@ async fn proxy(
             }
             Err(Failure::Failed(e)) => return Err(classify(&spec.name, target, e)),
         };
-        runtime
-            .metrics
-            .record_upstream_latency(started.elapsed().as_secs_f64());
+        runtime.metrics.record_upstream_latency(started.elapsed().as_secs_f64());
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && !upgrade {
             tracing::warn!(service = %spec.name, target = %target.url(), "unsolicited 101 from target");
@@ -157,9 +138,7 @@ async fn proxy(
         runtime.metrics.record_status(parts.status.as_u16());
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         if switching {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
         parts.version = Version::HTTP_11;
@@ -249,9 +228,7 @@ fn classify(service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
         if let Some(body) = err.downcast_ref::<RequestBodyError>() {
             return match body {
                 RequestBodyError::TooLarge => LocalError::BodyTooLarge,
-                RequestBodyError::Client(_) => {
-                    LocalError::BadRequest("the request body could not be read\n")
-                }
+                RequestBodyError::Client(_) => LocalError::BadRequest("the request body could not be read\n"),
             };
         }
         source = err.source();
@@ -294,12 +271,9 @@ fn tunnel(
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, LocalError> {
     if let Some(authority) = req.uri().authority() {
         if authority.as_str().contains('@') {
-            return Err(LocalError::BadRequest(
-                "credentials in the request target are not accepted\n",
-            ));
+            return Err(LocalError::BadRequest("credentials in the request target are not accepted\n"));
         }
-        return HeaderValue::from_str(authority.as_str())
-            .map_err(|_| LocalError::BadRequest("invalid authority\n"));
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| LocalError::BadRequest("invalid authority\n"));
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -310,30 +284,18 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, LocalError> {
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// An HTTP/1.1 upgrade to anything but h2c (which must never be tunnelled through an edge).
 fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && headers::connection_has(req.headers(), "upgrade")
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && req.headers().get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
 }
 
 fn forward_path(service: &Service, uri: &Uri) -> PathAndQuery {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let path = service.forward_path(uri.path());
     if path == uri.path() {
         return original;
@@ -346,11 +308,7 @@ fn forward_path(service: &Service, uri: &Uri) -> PathAndQuery {
     rewritten.parse().unwrap_or(original)
 }
 
-fn absolute_uri(
-    target: &TargetSpec,
-    host: &HeaderValue,
-    path: &PathAndQuery,
-) -> Result<Uri, LocalError> {
+fn absolute_uri(target: &TargetSpec, host: &HeaderValue, path: &PathAndQuery) -> Result<Uri, LocalError> {
     let scheme = match target.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",

@@ -60,21 +60,10 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
 /// edge nothing before us is trusted.
-pub(crate) fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    https: bool,
-    host: &HeaderValue,
-) {
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host: &HeaderValue) {
     let client = client_text(client);
-    headers.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")),
-    );
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
     headers.insert(X_FORWARDED_HOST, host.clone());
 }
 
@@ -114,10 +103,7 @@ mod tests {
     #[test]
     fn removes_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, X-Secret, upgrade".parse().unwrap(),
-        );
+        h.insert(header::CONNECTION, "keep-alive, X-Secret, upgrade".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert(KEEP_ALIVE, "timeout=5".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
@@ -125,10 +111,7 @@ mod tests {
         h.insert("x-keep", "1".parse().unwrap());
         let mut tunnel = h.clone();
         remove_hop_by_hop(&mut h, false);
-        assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            vec!["x-keep"]
-        );
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-keep"]);
         remove_hop_by_hop(&mut tunnel, true);
         assert!(tunnel.contains_key(header::UPGRADE) && !tunnel.contains_key("x-secret"));
     }
@@ -137,12 +120,7 @@ mod tests {
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        set_forwarded(
-            &mut h,
-            "::ffff:127.0.0.2".parse().unwrap(),
-            true,
-            &HeaderValue::from_static("a.test"),
-        );
+        set_forwarded(&mut h, "::ffff:127.0.0.2".parse().unwrap(), true, &HeaderValue::from_static("a.test"));
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");

@@ -41,15 +41,9 @@ pub struct ListenerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: io::Error,
-    },
+    Bind { address: SocketAddr, source: io::Error },
     #[error("TLS setup for {address}: {source}")]
-    Tls {
-        address: SocketAddr,
-        source: rustls::Error,
-    },
+    Tls { address: SocketAddr, source: rustls::Error },
     #[error("cannot start a worker: {0}")]
     Worker(io::Error),
 }
@@ -79,44 +73,26 @@ impl NativeProxy {
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
         for l in listeners {
-            let socket = bind(l.address).map_err(|source| EngineError::Bind {
-                address: l.address,
-                source,
-            })?;
-            addresses.push(socket.local_addr().map_err(|source| EngineError::Bind {
-                address: l.address,
-                source,
-            })?);
+            let socket = bind(l.address).map_err(|source| EngineError::Bind { address: l.address, source })?;
+            addresses.push(socket.local_addr().map_err(|source| EngineError::Bind { address: l.address, source })?);
             let tls = match l.tls {
                 None => None,
                 Some(store) => {
-                    let config = tls::server_config(store).map_err(|source| EngineError::Tls {
-                        address: l.address,
-                        source,
-                    })?;
+                    let config =
+                        tls::server_config(store).map_err(|source| EngineError::Tls { address: l.address, source })?;
                     Some(TlsAcceptor::from(Arc::new(config)))
                 }
             };
             bound.push(Listener { socket, tls });
         }
-        metrics
-            .route_table_generation
-            .set(snapshot.generation() as i64);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-        });
+        metrics.route_table_generation.set(snapshot.generation() as i64);
+        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snapshot), metrics });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
         for n in 0..workers.max(1) {
             let mine = bound
                 .iter()
-                .map(|l| {
-                    Ok(Listener {
-                        socket: l.socket.try_clone()?,
-                        tls: l.tls.clone(),
-                    })
-                })
+                .map(|l| Ok(Listener { socket: l.socket.try_clone()?, tls: l.tls.clone() }))
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(EngineError::Worker)?;
             let (shared, stopped) = (shared.clone(), stopped.clone());
@@ -126,21 +102,13 @@ impl NativeProxy {
                 .map_err(EngineError::Worker)?;
             threads.push(thread);
         }
-        Ok(NativeProxy {
-            shared,
-            stop,
-            workers: std::sync::Mutex::new(threads),
-            addresses,
-        })
+        Ok(NativeProxy { shared, stop, workers: std::sync::Mutex::new(threads), addresses })
     }
 
     /// Makes `snapshot` the one every new request uses. Requests already running finish on
     /// the one they started with.
     pub fn install(&self, snapshot: Snapshot) {
-        self.shared
-            .metrics
-            .route_table_generation
-            .set(snapshot.generation() as i64);
+        self.shared.metrics.route_table_generation.set(snapshot.generation() as i64);
         self.shared.snapshot.store(Arc::new(snapshot));
     }
 
@@ -165,11 +133,7 @@ impl NativeProxy {
 }
 
 fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -180,15 +144,8 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(
-    listeners: Vec<Listener>,
-    shared: Arc<Shared>,
-    stopped: watch::Receiver<Option<Duration>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: watch::Receiver<Option<Duration>>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -206,13 +163,7 @@ fn run_worker(
                     continue;
                 }
             };
-            tokio::spawn(accept_loop(
-                socket,
-                listener.tls,
-                shared.clone(),
-                stopped.clone(),
-                open.clone(),
-            ));
+            tokio::spawn(accept_loop(socket, listener.tls, shared.clone(), stopped.clone(), open.clone()));
         }
         drop(open);
         let sweeper = tokio::spawn(async {
@@ -231,10 +182,7 @@ fn run_worker(
             }
         };
         sweeper.abort();
-        if tokio::time::timeout(drain, all_closed.recv())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, all_closed.recv()).await.is_err() {
             tracing::info!(?drain, "drain time over; closing the remaining connections");
         }
     });
@@ -254,18 +202,8 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = ConnInfo {
-                    shared: shared.clone(),
-                    peer,
-                    https: tls.is_some(),
-                };
-                tokio::spawn(serve(
-                    stream,
-                    tls.clone(),
-                    conn,
-                    stopped.clone(),
-                    open.clone(),
-                ));
+                let conn = ConnInfo { shared: shared.clone(), peer, https: tls.is_some() };
+                tokio::spawn(serve(stream, tls.clone(), conn, stopped.clone(), open.clone()));
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -351,9 +289,7 @@ where
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
         .keep_alive(true);
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

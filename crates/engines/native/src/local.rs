@@ -66,10 +66,7 @@ impl LocalError {
         let mut resp = Response::new(ProxyBody::local(Bytes::from_static(self.text().as_bytes())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(crate::headers::X_PROXY, xproxy.clone());
         h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
         if matches!(self, LocalError::BadRequest(_) | LocalError::BodyTooLarge) {

@@ -49,12 +49,7 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
-        Ok(Snapshot {
-            table,
-            services,
-            unrouted: metrics.service(NO_SERVICE),
-            xproxy,
-        })
+        Ok(Snapshot { table, services, unrouted: metrics.service(NO_SERVICE), xproxy })
     }
 
     pub fn generation(&self) -> u64 {

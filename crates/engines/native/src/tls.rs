@@ -35,9 +35,7 @@ pub struct Certificates {
 
 impl fmt::Debug for Certificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificates")
-            .field("names", &self.names)
-            .finish()
+        f.debug_struct("Certificates").field("names", &self.names).finish()
     }
 }
 
@@ -83,41 +81,26 @@ impl Certificates {
     }
 }
 
-fn load_pair(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
-    let cert_err = |reason: String| CertError::Certificate {
-        path: cert_path.to_path_buf(),
-        reason,
-    };
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
+    let cert_err = |reason: String| CertError::Certificate { path: cert_path.to_path_buf(), reason };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| cert_err(e.to_string()))?
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(e.to_string()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
+    let leaf = chain.first().ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
     let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| cert_err(format!("not a usable certificate: {e}")))?
         .valid_dns_names()
         .map(str::to_string)
         .collect();
     if names.is_empty() {
-        return Err(CertError::NoNames {
-            path: cert_path.to_path_buf(),
-        });
+        return Err(CertError::NoNames { path: cert_path.to_path_buf() });
     }
-    let key_err = |reason: String| CertError::Key {
-        path: key_path.to_path_buf(),
-        reason,
-    };
+    let key_err = |reason: String| CertError::Key { path: key_path.to_path_buf(), reason };
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| key_err(e.to_string()))?;
     let signer = any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(chain, signer);
-    certified
-        .keys_match()
-        .map_err(|e| key_err(format!("does not belong to {}: {e}", cert_path.display())))?;
+    certified.keys_match().map_err(|e| key_err(format!("does not belong to {}: {e}", cert_path.display())))?;
     Ok((Arc::new(certified), names))
 }
 
@@ -129,9 +112,7 @@ pub struct CertStore {
 
 impl CertStore {
     pub fn new(certs: Certificates) -> Self {
-        CertStore {
-            current: ArcSwap::from_pointee(certs),
-        }
+        CertStore { current: ArcSwap::from_pointee(certs) }
     }
 
     pub fn replace(&self, certs: Certificates) {
@@ -151,12 +132,10 @@ impl ResolvesServerCert for CertStore {
 
 /// The rustls server configuration of a TLS listener: ALPN offers h2 and http/1.1.
 pub(crate) fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(store);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -53,10 +53,7 @@ pub(crate) fn check_in(key: Arc<str>, sender: http1::SendRequest<RequestBody>) {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: Instant::now() });
         }
     });
 }
@@ -85,15 +82,9 @@ pub(crate) enum ConnectError {
     #[error("connecting to {target}: timed out")]
     Timeout { target: String },
     #[error("connecting to {target}: {source}")]
-    Io {
-        target: String,
-        source: std::io::Error,
-    },
+    Io { target: String, source: std::io::Error },
     #[error("HTTP handshake with {target}: {source}")]
-    Handshake {
-        target: String,
-        source: hyper::Error,
-    },
+    Handshake { target: String, source: hyper::Error },
 }
 
 pub(crate) struct ConnectOptions {
@@ -113,17 +104,10 @@ pub(crate) async fn connect_h1(
     let (sender, conn) = http1::Builder::new()
         .handshake(io)
         .await
-        .map_err(|source| ConnectError::Handshake {
-            target: target.url(),
-            source,
-        })?;
+        .map_err(|source| ConnectError::Handshake { target: target.url(), source })?;
     let upgrades = opts.upgrades;
     tokio::spawn(async move {
-        let result = if upgrades {
-            conn.with_upgrades().await
-        } else {
-            conn.await
-        };
+        let result = if upgrades { conn.with_upgrades().await } else { conn.await };
         if let Err(e) = result {
             tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
         }
@@ -141,10 +125,7 @@ pub(crate) async fn connect_h2(
         .timer(TokioTimer::new())
         .handshake(io)
         .await
-        .map_err(|source| ConnectError::Handshake {
-            target: target.url(),
-            source,
-        })?;
+        .map_err(|source| ConnectError::Handshake { target: target.url(), source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -153,18 +134,10 @@ pub(crate) async fn connect_h2(
     Ok(sender)
 }
 
-async fn open_within(
-    target: &TargetSpec,
-    opts: &ConnectOptions,
-) -> Result<TokioIo<BoxedIo>, ConnectError> {
+async fn open_within(target: &TargetSpec, opts: &ConnectOptions) -> Result<TokioIo<BoxedIo>, ConnectError> {
     match tokio::time::timeout(opts.timeout, open(target, opts)).await {
-        Err(_) => Err(ConnectError::Timeout {
-            target: target.url(),
-        }),
-        Ok(Err(source)) => Err(ConnectError::Io {
-            target: target.url(),
-            source,
-        }),
+        Err(_) => Err(ConnectError::Timeout { target: target.url() }),
+        Ok(Err(source)) => Err(ConnectError::Io { target: target.url(), source }),
         Ok(Ok(io)) => Ok(TokioIo::new(io)),
     }
 }
@@ -184,9 +157,7 @@ async fn open(target: &TargetSpec, opts: &ConnectOptions) -> std::io::Result<Box
                 Err(_) => ServerName::try_from(target.host.clone())
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             };
-            let tls = TlsConnector::from(client_config(opts.verify, opts.http2))
-                .connect(server_name, tcp)
-                .await?;
+            let tls = TlsConnector::from(client_config(opts.verify, opts.http2)).connect(server_name, tcp).await?;
             Ok(Box::new(tls))
         }
     }
@@ -202,28 +173,17 @@ fn client_config(verify: bool, http2: bool) -> Arc<rustls::ClientConfig> {
                 .with_safe_default_protocol_versions()
                 .expect("ring supports the default protocol versions");
             let mut config = if verify {
-                builder
-                    .with_root_certificates(native_roots())
-                    .with_no_client_auth()
+                builder.with_root_certificates(native_roots()).with_no_client_auth()
             } else {
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
                     .with_no_client_auth()
             };
-            config.alpn_protocols = vec![if http2 {
-                b"h2".to_vec()
-            } else {
-                b"http/1.1".to_vec()
-            }];
+            config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
             Arc::new(config)
         };
-        [
-            build(true, false),
-            build(true, true),
-            build(false, false),
-            build(false, true),
-        ]
+        [build(true, false), build(true, true), build(false, false), build(false, true)]
     });
     configs[usize::from(!verify) * 2 + usize::from(http2)].clone()
 }
@@ -263,12 +223,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -277,12 +232,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -59,13 +59,7 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.stats
-            .seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the backend saw a request")
+        self.stats.seen.lock().unwrap().last().cloned().expect("the backend saw a request")
     }
 }
 
@@ -94,20 +88,13 @@ pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Bac
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    serve(
-        name,
-        Protocol::Http1,
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-    )
-    .await
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    serve(name, Protocol::Http1, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
 }
 
 /// An address nothing listens on (connections are refused).
@@ -116,11 +103,7 @@ pub fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn serve(
-    name: &'static str,
-    protocol: Protocol,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Backend {
+async fn serve(name: &'static str, protocol: Protocol, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(Stats::default());
@@ -157,12 +140,7 @@ async fn serve(
             });
         }
     });
-    Backend {
-        name,
-        addr,
-        stats,
-        task,
-    }
+    Backend { name, addr, stats, task }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -174,10 +152,7 @@ fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 async fn respond(
@@ -193,18 +168,10 @@ async fn respond(
     let ms = query(&req, "ms");
     let n = query(&req, "n");
     let (parts, body) = req.into_parts();
-    let body_len = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     stats.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        target: parts.uri.path_and_query().map(ToString::to_string).unwrap_or_default(),
         headers: parts.headers.clone(),
         body_len,
         version: parts.version,
@@ -219,45 +186,28 @@ async fn respond(
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
             let stats = stats.clone();
             tokio::spawn(async move {
-                let _ = tx
-                    .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
-                    .await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first\n")))).await;
                 stats.release.notified().await;
-                let _ = tx
-                    .send(Ok(Frame::data(Bytes::from_static(b"second\n"))))
-                    .await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"second\n")))).await;
             });
             Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
         }
         p if p.starts_with("/status/") => text(p[8..].parse().unwrap_or(500), name),
         _ => text(200, format!("{name} {body_len}")),
     };
-    resp.headers_mut()
-        .insert("x-backend", name.parse().unwrap());
-    resp.headers_mut()
-        .insert("connection", "keep-alive, x-hop".parse().unwrap());
-    resp.headers_mut()
-        .insert("x-hop", "must not reach the client".parse().unwrap());
+    resp.headers_mut().insert("x-backend", name.parse().unwrap());
+    resp.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
+    resp.headers_mut().insert("x-hop", "must not reach the client".parse().unwrap());
     Ok(resp)
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Answers 101 and echoes every WebSocket message, prefixed with the backend's name.
-fn websocket(
-    req: &mut Request<Incoming>,
-    stats: &Arc<Stats>,
-    name: &'static str,
-) -> Response<Body> {
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .cloned()
-        .unwrap_or_else(|| "x".parse().unwrap());
+fn websocket(req: &mut Request<Incoming>, stats: &Arc<Stats>, name: &'static str) -> Response<Body> {
+    let key = req.headers().get("sec-websocket-key").cloned().unwrap_or_else(|| "x".parse().unwrap());
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(req);
     let stats = stats.clone();
@@ -270,8 +220,7 @@ fn websocket(
             body_len: 0,
             version: http::Version::HTTP_11,
         });
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() {
                 let reply = format!("{name}: {}", msg.to_text().unwrap_or(""));

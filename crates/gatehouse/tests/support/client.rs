@@ -24,10 +24,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 }
 
@@ -42,14 +39,7 @@ async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, h
 }
 
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
-    send(
-        addr,
-        Request::get(path)
-            .header("host", host)
-            .body(Bytes::new())
-            .unwrap(),
-    )
-    .await
+    send(addr, Request::get(path).header("host", host).body(Bytes::new()).unwrap()).await
 }
 
 /// One request on a new connection.
@@ -70,9 +60,7 @@ pub struct KeepAlive {
 impl KeepAlive {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(conn.with_upgrades());
         KeepAlive { sender }
     }
@@ -80,32 +68,18 @@ impl KeepAlive {
     pub async fn send(&mut self, req: Request<Bytes>) -> Result<Reply, hyper::Error> {
         self.sender.ready().await?;
         let (parts, body) = req.into_parts();
-        collect(
-            self.sender
-                .send_request(Request::from_parts(parts, Full::new(body)))
-                .await?,
-        )
-        .await
+        collect(self.sender.send_request(Request::from_parts(parts, Full::new(body))).await?).await
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, hyper::Error> {
-        self.send(
-            Request::get(path)
-                .header("host", host)
-                .body(Bytes::new())
-                .unwrap(),
-        )
-        .await
+        self.send(Request::get(path).header("host", host).body(Bytes::new()).unwrap()).await
     }
 
     /// The response head only; the body is read by the caller.
     pub async fn open(&mut self, req: Request<Bytes>) -> http::Response<hyper::body::Incoming> {
         self.sender.ready().await.expect("ready");
         let (parts, body) = req.into_parts();
-        self.sender
-            .send_request(Request::from_parts(parts, Full::new(body)))
-            .await
-            .expect("response head")
+        self.sender.send_request(Request::from_parts(parts, Full::new(body))).await.expect("response head")
     }
 }
 
@@ -121,10 +95,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// The status code of the first response in raw bytes.
 pub fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 pub struct TlsReply {
@@ -145,9 +116,7 @@ pub async fn tls_get(
 ) -> Result<TlsReply, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -166,9 +135,7 @@ pub async fn tls_get(
     let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();
     let io = TokioIo::new(tls);
     let reply = if negotiated.as_deref() == Some(b"h2") {
-        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let uri = format!("https://{name}{path}");
         let resp = sender
@@ -179,17 +146,8 @@ pub async fn tls_get(
     } else {
         let (mut sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", name)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        collect(sender.send_request(req).await.map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?
+        let req = Request::get(path).header("host", name).body(Full::new(Bytes::new())).unwrap();
+        collect(sender.send_request(req).await.map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?
     };
-    Ok(TlsReply {
-        reply,
-        alpn: negotiated,
-        leaf,
-    })
+    Ok(TlsReply { reply, alpn: negotiated, leaf })
 }

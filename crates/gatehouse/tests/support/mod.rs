@@ -38,9 +38,14 @@ impl Gatehouse {
     pub fn start_with(config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let path = config_path.to_str().expect("utf-8 path").to_string();
+        Self::spawn(&["run", "--config", &path], dir, config_path, env)
+    }
+
+    /// Runs the binary with `args` and waits until its admin API listens.
+    pub fn spawn(args: &[&str], dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
-            .args(["run", "--config"])
-            .arg(&config_path)
+            .args(args)
             .envs(env.iter().copied())
             .env("GATEHOUSE_LOG", "info")
             .stdin(Stdio::null())
@@ -56,34 +61,21 @@ impl Gatehouse {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut gatehouse = Gatehouse {
-            child,
-            dir,
-            config_path,
-            listeners: Vec::new(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            logs,
-        };
+        let mut gatehouse =
+            Gatehouse { child, dir, config_path, listeners: Vec::new(), admin: "0.0.0.0:0".parse().unwrap(), logs };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let lines = gatehouse.logs();
             if let Some(line) = lines.iter().find(|l| l.contains("admin API listening")) {
                 gatehouse.admin = address_in(line);
-                gatehouse.listeners = lines
-                    .iter()
-                    .filter(|l| l.contains(" listening address="))
-                    .map(|l| address_in(l))
-                    .collect();
+                gatehouse.listeners =
+                    lines.iter().filter(|l| l.contains(" listening address=")).map(|l| address_in(l)).collect();
                 return gatehouse;
             }
             if let Ok(Some(status)) = gatehouse.child.try_wait() {
                 panic!("gatehouse exited with {status}:\n{}", lines.join("\n"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "gatehouse did not start:\n{}",
-                lines.join("\n")
-            );
+            assert!(Instant::now() < deadline, "gatehouse did not start:\n{}", lines.join("\n"));
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,11 +108,8 @@ impl Gatehouse {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success());
     }
 
@@ -155,12 +144,7 @@ impl Gatehouse {
     /// A metric's value from `/v1/metrics` (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.admin_get("/v1/metrics").await.body;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 }
 
@@ -175,10 +159,7 @@ fn address_in(line: &str) -> SocketAddr {
     let start = line.find("address=").expect("address field") + "address=".len();
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());
-    rest[..end]
-        .trim_matches('"')
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line}"))
+    rest[..end].trim_matches('"').parse().unwrap_or_else(|_| panic!("no address in {line}"))
 }
 
 /// A folder holding files for a test (certificates, configs).

@@ -1,0 +1,111 @@
+//! TLS termination: SNI certificate choice, ALPN, and certificate reloads.
+
+mod support;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use support::certs::{Ca, Leaf};
+use support::client::{tls_get, KeepAlive};
+use support::{backend, write, Gatehouse};
+
+fn der(leaf: &Leaf) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()
+}
+
+fn put(dir: &std::path::Path, name: &str, leaf: &Leaf) {
+    write(dir, &format!("{name}.pem"), &leaf.cert_pem);
+    write(dir, &format!("{name}.key"), &leaf.key_pem);
+}
+
+fn tls_config(backend_url: &str) -> String {
+    format!(
+        r#"port = 0
+[[listeners]]
+address = "127.0.0.1:0"
+tls_certificates = [
+  {{ cert = "default.pem", key = "default.key" }},
+  {{ cert = "exact.pem", key = "exact.key" }},
+  {{ cert = "wild.pem", key = "wild.key" }},
+]
+[[listeners]]
+address = "127.0.0.1:0"
+[[services]]
+name = "app"
+hosts = ["default.test", "a.test", "*.w.test"]
+targets = ["{backend_url}"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picks_certificates_by_sni_and_negotiates_h2() {
+    let ca = Ca::new();
+    let (default, exact, wild) = (ca.leaf(&["default.test"]), ca.leaf(&["a.test"]), ca.leaf(&["*.w.test"]));
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "default", &default);
+    put(dir.path(), "exact", &exact);
+    put(dir.path(), "wild", &wild);
+    let b = backend::start("app").await;
+    let gh = Gatehouse::start_with(&tls_config(&b.url()), dir, &[]);
+    let at = gh.listeners[0];
+    let ca_pem = ca.pem();
+
+    let r = tls_get(at, &ca_pem, "a.test", true, &[b"h2", b"http/1.1"], "/").await.unwrap();
+    assert_eq!(r.leaf, der(&exact));
+    assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]), "h2 offered and chosen");
+    assert_eq!((r.reply.status, r.reply.header("x-backend")), (200, "app"));
+    let seen = b.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["host"], "a.test", "the HTTP/2 authority becomes Host for an HTTP/1 target");
+
+    let r = tls_get(at, &ca_pem, "x.w.test", true, &[b"http/1.1"], "/").await.unwrap();
+    assert_eq!(r.leaf, der(&wild));
+    assert_eq!(r.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(r.reply.status, 200);
+
+    let r = tls_get(at, &ca_pem, "default.test", false, &[], "/").await.unwrap();
+    assert_eq!(r.leaf, der(&default), "no SNI: the first certificate");
+    let wrong = tls_get(at, &ca_pem, "unknown.test", true, &[], "/").await;
+    assert!(wrong.is_err(), "unknown names get the default certificate, which does not cover them");
+    let deep = tls_get(at, &ca_pem, "a.b.w.test", true, &[], "/").await;
+    assert!(deep.is_err(), "a wildcard certificate covers one label only");
+
+    // The plain listener next to it still works.
+    assert_eq!(support::client::get(gh.listeners[1], "a.test", "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_certificates_without_touching_the_listener() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (default, exact, wild) = (ca.leaf(&["default.test"]), ca.leaf(&["a.test"]), ca.leaf(&["*.w.test"]));
+    put(dir.path(), "default", &default);
+    put(dir.path(), "exact", &exact);
+    put(dir.path(), "wild", &wild);
+    let b = backend::start("app").await;
+    let path = dir.path().to_path_buf();
+    let gh = Gatehouse::start_with(&tls_config(&b.url()), dir, &[]);
+    let at = gh.listeners[0];
+    let plain = gh.listeners[1];
+    let mut open_plain = KeepAlive::connect(plain).await;
+    assert_eq!(open_plain.get("a.test", "/").await.unwrap().status, 200);
+
+    let renewed = ca.leaf(&["a.test"]);
+    put(&path, "exact", &renewed);
+    gh.signal("HUP");
+    assert!(gh.wait_for_log("configuration reloaded"));
+    let r = tls_get(at, &ca.pem(), "a.test", true, &[], "/").await.unwrap();
+    assert_eq!(r.leaf, der(&renewed), "new handshakes get the new certificate");
+    assert_eq!(gh.listeners[0], at);
+    assert_eq!(open_plain.get("a.test", "/").await.unwrap().status, 200, "open connections carry on");
+
+    // A broken certificate changes nothing and shows in health.
+    write(&path, "exact.pem", "not a certificate");
+    let reply = gh.admin_post("/v1/reload", None).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.body.contains("exact.pem"), "{}", reply.body);
+    let health = gh.admin_get("/v1/health").await;
+    assert_eq!(health.status, 500);
+    let r = tls_get(at, &ca.pem(), "a.test", true, &[], "/").await.unwrap();
+    assert_eq!(r.leaf, der(&renewed), "the last good certificate keeps serving");
+}
