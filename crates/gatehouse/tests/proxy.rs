@@ -298,8 +298,8 @@ async fn verifies_https_targets_unless_told_not_to() {
     let b = backend::start_tls("secure", &leaf.cert_pem, &leaf.key_pem).await;
     let url = format!("https://localhost:{}", b.addr.port());
     let services = [
-        service("checked", "\"checked.test\"", &[url.clone()], ""),
-        service("unchecked", "\"unchecked.test\"", &[url.clone()], "tls_verify = false"),
+        service("checked", "\"checked.test\"", std::slice::from_ref(&url), ""),
+        service("unchecked", "\"unchecked.test\"", std::slice::from_ref(&url), "tls_verify = false"),
     ]
     .concat();
     let untrusting = Gatehouse::start(&config(&services));

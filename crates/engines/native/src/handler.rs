@@ -118,7 +118,7 @@ async fn proxy(
             Ok(sent) => sent,
             Err(Failure::NotConnected(e, back)) => {
                 tracing::warn!(service = %spec.name, error = %e, "target unreachable");
-                outgoing = back;
+                outgoing = *back;
                 continue;
             }
             Err(Failure::Timeout) => {
@@ -156,7 +156,7 @@ async fn proxy(
 
 enum Failure {
     /// No connection could be made; the request was not sent and comes back for another try.
-    NotConnected(ConnectError, Request<RequestBody>),
+    NotConnected(ConnectError, Box<Request<RequestBody>>),
     Timeout,
     Failed(hyper::Error),
 }
@@ -187,7 +187,7 @@ async fn send(
                     upstream::share_h2(key.clone(), sender.clone());
                     sender
                 }
-                Err(e) => return Err(Failure::NotConnected(e, req)),
+                Err(e) => return Err(Failure::NotConnected(e, Box::new(req))),
             },
         };
         return match tokio::time::timeout(wait, sender.try_send_request(req)).await {
@@ -213,7 +213,7 @@ async fn send(
     }
     let mut sender = match upstream::connect_h1(target, &opts).await {
         Ok(sender) => sender,
-        Err(e) => return Err(Failure::NotConnected(e, req)),
+        Err(e) => return Err(Failure::NotConnected(e, Box::new(req))),
     };
     match tokio::time::timeout(wait, sender.try_send_request(req)).await {
         Err(_) => Err(Failure::Timeout),
