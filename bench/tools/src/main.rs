@@ -1,1 +1,314 @@
-fn main() {}
+//! Load tools for `bench/`: an open-loop generator, an idle-connection memory meter, a
+//! WebSocket echo backend and the reload storm. They talk only to loopback addresses given
+//! on the command line, and every run is bounded in count and time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+#[command(name = "gatehouse-bench", about = "Loopback load tools for Gatehouse's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sends requests at a fixed rate; latency counts from when each request was due.
+    OpenLoop {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "app.local")]
+        host: String,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+    },
+    /// Opens idle keep-alive connections (one request each) and reports the RSS growth of PIDS.
+    Idle {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "app.local")]
+        host: String,
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        #[arg(required = true)]
+        pids: Vec<u32>,
+    },
+    /// A WebSocket echo server.
+    WsBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Keep-alive load and open WebSockets while a command reloads the proxy N times.
+    ReloadStorm {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "app.local")]
+        host: String,
+        #[arg(long, default_value = "ws.local")]
+        ws_host: String,
+        #[arg(long, default_value_t = 100)]
+        reloads: usize,
+        #[arg(long, default_value_t = 50)]
+        websockets: usize,
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Shell command that performs one reload; `{n}` is replaced by the reload number.
+        #[arg(long)]
+        reload_cmd: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::OpenLoop { addr, host, rate, seconds, connections } => {
+                open_loop(addr, host, rate, seconds, connections).await
+            }
+            Command::Idle { addr, host, connections, pids } => idle(addr, host, connections, pids).await,
+            Command::WsBackend { listen } => ws_backend(listen).await,
+            Command::ReloadStorm { addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd } => {
+                reload_storm(addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd).await
+            }
+        }
+    })
+}
+
+fn ensure_loopback(addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("{addr} is not a loopback address; these tools only load this machine");
+    }
+    Ok(())
+}
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(sender: &mut Sender, host: &str) -> anyhow::Result<u16> {
+    sender.ready().await?;
+    let req = hyper::Request::get("/").header("host", host).body(Empty::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, connections: usize) -> anyhow::Result<()> {
+    ensure_loopback(addr)?;
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut tasks = Vec::new();
+    for k in 0..connections {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut sender = connect(addr).await?;
+            let mut i = k as u64;
+            while i < total {
+                let due = start + interval * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                match get(&mut sender, &host).await {
+                    Ok(200) => latencies.push(due.elapsed().as_micros() as u64),
+                    _ => {
+                        errors += 1;
+                        sender = connect(addr).await?;
+                    }
+                }
+                i += connections as u64;
+            }
+            anyhow::Ok((latencies, errors))
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({"rps": all.len() as f64 / elapsed, "ok": all.len(), "errors": errors,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999)})
+    );
+    Ok(())
+}
+
+fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("pid {pid}"))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        total += line.split_whitespace().nth(1).context("VmRSS value")?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+async fn idle(addr: SocketAddr, host: String, connections: usize, pids: Vec<u32>) -> anyhow::Result<()> {
+    ensure_loopback(addr)?;
+    let before = rss_kib(&pids)?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut open = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        open.push(stream);
+    }
+    for stream in &mut open {
+        read_one_response(stream).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(&pids)?;
+    println!(
+        "{}",
+        serde_json::json!({"connections": connections, "rss_before_kib": before, "rss_after_kib": after,
+            "bytes_per_connection": (after.saturating_sub(before) * 1024) as f64 / connections as f64})
+    );
+    Ok(())
+}
+
+/// Reads one response with a Content-Length body (what the benchmark backend sends).
+async fn read_one_response(stream: &mut TcpStream) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await??;
+        if n == 0 {
+            bail!("connection closed before a whole response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn ws_backend(listen: SocketAddr) -> anyhow::Result<()> {
+    ensure_loopback(listen)?;
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() || ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reload_storm(
+    addr: SocketAddr,
+    host: String,
+    ws_host: String,
+    reloads: usize,
+    websockets: usize,
+    connections: usize,
+    interval_ms: u64,
+    reload_cmd: String,
+) -> anyhow::Result<()> {
+    ensure_loopback(addr)?;
+    let mut sockets = Vec::new();
+    for _ in 0..websockets {
+        let stream = TcpStream::connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{ws_host}/"), stream).await?;
+        sockets.push(ws);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..connections {
+        let (stop, ok, failed, host) = (stop.clone(), ok.clone(), failed.clone(), host.clone());
+        load.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match get(&mut sender, &host).await {
+                    Ok(200..=299) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        sender = connect(addr).await?;
+                        0
+                    }
+                };
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut reload_failures = 0;
+    for n in 0..reloads {
+        let cmd = reload_cmd.replace("{n}", &n.to_string());
+        let status = tokio::process::Command::new("sh").arg("-c").arg(&cmd).status().await?;
+        if !status.success() {
+            reload_failures += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await??;
+    }
+    let mut alive = 0;
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let text = format!("ping {i}");
+        if ws.send(text.clone().into()).await.is_ok() {
+            if let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+                if msg.to_text().ok() == Some(text.as_str()) {
+                    alive += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"reloads": reloads, "reload_command_failures": reload_failures,
+            "requests_ok": ok.load(Ordering::Relaxed), "requests_failed": failed.load(Ordering::Relaxed),
+            "websockets_alive": alive, "websockets": websockets})
+    );
+    Ok(())
+}

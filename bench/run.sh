@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Gatehouse, nginx and HAProxy side by side (research/peers.md §4.2 A): each proxy pinned to
+# CPU 1 with one worker, the backend and the load generators on CPU 0, runs interleaved
+# (A B C, A B C, ...), medians reported with their ratio to HAProxy's.
+# Loopback only; every run is bounded. ROUNDS (default 3) and SECONDS_PER_RUN (default 10) tune it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/packages.sh"
+need_commands nginx:nginx-light haproxy:haproxy wrk:wrk taskset:util-linux curl:curl
+ROUNDS="${ROUNDS:-3}"
+SECS="${SECONDS_PER_RUN:-10}"
+(cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
+GATEHOUSE="$ROOT/target/release/gatehouse"
+TOOLS="$ROOT/target/release/gatehouse-bench"
+B="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
+
+cat >"$B/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+  server { listen $BACKEND; location / { return 200 "hello world\n"; } } }
+CONF
+cat >"$B/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+  upstream be { server $BACKEND; keepalive 128; }
+  server { listen $PROXY; server_name app.local;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$B/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind $PROXY
+  use_backend be_app if { hdr(host) -i app.local }
+backend be_app
+  http-reuse always
+  server s1 $BACKEND
+CONF
+cat >"$B/gatehouse.toml" <<CONF
+address = "127.0.0.1"
+port = ${ADMIN##*:}
+loglevel = "warn"
+workers = 1
+[[listeners]]
+address = "$PROXY"
+[[services]]
+name = "app"
+hosts = ["app.local"]
+targets = ["http://$BACKEND"]
+CONF
+
+taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
+wait_ready() {
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$1/")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
+TICK=$(getconf CLK_TCK)
+ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
+RESULTS="$B/results.tsv"
+: >"$RESULTS"
+
+measure() {
+  local name=$1 round=$2; shift 2
+  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
+  wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
+  local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
+  taskset -c 0 wrk -t1 -c50 -d2s -H 'Host: app.local' "http://$PROXY/" >/dev/null
+  local t0 t1 out reqs
+  t0=$(ticks "$pids")
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" -H 'Host: app.local' "http://$PROXY/")
+  t1=$(ticks "$pids")
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  local errors; errors=$(echo "$out" | grep -cE 'Socket errors|Non-2xx' || true)
+  printf '%s\t%s\trps\t%s\n' "$name" "$round" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" >>"$RESULTS"
+  printf '%s\t%s\tcpu_us_per_req\t%s\n' "$name" "$round" "$(awk -v d=$((t1-t0)) -v n="$reqs" -v hz="$TICK" 'BEGIN{printf "%.2f", d/hz*1e6/n}')" >>"$RESULTS"
+  printf '%s\t%s\twrk_error_lines\t%s\n' "$name" "$round" "$errors" >>"$RESULTS"
+  t0=$(ticks "$pids")
+  out=$(taskset -c 0 "$TOOLS" open-loop --addr "$PROXY" --rate 5000 --seconds "$SECS" --connections 50)
+  t1=$(ticks "$pids")
+  python3 - "$name" "$round" "$out" "$((t1-t0))" "$TICK" >>"$RESULTS" <<'PY'
+import json, sys
+name, rnd, out, dt, hz = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+for k in ("p50_ms", "p99_ms", "p999_ms", "errors"):
+    print(f"{name}\t{rnd}\topen_loop_{k}\t{out[k]}")
+print(f"{name}\t{rnd}\topen_loop_cpu_us_per_req\t{dt / hz * 1e6 / max(out['ok'], 1):.2f}")
+PY
+  out=$(taskset -c 0 "$TOOLS" idle --addr "$PROXY" --connections 2000 $pids)
+  printf '%s\t%s\tbytes_per_idle_conn\t%s\n' "$name" "$round" "$(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["bytes_per_connection"]))')" >>"$RESULTS"
+  kill $pid; wait $pid 2>/dev/null || true
+  sleep 1
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  GATEHOUSE_LOG=warn measure gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml"
+  measure nginx "$round" nginx -c "$B/nginx.conf"
+  measure haproxy "$round" haproxy -db -f "$B/haproxy.cfg"
+done
+
+python3 "$ROOT/bench/summarize.py" "$RESULTS"
+echo "raw results: $RESULTS" >&2
