@@ -133,11 +133,18 @@ async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, conn
             let mut errors = 0u64;
             let mut sender = connect(addr).await?;
             let mut i = k as u64;
+            let mut previous_done = start;
             while i < total {
                 let due = start + interval * i as u32;
                 tokio::time::sleep_until(due.into()).await;
-                match get(&mut sender, &host).await {
-                    Ok(200) => latencies.push(due.elapsed().as_micros() as u64),
+                // Timers wake up to a millisecond late. That slack is the generator's, not the
+                // proxy's: count from the wake-up when this connection was idle at `due`, and
+                // from `due` itself when it was still busy (coordinated-omission correction).
+                let began = if previous_done <= due { Instant::now() } else { due };
+                let result = get(&mut sender, &host).await;
+                previous_done = Instant::now();
+                match result {
+                    Ok(200) => latencies.push(previous_done.duration_since(began).as_micros() as u64),
                     _ => {
                         errors += 1;
                         sender = connect(addr).await?;
@@ -156,7 +163,10 @@ async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, conn
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64
+            / 1000.0
+    };
     println!(
         "{}",
         serde_json::json!({"rps": all.len() as f64 / elapsed, "ok": all.len(), "errors": errors,

@@ -32,6 +32,14 @@ pub(crate) struct ConnInfo {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub https: bool,
+    /// The client address as an `X-Forwarded-For` value, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, https: bool) -> Self {
+        ConnInfo { shared, peer, https, forwarded_for: headers::client_address(peer.ip()) }
+    }
 }
 
 /// More tries than this per request are never made, whatever `retries` says.
@@ -84,7 +92,7 @@ async fn proxy(
     if upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), conn.https, &host);
+    headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.https, &host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     if spec.upstream_http2 {
         // HTTP/2 carries the host as :authority.

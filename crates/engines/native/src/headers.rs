@@ -27,6 +27,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` is
 /// removed too unless `keep_upgrade`; the caller re-adds `Connection: upgrade` for tunnels.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the (few) names first: most messages carry none of these.
+    let any = headers.keys().any(|k| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE));
+    if !any {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -60,21 +65,23 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
 /// edge nothing before us is trusted.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host: &HeaderValue) {
-    let client = client_text(client);
-    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")));
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool, host: &HeaderValue) {
+    headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
     headers.insert(X_FORWARDED_HOST, host.clone());
 }
 
-fn client_text(ip: IpAddr) -> String {
-    match ip {
+/// A client address as a header value (IPv4-mapped IPv6 shown as IPv4).
+pub(crate) fn client_address(ip: IpAddr) -> HeaderValue {
+    let text = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
             None => v6.to_string(),
         },
         IpAddr::V4(v4) => v4.to_string(),
-    }
+    };
+    // An address's text form is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The request's id: the client's if it is a sane token, else a new random one.
@@ -120,7 +127,12 @@ mod tests {
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        set_forwarded(&mut h, "::ffff:127.0.0.2".parse().unwrap(), true, &HeaderValue::from_static("a.test"));
+        set_forwarded(
+            &mut h,
+            &client_address("::ffff:127.0.0.2".parse().unwrap()),
+            true,
+            &HeaderValue::from_static("a.test"),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");

@@ -202,8 +202,15 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = ConnInfo { shared: shared.clone(), peer, https: tls.is_some() };
-                tokio::spawn(serve(stream, tls.clone(), conn, stopped.clone(), open.clone()));
+                let conn = ConnInfo::new(shared.clone(), peer, tls.is_some());
+                let counted = OpenConnection::new(&shared, open.clone());
+                let _ = stream.set_nodelay(true);
+                // Each task is sized for what it runs: plain HTTP/1 tasks do not carry the
+                // TLS handshake's or HTTP/2's state.
+                match &tls {
+                    None => tokio::spawn(serve_h1(FramingGuard::new(stream), conn, stopped.clone(), counted)),
+                    Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), conn, stopped.clone(), counted)),
+                };
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -226,34 +233,33 @@ async fn stop_requested(stopped: &mut watch::Receiver<Option<Duration>>) {
     let _ = stopped.wait_for(Option::is_some).await.map(|_| ());
 }
 
-/// Keeps the open-connections gauge honest however a connection ends.
-struct OpenConnection(Arc<Shared>);
+/// Keeps the open-connections gauge honest however a connection ends, and holds the
+/// worker's drain channel open while the connection lives.
+struct OpenConnection {
+    shared: Arc<Shared>,
+    _open: mpsc::Sender<()>,
+}
 
 impl OpenConnection {
-    fn new(shared: &Arc<Shared>) -> Self {
+    fn new(shared: &Arc<Shared>, open: mpsc::Sender<()>) -> Self {
         shared.metrics.open_connections.inc();
-        OpenConnection(shared.clone())
+        OpenConnection { shared: shared.clone(), _open: open }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.metrics.open_connections.dec();
+        self.shared.metrics.open_connections.dec();
     }
 }
 
-async fn serve(
+async fn serve_tls(
     stream: TcpStream,
-    tls: Option<TlsAcceptor>,
+    acceptor: TlsAcceptor,
     conn: ConnInfo,
     stopped: watch::Receiver<Option<Duration>>,
-    _open: mpsc::Sender<()>,
+    counted: OpenConnection,
 ) {
-    let _counted = OpenConnection::new(&conn.shared);
-    let _ = stream.set_nodelay(true);
-    let Some(acceptor) = tls else {
-        return serve_h1(FramingGuard::new(stream), conn, stopped).await;
-    };
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -267,20 +273,22 @@ async fn serve(
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_h2(stream, conn, stopped).await
+        Box::pin(serve_h2(stream, conn, stopped, counted)).await
     } else {
-        serve_h1(FramingGuard::new(stream), conn, stopped).await
+        Box::pin(serve_h1(FramingGuard::new(stream), conn, stopped, counted)).await
     }
 }
 
-async fn serve_h1<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>)
+async fn serve_h1<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let shared = conn.shared.clone();
     let service = service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handler::handle(req, &conn).await) }
+        // Boxed so the future hyper keeps for every idle connection is a pointer, not the
+        // few kilobytes the request path needs while it runs.
+        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req, &conn)).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -303,14 +311,16 @@ where
     }
 }
 
-async fn serve_h2<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>)
+async fn serve_h2<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let shared = conn.shared.clone();
     let service = service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handler::handle(req, &conn).await) }
+        // Boxed so the future hyper keeps for every idle connection is a pointer, not the
+        // few kilobytes the request path needs while it runs.
+        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req, &conn)).await) }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
