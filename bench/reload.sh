@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# 100 reloads under keep-alive load, with 50 WebSockets open on a route the reloads do not
+# touch. Each reload rewrites the configuration (a changing route, written atomically) and asks
+# for a reload; prints failed requests and surviving WebSockets. With CONTRAST=1 (default) the
+# same run is made against nginx reloading with `nginx -s reload`, for comparison.
+# Loopback only; bounded by the number of reloads.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/packages.sh"
+need_commands nginx:nginx-light curl:curl taskset:util-linux
+RELOADS="${RELOADS:-100}"
+(cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
+GATEHOUSE="$ROOT/target/release/gatehouse"
+TOOLS="$ROOT/target/release/gatehouse-bench"
+B="$(mktemp -d /tmp/gatehouse-reload.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+BACKEND=127.0.0.1:19100 BACKEND2=127.0.0.1:19101 WS=127.0.0.1:19102 PROXY=127.0.0.1:18180 ADMIN=127.0.0.1:16100
+
+cat >"$B/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+  server { listen $BACKEND; location / { return 200 "hello world\n"; } }
+  server { listen $BACKEND2; location / { return 200 "backend two\n"; } } }
+CONF
+taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
+taskset -c 0 "$TOOLS" ws-backend --listen "$WS" & PIDS+=($!)
+
+# The changing route: "churn" flips between the two backends on every reload.
+gatehouse_config() {
+  local churn=$1
+  cat <<CONF
+address = "127.0.0.1"
+port = ${ADMIN##*:}
+loglevel = "warn"
+workers = 1
+[[listeners]]
+address = "$PROXY"
+[[services]]
+name = "app"
+hosts = ["app.local"]
+targets = ["http://$BACKEND"]
+[[services]]
+name = "ws"
+hosts = ["ws.local"]
+targets = ["http://$WS"]
+[[services]]
+name = "churn"
+hosts = ["churn.local"]
+targets = ["http://$churn"]
+CONF
+}
+# Both variants are written up front; reload n installs variant n % 2 with an atomic rename.
+gatehouse_config "$BACKEND" >"$B/gatehouse-0.toml"
+gatehouse_config "$BACKEND2" >"$B/gatehouse-1.toml"
+install_variant() { echo "cp $B/$1-\$(({n} % 2)).$2 $B/$1.tmp && mv $B/$1.tmp $B/$1.$2"; }
+
+wait_ready() {
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$PROXY/")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+cp "$B/gatehouse-0.toml" "$B/gatehouse.toml"
+taskset -c 1 "$GATEHOUSE" run -c "$B/gatehouse.toml" 2>"$B/gatehouse.log" & GH=$!; PIDS+=($GH)
+wait_ready || { echo "gatehouse did not start" >&2; exit 1; }
+rss_before=$(awk '/VmRSS/{print $2}' /proc/$GH/status)
+echo "gatehouse: $RELOADS reloads (rewrite + POST /v1/reload), 20 keep-alive clients, 50 WebSockets on ws.local"
+taskset -c 0 "$TOOLS" reload-storm --addr "$PROXY" --reloads "$RELOADS" --websockets 50 --connections 20 --interval-ms 50 \
+  --reload-cmd "$(install_variant gatehouse toml) && curl -sf -XPOST http://$ADMIN/v1/reload >/dev/null"
+generation=$(curl -s "http://$ADMIN/v1/health" | sed -n 's/.*"RouteTableGeneration":\([0-9]*\).*/\1/p')
+echo "gatehouse afterwards: route table generation $generation, RSS ${rss_before} kB -> $(awk '/VmRSS/{print $2}' /proc/$GH/status) kB, one process"
+kill $GH; wait $GH 2>/dev/null || true
+
+if [ "${CONTRAST:-1}" = 1 ]; then
+  nginx_config() {
+    cat <<CONF
+worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream be { server $BACKEND; keepalive 128; }
+  upstream ws { server $WS; }
+  upstream churn { server $1; }
+  server { listen $PROXY; server_name app.local;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen $PROXY; server_name ws.local;
+    location / { proxy_pass http://ws; proxy_http_version 1.1; proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 1h; } }
+  server { listen $PROXY; server_name churn.local; location / { proxy_pass http://churn; } } }
+CONF
+  }
+  nginx_config "$BACKEND" >"$B/nginx-0.conf"
+  nginx_config "$BACKEND2" >"$B/nginx-1.conf"
+  cp "$B/nginx-0.conf" "$B/nginx.conf"
+  taskset -c 1 nginx -c "$B/nginx.conf" & NG=$!; PIDS+=($NG)
+  wait_ready || { echo "nginx did not start" >&2; exit 1; }
+  echo "nginx (contrast): $RELOADS reloads (rewrite + nginx -s reload), same load"
+  taskset -c 0 "$TOOLS" reload-storm --addr "$PROXY" --reloads "$RELOADS" --websockets 50 --connections 20 --interval-ms 50 \
+    --reload-cmd "$(install_variant nginx conf) && nginx -c $B/nginx.conf -s reload 2>/dev/null"
+  echo "nginx afterwards: $(pgrep -c -P $NG || true) worker processes (old ones stay while they hold connections)"
+  kill $NG; wait $NG 2>/dev/null || true
+fi
