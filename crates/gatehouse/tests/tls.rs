@@ -109,3 +109,25 @@ async fn reloads_certificates_without_touching_the_listener() {
     let r = tls_get(at, &ca.pem(), "a.test", true, &[], "/").await.unwrap();
     assert_eq!(r.leaf, der(&renewed), "the last good certificate keeps serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_http2_end_to_end_keeps_te_and_trailers() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["grpc.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "grpc", &leaf);
+    let b = backend::start_h2c("grpc").await;
+    let config = format!(
+        "port = 0\n[[listeners]]\naddress = \"127.0.0.1:0\"\ntls_certificates = [{{ cert = \"grpc.pem\", key = \"grpc.key\" }}]\n[[services]]\nname = \"grpc\"\nhosts = [\"grpc.test\"]\ntargets = [\"{}\"]\nhttp2 = true\n",
+        b.url()
+    );
+    let gh = Gatehouse::start_with(&config, dir, &[]);
+    let r = tls_get(gh.listener(), &ca.pem(), "grpc.test", true, &[b"h2"], "/trailers").await.unwrap();
+    assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!((r.reply.status, r.reply.body.as_str()), (200, "ok"));
+    let trailers = r.reply.trailers.expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    let seen = b.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.headers["te"], "trailers", "TE: trailers reaches an HTTP/2 target");
+}

@@ -88,7 +88,12 @@ async fn proxy(
 
     let (mut parts, body) = req.into_parts();
     let path_and_query = forward_path(&service, &parts.uri);
+    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC needs it to reach the target.
+    let te_trailers = spec.upstream_http2 && headers::te_has_trailers(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }

@@ -65,6 +65,16 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// True when the `TE` header lists `trailers`.
+pub(crate) fn te_has_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
 /// edge nothing before us is trusted.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool, host: &HeaderValue) {

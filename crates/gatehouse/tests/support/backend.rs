@@ -192,6 +192,12 @@ async fn respond(
             });
             Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
         }
+        "/trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![Ok(Frame::data(Bytes::from_static(b"ok"))), Ok(Frame::trailers(trailers))];
+            Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
+        }
         p if p.starts_with("/status/") => text(p[8..].parse().unwrap_or(500), name),
         _ => text(200, format!("{name} {body_len}")),
     };

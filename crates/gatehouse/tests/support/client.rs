@@ -20,6 +20,7 @@ pub struct Reply {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: String,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -30,11 +31,14 @@ impl Reply {
 
 async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, hyper::Error> {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let body = collected.to_bytes();
     Ok(Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        trailers,
     })
 }
 
@@ -139,7 +143,7 @@ pub async fn tls_get(
         tokio::spawn(conn);
         let uri = format!("https://{name}{path}");
         let resp = sender
-            .send_request(Request::get(uri).body(Full::new(Bytes::new())).unwrap())
+            .send_request(Request::get(uri).header("te", "trailers").body(Full::new(Bytes::new())).unwrap())
             .await
             .map_err(|e| e.to_string())?;
         collect(resp).await.map_err(|e| e.to_string())?
