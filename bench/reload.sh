@@ -9,24 +9,10 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/packages.sh"
 need_commands nginx:nginx-light curl:curl taskset:util-linux
 RELOADS="${RELOADS:-100}"
-(cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
-GATEHOUSE="$ROOT/target/release/gatehouse"
-TOOLS="$ROOT/target/release/gatehouse-bench"
-B="$(mktemp -d /tmp/gatehouse-reload.XXXXXX)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19100 BACKEND2=127.0.0.1:19101 WS=127.0.0.1:19102 PROXY=127.0.0.1:18180 ADMIN=127.0.0.1:16100
 
-cat >"$B/backend.conf" <<CONF
-worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
-  server { listen $BACKEND; location / { return 200 "hello world\n"; } }
-  server { listen $BACKEND2; location / { return 200 "backend two\n"; } } }
-CONF
-taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
+start_backend "$BACKEND=hello world" "$BACKEND2=backend two"
 taskset -c 0 "$TOOLS" ws-backend --listen "$WS" & PIDS+=($!)
 
 # The changing route: "churn" flips between the two backends on every reload.
@@ -58,17 +44,9 @@ gatehouse_config "$BACKEND" >"$B/gatehouse-0.toml"
 gatehouse_config "$BACKEND2" >"$B/gatehouse-1.toml"
 install_variant() { echo "cp $B/$1-\$(({n} % 2)).$2 $B/$1.tmp && mv $B/$1.tmp $B/$1.$2"; }
 
-wait_ready() {
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$PROXY/")" = 200 ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 cp "$B/gatehouse-0.toml" "$B/gatehouse.toml"
 taskset -c 1 "$GATEHOUSE" run -c "$B/gatehouse.toml" 2>"$B/gatehouse.log" & GH=$!; PIDS+=($GH)
-wait_ready || { echo "gatehouse did not start" >&2; exit 1; }
+wait_ready "$PROXY" || { echo "gatehouse did not start" >&2; exit 1; }
 rss_before=$(awk '/VmRSS/{print $2}' /proc/$GH/status)
 echo "gatehouse: $RELOADS reloads (rewrite + POST /v1/reload), 20 keep-alive clients, 50 WebSockets on ws.local"
 taskset -c 0 "$TOOLS" reload-storm --addr "$PROXY" --reloads "$RELOADS" --websockets 50 --connections 20 --interval-ms 50 \
@@ -82,8 +60,7 @@ if [ "${CONTRAST:-1}" = 1 ]; then
     cat <<CONF
 worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
 events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
   upstream be { server $BACKEND; keepalive 128; }
   upstream ws { server $WS; }
@@ -99,7 +76,7 @@ CONF
   nginx_config "$BACKEND2" >"$B/nginx-1.conf"
   cp "$B/nginx-0.conf" "$B/nginx.conf"
   taskset -c 1 nginx -c "$B/nginx.conf" & NG=$!; PIDS+=($NG)
-  wait_ready || { echo "nginx did not start" >&2; exit 1; }
+  wait_ready "$PROXY" || { echo "nginx did not start" >&2; exit 1; }
   echo "nginx (contrast): $RELOADS reloads (rewrite + nginx -s reload), same load"
   taskset -c 0 "$TOOLS" reload-storm --addr "$PROXY" --reloads "$RELOADS" --websockets 50 --connections 20 --interval-ms 50 \
     --reload-cmd "$(install_variant nginx conf) && nginx -c $B/nginx.conf -s reload 2>/dev/null"

@@ -9,27 +9,13 @@ source "$ROOT/scripts/packages.sh"
 need_commands nginx:nginx-light haproxy:haproxy wrk:wrk taskset:util-linux curl:curl
 ROUNDS="${ROUNDS:-3}"
 SECS="${SECONDS_PER_RUN:-10}"
-(cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
-GATEHOUSE="$ROOT/target/release/gatehouse"
-TOOLS="$ROOT/target/release/gatehouse-bench"
-B="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
 
-cat >"$B/backend.conf" <<CONF
-worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
-  server { listen $BACKEND; location / { return 200 "hello world\n"; } } }
-CONF
 cat >"$B/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
 events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;
+http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
   upstream be { server $BACKEND; keepalive 128; }
   server { listen $PROXY; server_name app.local;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -63,14 +49,7 @@ hosts = ["app.local"]
 targets = ["http://$BACKEND"]
 CONF
 
-taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
-wait_ready() {
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$1/")" = 200 ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+start_backend "$BACKEND=hello world"
 wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
 TICK=$(getconf CLK_TCK)
 ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }

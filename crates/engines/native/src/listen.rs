@@ -1,6 +1,7 @@
 //! Listeners and worker threads.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -279,17 +280,11 @@ async fn serve_tls(
     }
 }
 
-async fn serve_h1<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
+async fn serve_h1<IO>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let shared = conn.shared.clone();
-    let service = service_fn(move |req| {
-        let conn = conn.clone();
-        // Boxed so the future hyper keeps for every idle connection is a pointer, not the
-        // few kilobytes the request path needs while it runs.
-        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req, &conn)).await) }
-    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -297,45 +292,59 @@ where
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
         .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop_requested(&mut stopped) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        count_connection_error(&shared, &e);
-    }
+    let connection = builder.serve_connection(TokioIo::new(io), proxy_service(conn)).with_upgrades();
+    drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
 }
 
-async fn serve_h2<IO>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
+async fn serve_h2<IO>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let shared = conn.shared.clone();
-    let service = service_fn(move |req| {
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .serve_connection(TokioIo::new(io), proxy_service(conn));
+    drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
+}
+
+/// The request handler, for one client connection.
+fn proxy_service(
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req| {
         let conn = conn.clone();
         // Boxed so the future hyper keeps for every idle connection is a pointer, not the
         // few kilobytes the request path needs while it runs.
         async move { Ok::<_, Infallible>(Box::pin(handler::handle(req, &conn)).await) }
-    });
-    let connection = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .serve_connection(TokioIo::new(io), service);
+    })
+}
+
+/// Serves a connection to its end; when the worker stops, finishes the requests in flight
+/// and closes idle keep-alive connections.
+async fn drive<C>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    mut stopped: watch::Receiver<Option<Duration>>,
+    shared: &Shared,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stop_requested(&mut stopped) => {
-            connection.as_mut().graceful_shutdown();
+            graceful_shutdown(connection.as_mut());
             connection.await
         }
     };
     if let Err(e) = result {
-        count_connection_error(&shared, &e);
+        count_connection_error(shared, &e);
     }
 }
 

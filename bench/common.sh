@@ -1,0 +1,34 @@
+# Sourced by run.sh and reload.sh: packages, release build, a working folder, process cleanup,
+# the backend (nginx answering fixed text) and a readiness wait. Loopback only.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+(cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
+GATEHOUSE="$ROOT/target/release/gatehouse"
+TOOLS="$ROOT/target/release/gatehouse-bench"
+B="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# nginx writes temporary files; keep them in the working folder.
+NGINX_TEMP_PATHS="client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;"
+
+# start_backend ADDR=TEXT...: one nginx on CPU 0 answering 200 TEXT on each address.
+start_backend() {
+  local servers=""
+  for pair in "$@"; do servers+="server { listen ${pair%%=*}; location / { return 200 \"${pair#*=}\\n\"; } } "; done
+  cat >"$B/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS $servers }
+CONF
+  taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
+}
+
+# wait_ready ADDR: until http://ADDR/ answers 200 for Host app.local (10 s at most).
+wait_ready() {
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$1/")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
