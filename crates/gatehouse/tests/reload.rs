@@ -40,7 +40,7 @@ async fn reload_swaps_routes_and_keeps_what_is_open() {
     let stream = tokio::net::TcpStream::connect(at).await.unwrap();
     let (mut socket, _) = tokio_tungstenite::client_async("ws://ws.test/ws", stream).await.unwrap();
     let slow = tokio::spawn(async move { get(at, "h.test", "/slow?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.wait_for_request(2).await;
 
     gh.write_config(&config(
         &two.url(),
@@ -180,7 +180,7 @@ async fn sigterm_drains_requests_in_flight() {
         let mut conn = KeepAlive::connect(at).await;
         conn.send(Request::get("/slow?ms=800").header("host", "h.test").body(Bytes::new()).unwrap()).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.wait_for_request(1).await;
     gh.signal("TERM");
     let reply = slow.await.unwrap().expect("the request in flight completes");
     assert_eq!(reply.status, 200);

@@ -58,6 +58,15 @@ impl Backend {
         self.stats.connections.load(Ordering::SeqCst)
     }
 
+    /// Waits (at most 10 s) until a request has reached this backend.
+    pub async fn wait_for_request(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.requests() < count {
+            assert!(tokio::time::Instant::now() < deadline, "{} did not receive request {count}", self.name);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn last(&self) -> Seen {
         self.stats.seen.lock().unwrap().last().cloned().expect("the backend saw a request")
     }
