@@ -82,7 +82,11 @@ for k in ("p50_ms", "p99_ms", "p999_ms", "errors"):
 print(f"{name}\t{rnd}\topen_loop_cpu_us_per_req\t{dt / hz * 1e6 / max(out['ok'], 1):.2f}")
 PY
   out=$(taskset -c 0 "$TOOLS" idle --addr "$PROXY" --connections 2000 $pids)
-  printf '%s\t%s\tbytes_per_idle_conn\t%s\n' "$name" "$round" "$(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["bytes_per_connection"]))')" >>"$RESULTS"
+  echo "$out" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(f"{sys.argv[1]}\t{sys.argv[2]}\tbytes_per_idle_conn\t{round(d[\"bytes_per_connection\"])}")
+print(f"{sys.argv[1]}\t{sys.argv[2]}\tbytes_per_idle_conn_settled\t{round(d[\"bytes_per_connection_settled\"])}")' "$name" "$round" >>"$RESULTS"
   kill $pid; wait $pid 2>/dev/null || true
   sleep 1
 }

@@ -11,7 +11,8 @@ LABELS = [
     ("open_loop_p99_ms", "p99 ms at 5k req/s (open loop)"),
     ("open_loop_p999_ms", "p99.9 ms at 5k req/s"),
     ("open_loop_cpu_us_per_req", "CPU us/request at 5k req/s"),
-    ("bytes_per_idle_conn", "RSS bytes per idle keep-alive connection"),
+    ("bytes_per_idle_conn", "RSS bytes per idle keep-alive connection, 2 s after opening"),
+    ("bytes_per_idle_conn_settled", "RSS bytes per idle keep-alive connection, settled (min over 10 s)"),
     ("open_loop_errors", "errors at 5k req/s"),
     ("wrk_error_lines", "wrk socket-error/non-2xx lines"),
 ]

@@ -200,10 +200,20 @@ async fn idle(addr: SocketAddr, host: String, connections: usize, pids: Vec<u32>
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(&pids)?;
+    // Memory freed by the burst (transient upstream connections, buffers) may take a moment
+    // to go back to the system; "settled" is the lowest RSS over the next 10 s, with every
+    // connection still open.
+    let mut settled = after;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        settled = settled.min(rss_kib(&pids)?);
+    }
+    let per_connection = |rss: u64| (rss.saturating_sub(before) * 1024) as f64 / connections as f64;
     println!(
         "{}",
         serde_json::json!({"connections": connections, "rss_before_kib": before, "rss_after_kib": after,
-            "bytes_per_connection": (after.saturating_sub(before) * 1024) as f64 / connections as f64})
+            "rss_settled_kib": settled, "bytes_per_connection": per_connection(after),
+            "bytes_per_connection_settled": per_connection(settled)})
     );
     Ok(())
 }

@@ -18,6 +18,18 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::gateway::{ConfigSource, Gateway};
 
+// jemalloc keeps its bookkeeping outside the blocks it hands out, so buffers a connection has
+// reserved but not written cost no resident memory (measured in bench/: 9 KB per idle
+// connection against glibc's 12.6 KB, with the same CPU per request).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: a background thread returns freed pages to the
+/// system within about a second (the default waits 10 s and only on allocator activity), so
+/// memory after a burst of connections falls back to what the open ones hold.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 /// How long requests in flight may run on after SIGTERM or Ctrl-C.
 const DRAIN: Duration = Duration::from_secs(10);
 
