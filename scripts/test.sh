@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and the integration tests that spawn the real binary against
-# real servers on loopback. Installs what the tests need when it is missing.
+# real servers on loopback. Installs what the tests need when it is missing. Ends with the
+# total over every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
 # curl is used by the README examples; the tests themselves start every server they need.
 need_commands curl:curl
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {n += $4} END {print n + 0}' "$log")
+failed=$(awk '/^test result:/ {n += $6} END {print n + 0}' "$log")
+echo "tests: $passed passed, $failed failed"
+exit "$status"
