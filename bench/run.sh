@@ -59,6 +59,7 @@ RESULTS="$B/results.tsv"
 measure() {
   local name=$1 round=$2; shift 2
   taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
+  PIDS+=($pid)
   wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
   local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
   taskset -c 0 wrk -t1 -c50 -d2s -H 'Host: app.local' "http://$PROXY/" >/dev/null
@@ -85,8 +86,8 @@ PY
   echo "$out" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-print(f"{sys.argv[1]}\t{sys.argv[2]}\tbytes_per_idle_conn\t{round(d[\"bytes_per_connection\"])}")
-print(f"{sys.argv[1]}\t{sys.argv[2]}\tbytes_per_idle_conn_settled\t{round(d[\"bytes_per_connection_settled\"])}")' "$name" "$round" >>"$RESULTS"
+for key, metric in (("bytes_per_connection", "bytes_per_idle_conn"), ("bytes_per_connection_settled", "bytes_per_idle_conn_settled")):
+    print("%s\t%s\t%s\t%d" % (sys.argv[1], sys.argv[2], metric, round(d[key])))' "$name" "$round" >>"$RESULTS"
   kill $pid; wait $pid 2>/dev/null || true
   sleep 1
 }
