@@ -291,7 +291,10 @@ where
         .header_read_timeout(HEAD_TIMEOUT)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One flattened write per response instead of a two-part writev: about 4% less CPU
+        // per small request (bench/), for one extra copy of body bytes.
+        .writev(false);
     let connection = builder.serve_connection(TokioIo::new(io), proxy_service(conn)).with_upgrades();
     drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
 }

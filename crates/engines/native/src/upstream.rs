@@ -102,6 +102,8 @@ pub(crate) async fn connect_h1(
 ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
     let io = open_within(target, opts).await?;
     let (sender, conn) = http1::Builder::new()
+        // As on the client side (see listen.rs): one flattened write per request.
+        .writev(false)
         .handshake(io)
         .await
         .map_err(|source| ConnectError::Handshake { target: target.url(), source })?;
