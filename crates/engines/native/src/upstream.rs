@@ -102,7 +102,7 @@ pub(crate) async fn connect_h1(
 ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
     let io = open_within(target, opts).await?;
     let (sender, conn) = http1::Builder::new()
-        // As on the client side (see listen.rs): one flattened write per request.
+        // As for client connections (see listen.rs): one flattened write per request.
         .writev(false)
         .handshake(io)
         .await
