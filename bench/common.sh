@@ -32,3 +32,20 @@ wait_ready() {
   done
   return 1
 }
+
+# gatehouse_config: Gatehouse on $PROXY (one worker, admin on $ADMIN) with service "app" for
+# Host app.local on $BACKEND; callers append further [[services]].
+gatehouse_config() {
+  cat <<CONF
+address = "127.0.0.1"
+port = ${ADMIN##*:}
+loglevel = "warn"
+workers = 1
+[[listeners]]
+address = "$PROXY"
+[[services]]
+name = "app"
+hosts = ["app.local"]
+targets = ["http://$BACKEND"]
+CONF
+}

@@ -16,19 +16,9 @@ start_backend "$BACKEND=hello world" "$BACKEND2=backend two"
 taskset -c 0 "$TOOLS" ws-backend --listen "$WS" & PIDS+=($!)
 
 # The changing route: "churn" flips between the two backends on every reload.
-gatehouse_config() {
-  local churn=$1
+churn_config() {
+  gatehouse_config
   cat <<CONF
-address = "127.0.0.1"
-port = ${ADMIN##*:}
-loglevel = "warn"
-workers = 1
-[[listeners]]
-address = "$PROXY"
-[[services]]
-name = "app"
-hosts = ["app.local"]
-targets = ["http://$BACKEND"]
 [[services]]
 name = "ws"
 hosts = ["ws.local"]
@@ -36,12 +26,12 @@ targets = ["http://$WS"]
 [[services]]
 name = "churn"
 hosts = ["churn.local"]
-targets = ["http://$churn"]
+targets = ["http://$1"]
 CONF
 }
 # Both variants are written up front; reload n installs variant n % 2 with an atomic rename.
-gatehouse_config "$BACKEND" >"$B/gatehouse-0.toml"
-gatehouse_config "$BACKEND2" >"$B/gatehouse-1.toml"
+churn_config "$BACKEND" >"$B/gatehouse-0.toml"
+churn_config "$BACKEND2" >"$B/gatehouse-1.toml"
 install_variant() { echo "cp $B/$1-\$(({n} % 2)).$2 $B/$1.tmp && mv $B/$1.tmp $B/$1.$2"; }
 
 cp "$B/gatehouse-0.toml" "$B/gatehouse.toml"

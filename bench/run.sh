@@ -36,18 +36,7 @@ backend be_app
   http-reuse always
   server s1 $BACKEND
 CONF
-cat >"$B/gatehouse.toml" <<CONF
-address = "127.0.0.1"
-port = ${ADMIN##*:}
-loglevel = "warn"
-workers = 1
-[[listeners]]
-address = "$PROXY"
-[[services]]
-name = "app"
-hosts = ["app.local"]
-targets = ["http://$BACKEND"]
-CONF
+gatehouse_config >"$B/gatehouse.toml"
 
 start_backend "$BACKEND=hello world"
 wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
