@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ServiceRuntime, Snapshot};
 use crate::upstream::{self, ConnectError, ConnectOptions};
 
 /// State shared by every worker.
@@ -130,20 +130,20 @@ async fn proxy(
         let (mut resp, reuse) = match send(outgoing, target, key, spec, upgrade).await {
             Ok(sent) => sent,
             Err(Failure::NotConnected(e, back)) => {
-                tracing::warn!(service = %spec.name, error = %e, "target unreachable");
+                upstream_warning(runtime, &spec.name, format_args!("target unreachable: {e}"));
                 outgoing = *back;
                 continue;
             }
             Err(Failure::Timeout) => {
-                tracing::warn!(service = %spec.name, target = %target.url(), "no response head in time");
+                upstream_warning(runtime, &spec.name, format_args!("{} sent no response head in time", target.url()));
                 return Err(LocalError::Timeout);
             }
-            Err(Failure::Failed(e)) => return Err(classify(&spec.name, target, e)),
+            Err(Failure::Failed(e)) => return Err(classify(runtime, &spec.name, target, e)),
         };
         runtime.metrics.record_upstream_latency(started.elapsed().as_secs_f64());
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && !upgrade {
-            tracing::warn!(service = %spec.name, target = %target.url(), "unsolicited 101 from target");
+            upstream_warning(runtime, &spec.name, format_args!("unsolicited 101 from {}", target.url()));
             return Err(LocalError::BadUpstream);
         }
         let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
@@ -235,7 +235,16 @@ async fn send(
     }
 }
 
-fn classify(service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
+/// Logs a problem with a service's targets at most once a second (debug level otherwise).
+fn upstream_warning(runtime: &ServiceRuntime, service: &str, what: std::fmt::Arguments<'_>) {
+    match runtime.upstream_warnings.allow(1000) {
+        Some(0) => tracing::warn!(service, "{what}"),
+        Some(held_back) => tracing::warn!(service, similar_lines_held_back = held_back, "{what}"),
+        None => tracing::debug!(service, "{what}"),
+    }
+}
+
+fn classify(runtime: &ServiceRuntime, service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
         if let Some(body) = err.downcast_ref::<RequestBodyError>() {
@@ -246,7 +255,7 @@ fn classify(service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
         }
         source = err.source();
     }
-    tracing::warn!(service, target = %target.url(), error = %e, "exchange with target failed");
+    upstream_warning(runtime, service, format_args!("exchange with {} failed: {e}", target.url()));
     if e.is_timeout() {
         LocalError::Timeout
     } else {

@@ -13,6 +13,7 @@ mod headers;
 mod listen;
 mod local;
 mod snapshot;
+mod throttle;
 mod tls;
 mod upstream;
 

@@ -6,6 +6,8 @@ use gatehouse_metrics::{Metrics, ServiceMetrics, NO_SERVICE};
 use gatehouse_model::{RouteTable, Scheme};
 use http::HeaderValue;
 
+use crate::throttle::Throttle;
+
 /// One generation of everything routing-related, swapped in as a whole.
 pub struct Snapshot {
     pub table: RouteTable,
@@ -17,6 +19,8 @@ pub struct Snapshot {
 
 pub(crate) struct ServiceRuntime {
     pub metrics: ServiceMetrics,
+    /// Limits warnings about this service's targets to one a second.
+    pub upstream_warnings: Throttle,
     /// Upstream pool key of each target, indexed like the service's targets.
     pub pool_keys: Vec<Arc<str>>,
 }
@@ -33,6 +37,7 @@ impl Snapshot {
             .iter()
             .map(|svc| ServiceRuntime {
                 metrics: metrics.service(svc.name()),
+                upstream_warnings: Throttle::default(),
                 pool_keys: svc
                     .targets
                     .iter()
