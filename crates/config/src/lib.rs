@@ -18,7 +18,6 @@ use gatehouse_model::ServiceSpec;
 use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use units::{parse_duration, parse_size};
 
 /// Which engine carries the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -113,10 +113,6 @@ impl Gatehouse {
         assert!(status.success());
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Waits (bounded) for the process to exit and returns whether it exited cleanly.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
