@@ -3,14 +3,9 @@
 
 /// `(key, what it belongs to)`.
 pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
-    ("namespaces", "the Drove source"),
-    ("event_refresh_interval_sec", "the Drove source"),
-    ("api_timeout", "the Drove source"),
-    ("startup_controller_sync_tries", "the Drove source"),
-    ("startup_controller_sync_retry_delay_sec", "the Drove source"),
-    ("state_persistence_enabled", "the Drove source"),
-    ("state_persistence_dir", "the Drove source"),
-    ("disk_io_timeout_sec", "the Drove source"),
+    ("startup_controller_sync_tries", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
+    ("startup_controller_sync_retry_delay_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
+    ("disk_io_timeout_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
     ("dns_resolution_timeout_sec", "the nginx and HAProxy engines"),
     ("proxy_control_plane_timeout_sec", "the nginx and HAProxy engines"),
     ("left_delimiter", "the nginx and HAProxy engines"),

@@ -19,6 +19,33 @@ pub(crate) struct FileConfig {
     pub listeners: Vec<FileListener>,
     #[serde(default)]
     pub services: Vec<FileService>,
+    #[serde(default)]
+    pub namespaces: Vec<FileNamespace>,
+    pub event_refresh_interval_sec: Option<Spanned<NumberOrText>>,
+    pub api_timeout: Option<Spanned<NumberOrText>>,
+    pub drove_resync_interval_sec: Option<Spanned<NumberOrText>>,
+    pub drove_failover_grace_sec: Option<Spanned<NumberOrText>>,
+    pub state_path: Option<Spanned<String>>,
+    pub state_persistence_enabled: Option<bool>,
+    pub state_persistence_dir: Option<Spanned<String>>,
+}
+
+/// drove-gateway 2.1's `[[namespaces]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileNamespace {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub drove: Vec<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub pass: Option<Spanned<String>>,
+    pub access_token: Option<Spanned<String>>,
+    pub realm: Option<Spanned<String>>,
+    pub realm_suffix: Option<Spanned<String>>,
+    pub routing_tag: Option<Spanned<String>>,
+    pub leader_vhost: Option<Spanned<String>>,
+    /// drove-gateway's own example puts it here, where it does nothing; accepted with a warning.
+    pub event_refresh_interval_sec: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 
 mod deferred;
 mod diagnostic;
+mod drove;
 mod file;
 mod units;
 mod validate;
@@ -18,6 +19,7 @@ use gatehouse_model::ServiceSpec;
 use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use drove::{ControllerUrl, Credentials, DroveSettings, Environment, NamespaceSettings};
 
 /// Which engine carries the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,6 +42,8 @@ pub struct Config {
     pub workers: Option<usize>,
     pub listeners: Vec<ListenerSpec>,
     pub services: Vec<ServiceSpec>,
+    /// The Drove source: `[[namespaces]]` and their polling settings.
+    pub drove: DroveSettings,
     /// Things worth a log line that do not stop the file from loading.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
@@ -100,5 +104,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text that came from `origin`.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    validate::parse(text, origin)
+    validate::parse(text, origin, &Environment::from_process())
+}
+
+/// [`parse`] with the container variables given rather than read from the process.
+pub fn parse_with_environment(text: &str, origin: &Path, env: &Environment) -> Result<Config, ConfigError> {
+    validate::parse(text, origin, env)
 }

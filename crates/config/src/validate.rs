@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use crate::deferred::DEFERRED_KEYS;
 use crate::diagnostic::{ConfigError, Diagnostic};
+use crate::drove::Environment;
 use crate::file::{FileBalance, FileConfig, FileListener, FileService, FileTarget, NumberOrText};
 use crate::units::{parse_duration, parse_size};
 use crate::{AdminSettings, CertificatePaths, Config, ListenerSpec, ProxyPlatform, Secret};
@@ -19,7 +20,7 @@ const DEFAULT_ADMIN_PORT: u16 = 6000;
 const MAX_WEIGHT: i64 = 1000;
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     origin: &'a Path,
     text: &'a str,
     errors: Vec<Diagnostic>,
@@ -27,22 +28,22 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.errors.push(Diagnostic::at(self.origin, self.text, span, message));
     }
 
-    fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.warnings.push(Diagnostic::at(self.origin, self.text, span, message));
     }
 
     /// Paths in the file are relative to the file's folder.
-    fn resolve(&self, path: &str) -> PathBuf {
+    pub(crate) fn resolve(&self, path: &str) -> PathBuf {
         let dir = self.origin.parent().unwrap_or(Path::new(""));
         dir.join(path)
     }
 }
 
-pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn parse(text: &str, origin: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let mut c = Checker { origin, text, errors: Vec::new(), warnings: Vec::new() };
     let mut root = DeTable::parse(text).map_err(|e| invalid(&c, e.span(), e.message()))?;
     for (key, owner) in DEFERRED_KEYS {
@@ -52,7 +53,7 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     }
     let file: FileConfig =
         serde::Deserialize::deserialize(Deserializer::from(root)).map_err(|e| invalid(&c, e.span(), e.message()))?;
-    let config = convert(&mut c, file);
+    let config = convert(&mut c, file, env);
     if c.errors.is_empty() {
         let mut config = config;
         config.warnings = c.warnings;
@@ -66,7 +67,8 @@ fn invalid(c: &Checker<'_>, span: Option<Range<usize>>, message: &str) -> Config
     ConfigError::Invalid(vec![Diagnostic::at(c.origin, c.text, span, message.trim_end())])
 }
 
-fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
+fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
+    let drove = crate::drove::convert(c, &file, env);
     let admin_ip = match &file.address {
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(a) => match a.get_ref().trim() {
@@ -144,6 +146,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig) -> Config {
         workers,
         listeners,
         services,
+        drove,
         warnings: Vec::new(),
     }
 }
@@ -326,8 +329,12 @@ fn target_spec(target: &FileTarget) -> Result<TargetSpec, String> {
 mod tests {
     use super::*;
 
+    fn no_env() -> Environment {
+        Environment { controllers: None, username: None, password: None, cluster_name: None, leader_vhost: None }
+    }
+
     fn check(text: &str) -> Result<Config, String> {
-        parse(text, Path::new("g.toml")).map_err(|e| e.to_string())
+        parse(text, Path::new("g.toml"), &no_env()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -390,10 +397,87 @@ retries = 1
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg = check("nginx_config = \"/etc/nginx/nginx.conf\"\n[[namespaces]]\nname = \"stage\"\n").unwrap();
+        let cfg = check("nginx_config = \"/etc/nginx/nginx.conf\"\nstartup_controller_sync_tries = 2\n").unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(w.iter().any(|w| w.starts_with("g.toml:1:1: `nginx_config` belongs to the nginx engine")), "{w:?}");
-        assert!(w.iter().any(|w| w.contains("`namespaces` belongs to the Drove source")), "{w:?}");
+        assert!(
+            w.iter().any(|w| w.contains("`startup_controller_sync_tries` belongs to drove-gateway's blocking")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn namespaces_load_as_drove_gateway_writes_them() {
+        let cfg = check(
+            r#"
+event_refresh_interval_sec = 0.5
+api_timeout = 3
+state_path = "state/drove.json"
+[[namespaces]]
+name = "stage1"
+drove = ["http://ctrl1:4000", "https://ctrl2"]
+user = "guest"
+pass = "guest"
+realm = "A.example, b.example"
+realm_suffix = ".Apps.example"
+routing_tag = "env"
+leader_vhost = "drove.stage1"
+event_refresh_interval_sec = 5
+[[namespaces]]
+name = "stage2"
+drove = ["http://ctrl3:4000"]
+access_token = "O-Bearer T"
+"#,
+        )
+        .unwrap();
+        let d = &cfg.drove;
+        assert_eq!(d.poll_interval, std::time::Duration::from_millis(500));
+        assert_eq!(d.api_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(d.state_path.as_deref(), Some(Path::new("state/drove.json")));
+        let s1 = &d.namespaces[0];
+        assert_eq!(s1.controllers[1].to_string(), "https://ctrl2:443");
+        assert_eq!(s1.realms, ["a.example", "b.example"]);
+        assert_eq!(s1.realm_suffix.as_deref(), Some(".apps.example"));
+        assert!(matches!(&s1.credentials, crate::Credentials::Basic { user, .. } if user == "guest"));
+        assert!(matches!(&d.namespaces[1].credentials, crate::Credentials::Header(t) if t.expose() == "O-Bearer T"));
+        let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.iter().any(|w| w.starts_with("g.toml:14:30: `event_refresh_interval_sec` inside [[namespaces]]")),
+            "{w:?}"
+        );
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("O-Bearer") && !json.contains("\"guest\"}"), "secrets redacted: {json}");
+    }
+
+    #[test]
+    fn bad_namespaces_are_reported() {
+        let err = check(
+            "[[namespaces]]\nname = \"a\"\ndrove = [\"ctrl:4000\"]\nuser = \"u\"\naccess_token = \"t\"\n[[namespaces]]\nname = \"a\"\ndrove = [\"http://c:1\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("g.toml:3:10: controller URL `ctrl:4000` must start with http://"), "{err}");
+        assert!(err.contains("g.toml:5:16: set either `user`/`pass` or `access_token`, not both"), "{err}");
+        assert!(err.contains("g.toml:7:8: namespace `a` is defined twice"), "{err}");
+    }
+
+    #[test]
+    fn container_variables_define_a_namespace_when_the_file_has_none() {
+        let env = Environment {
+            controllers: Some("http://c1:4000, http://c2:4000".into()),
+            username: Some("guest".into()),
+            password: Some("pw".into()),
+            cluster_name: Some("prod".into()),
+            leader_vhost: Some("Drove.Prod".into()),
+        };
+        let cfg = parse("", Path::new("g.toml"), &env).unwrap();
+        let ns = &cfg.drove.namespaces[0];
+        assert_eq!(ns.name, "prod");
+        assert_eq!(ns.controllers.len(), 2);
+        assert_eq!(ns.leader_vhost.as_deref(), Some("drove.prod"));
+        let file = "[[namespaces]]\nname = \"x\"\ndrove = [\"http://c:1\"]\n";
+        let cfg = parse(file, Path::new("g.toml"), &env).unwrap();
+        assert_eq!(cfg.drove.namespaces.len(), 1, "the file's namespaces win");
+        assert_eq!(cfg.drove.namespaces[0].name, "x");
     }
 
     #[test]

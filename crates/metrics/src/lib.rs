@@ -22,6 +22,25 @@ pub mod names {
     pub const OPEN_WEBSOCKETS: &str = "open_websockets";
     pub const ROUTE_TABLE_GENERATION: &str = "route_table_generation";
     pub const RELOADS: &str = "reloads";
+    pub const DROVE_POLL_SECONDS: &str = "drove_poll_seconds";
+    pub const DROVE_APPLY_SECONDS: &str = "drove_apply_seconds";
+    pub const DROVE_LEADER_CHANGES: &str = "drove_leader_changes";
+    pub const DROVE_CONTROLLER_ERRORS: &str = "drove_controller_errors";
+    pub const DROVE_STATE_STALE: &str = "drove_state_stale";
+
+    /// drove-gateway's names (prefix `drove_gateway_`), kept where they mean the same thing.
+    pub mod drove_gateway {
+        pub const PREFIX: &str = "drove_gateway";
+        pub const ENDPOINT_DOWN_ERRORS: &str = "endpoint_down_errors";
+        pub const ALL_ENDPOINTS_DOWN_ERRORS: &str = "all_endpoints_down_errors";
+        pub const DROVE_APP_SYNC_FAILED: &str = "drove_app_sync_failed";
+        pub const DROVE_APP_REFRESH_DURATION: &str = "drove_app_refresh_duration";
+        pub const APPS_IGNORED_BY_REALM: &str = "apps_ignored_by_realm_total";
+        pub const APPS_WITH_ROUTING_TAG: &str = "apps_with_routing_tag_total";
+        pub const APPS_WITHOUT_ROUTING_TAG: &str = "apps_without_routing_tag_total";
+        pub const CONFIGURED_ENDPOINTS: &str = "configured_endpoints_total";
+        pub const HEALTHY_ENDPOINTS: &str = "healthy_endpoints_total";
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +62,27 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceKindLabels {
+    namespace: String,
+    kind: &'static str,
+}
+
+/// drove-gateway's layout: 0.05 s doubling ten times.
+#[derive(Clone)]
+struct DroveGatewayBuckets;
+
+impl MetricConstructor<Histogram> for DroveGatewayBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.05, 2.0, 10))
+    }
 }
 
 #[derive(Clone)]
@@ -69,6 +109,75 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub open_websockets: Gauge,
     pub route_table_generation: Gauge,
+    drove: DroveFamilies,
+}
+
+struct DroveFamilies {
+    poll: Family<NamespaceLabels, Histogram, LatencyBuckets>,
+    apply: Family<NamespaceLabels, Histogram, LatencyBuckets>,
+    leader_changes: Family<NamespaceLabels, Counter>,
+    controller_errors: Family<NamespaceKindLabels, Counter>,
+    stale: Family<NamespaceLabels, Gauge>,
+    endpoint_down_errors: Family<NamespaceLabels, Counter>,
+    all_endpoints_down: Family<NamespaceLabels, Gauge>,
+    app_sync_failed: Family<NamespaceLabels, Counter>,
+    app_refresh_duration: Family<NamespaceLabels, Histogram, DroveGatewayBuckets>,
+    ignored_by_realm: Family<NamespaceLabels, Gauge>,
+    with_routing_tag: Family<NamespaceLabels, Gauge>,
+    without_routing_tag: Family<NamespaceLabels, Gauge>,
+    configured_endpoints: Family<NamespaceLabels, Gauge>,
+    healthy_endpoints: Family<NamespaceLabels, Gauge>,
+}
+
+impl Default for DroveFamilies {
+    fn default() -> Self {
+        DroveFamilies {
+            poll: Family::new_with_constructor(LatencyBuckets),
+            apply: Family::new_with_constructor(LatencyBuckets),
+            leader_changes: Family::default(),
+            controller_errors: Family::default(),
+            stale: Family::default(),
+            endpoint_down_errors: Family::default(),
+            all_endpoints_down: Family::default(),
+            app_sync_failed: Family::default(),
+            app_refresh_duration: Family::new_with_constructor(DroveGatewayBuckets),
+            ignored_by_realm: Family::default(),
+            with_routing_tag: Family::default(),
+            without_routing_tag: Family::default(),
+            configured_endpoints: Family::default(),
+            healthy_endpoints: Family::default(),
+        }
+    }
+}
+
+/// Handles for one Drove namespace.
+#[derive(Clone)]
+pub struct NamespaceMetrics {
+    /// One events poll (and the `/endpoints` read it led to), in seconds.
+    pub poll_seconds: Histogram,
+    /// From a namespace's new view to the route table carrying it, in seconds.
+    pub apply_seconds: Histogram,
+    pub leader_changes: Counter,
+    errors: Family<NamespaceKindLabels, Counter>,
+    namespace: String,
+    /// 1 while routes come from the state file rather than a successful sync.
+    pub stale: Gauge,
+    pub endpoint_down_errors: Counter,
+    pub all_endpoints_down: Gauge,
+    pub app_sync_failed: Counter,
+    pub app_refresh_duration: Histogram,
+    pub ignored_by_realm: Gauge,
+    pub with_routing_tag: Gauge,
+    pub without_routing_tag: Gauge,
+    pub configured_endpoints: Gauge,
+    pub healthy_endpoints: Gauge,
+}
+
+impl NamespaceMetrics {
+    /// Counts a failed call to a controller (`kind`: timeout, connect, status, failed, json, ...).
+    pub fn controller_error(&self, kind: &'static str) {
+        self.errors.get_or_create(&NamespaceKindLabels { namespace: self.namespace.clone(), kind }).inc();
+    }
 }
 
 /// Handles for one service, resolved once per route table.
@@ -125,7 +234,71 @@ impl Metrics {
             "Generation of the route table in service",
             route_table_generation.clone(),
         );
+        let drove = DroveFamilies::default();
+        registry.register(
+            names::DROVE_POLL_SECONDS,
+            "Duration of one Drove events poll, with the endpoints read it triggered, by namespace",
+            drove.poll.clone(),
+        );
+        registry.register(
+            names::DROVE_APPLY_SECONDS,
+            "Time from a namespace's new view to the route table carrying it",
+            drove.apply.clone(),
+        );
+        registry.register(names::DROVE_LEADER_CHANGES, "Leader controller changes seen", drove.leader_changes.clone());
+        registry.register(
+            names::DROVE_CONTROLLER_ERRORS,
+            "Failed calls to Drove controllers, by namespace and kind",
+            drove.controller_errors.clone(),
+        );
+        registry.register(
+            names::DROVE_STATE_STALE,
+            "1 while a namespace's routes come from the state file, not a sync",
+            drove.stale.clone(),
+        );
+        {
+            use names::drove_gateway as dg;
+            let compat = root.sub_registry_with_prefix(dg::PREFIX);
+            compat.register(
+                dg::ENDPOINT_DOWN_ERRORS,
+                "Controller pings that failed to connect",
+                drove.endpoint_down_errors.clone(),
+            );
+            compat.register(
+                dg::ALL_ENDPOINTS_DOWN_ERRORS,
+                "1 when no controller of the namespace answers",
+                drove.all_endpoints_down.clone(),
+            );
+            compat.register(
+                dg::DROVE_APP_SYNC_FAILED,
+                "Failed reads of /apis/v1/endpoints",
+                drove.app_sync_failed.clone(),
+            );
+            compat.register(
+                dg::DROVE_APP_REFRESH_DURATION,
+                "Duration of app refreshes that changed something",
+                drove.app_refresh_duration.clone(),
+            );
+            compat.register(
+                dg::APPS_IGNORED_BY_REALM,
+                "Apps left out by realm or realm_suffix",
+                drove.ignored_by_realm.clone(),
+            );
+            compat.register(dg::APPS_WITH_ROUTING_TAG, "Apps carrying the routing tag", drove.with_routing_tag.clone());
+            compat.register(
+                dg::APPS_WITHOUT_ROUTING_TAG,
+                "Apps without the routing tag",
+                drove.without_routing_tag.clone(),
+            );
+            compat.register(dg::CONFIGURED_ENDPOINTS, "Controllers configured", drove.configured_endpoints.clone());
+            compat.register(
+                dg::HEALTHY_ENDPOINTS,
+                "Controllers answering the leader ping",
+                drove.healthy_endpoints.clone(),
+            );
+        }
         Metrics {
+            drove,
             registry: root,
             requests,
             upstream_latency,
@@ -156,6 +329,28 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
+    pub fn namespace(&self, name: &str) -> NamespaceMetrics {
+        let l = NamespaceLabels { namespace: name.to_string() };
+        let d = &self.drove;
+        NamespaceMetrics {
+            poll_seconds: d.poll.get_or_create_owned(&l),
+            apply_seconds: d.apply.get_or_create_owned(&l),
+            leader_changes: d.leader_changes.get_or_create_owned(&l),
+            errors: d.controller_errors.clone(),
+            namespace: name.to_string(),
+            stale: d.stale.get_or_create_owned(&l),
+            endpoint_down_errors: d.endpoint_down_errors.get_or_create_owned(&l),
+            all_endpoints_down: d.all_endpoints_down.get_or_create_owned(&l),
+            app_sync_failed: d.app_sync_failed.get_or_create_owned(&l),
+            app_refresh_duration: d.app_refresh_duration.get_or_create_owned(&l),
+            ignored_by_realm: d.ignored_by_realm.get_or_create_owned(&l),
+            with_routing_tag: d.with_routing_tag.get_or_create_owned(&l),
+            without_routing_tag: d.without_routing_tag.get_or_create_owned(&l),
+            configured_endpoints: d.configured_endpoints.get_or_create_owned(&l),
+            healthy_endpoints: d.healthy_endpoints.get_or_create_owned(&l),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -179,6 +374,10 @@ mod tests {
         m.proxy_error("no_route");
         m.reload(true);
         m.route_table_generation.set(3);
+        let ns = m.namespace("stage");
+        ns.leader_changes.inc();
+        ns.controller_error("timeout");
+        ns.healthy_endpoints.set(2);
         let text = m.encode();
         for needle in [
             "gatehouse_requests_total{service=\"web\",code_class=\"2xx\"} 1",
@@ -188,6 +387,10 @@ mod tests {
             "gatehouse_reloads_total{result=\"success\"} 1",
             "gatehouse_route_table_generation 3",
             "gatehouse_open_connections 0",
+            "gatehouse_drove_leader_changes_total{namespace=\"stage\"} 1",
+            "gatehouse_drove_controller_errors_total{namespace=\"stage\",kind=\"timeout\"} 1",
+            "drove_gateway_healthy_endpoints_total{namespace=\"stage\"} 2",
+            "drove_gateway_drove_app_refresh_duration_count{namespace=\"stage\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
