@@ -1,0 +1,155 @@
+//! The Drove source: for each `[[namespaces]]` entry it follows the leader controller, polls
+//! its events, reads `/apis/v1/endpoints` when something relevant happened (and every
+//! `resync_interval` regardless), and turns the result into route facts for the model.
+//! On any failure the last good view stays; the view survives restarts in `state_path`.
+
+mod api;
+mod client;
+mod namespace;
+mod state_file;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_config::DroveSettings;
+use gatehouse_metrics::Metrics;
+use gatehouse_model::ServiceSpec;
+use tokio::sync::watch;
+
+pub use namespace::{EndpointStatus, NamespaceRuntime, NamespaceStatus};
+pub use view::NamespaceView;
+
+/// Outcome of the last state-file write, for `/v1/health`.
+#[derive(Debug, Clone)]
+pub struct DiskStatus {
+    pub healthy: bool,
+    pub message: String,
+}
+
+pub struct DroveSource {
+    settings: DroveSettings,
+    namespaces: Vec<Arc<NamespaceRuntime>>,
+    persist: watch::Sender<u64>,
+    disk: Arc<Mutex<DiskStatus>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Publisher {
+    apply: Box<dyn Fn() + Send + Sync>,
+    persist: watch::Sender<u64>,
+}
+
+impl namespace::Publish for Publisher {
+    fn published(&self, _namespace: &NamespaceRuntime) {
+        (self.apply)();
+        self.persist.send_modify(|v| *v += 1);
+    }
+}
+
+impl DroveSource {
+    /// Restores the last known views from the state file, then starts the probes and polls
+    /// (on the current Tokio runtime). `apply` is called after a namespace's view changed;
+    /// it reads [`DroveSource::services`] and installs them.
+    pub fn start(settings: DroveSettings, metrics: &Metrics, apply: impl Fn() + Send + Sync + 'static) -> Self {
+        let mut restored = match &settings.state_path {
+            Some(path) => match state_file::load(path) {
+                Ok(views) => {
+                    if !views.is_empty() {
+                        tracing::info!(path = %path.display(), namespaces = views.len(), "serving the last known Drove view until the first sync");
+                    }
+                    views
+                }
+                Err(e) => {
+                    tracing::error!("{e}; starting without a last known Drove view");
+                    BTreeMap::new()
+                }
+            },
+            None => BTreeMap::new(),
+        };
+        let namespaces: Vec<Arc<NamespaceRuntime>> = settings
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let view = restored.remove(&ns.name);
+                Arc::new(NamespaceRuntime::new(ns.clone(), metrics.namespace(&ns.name), view))
+            })
+            .collect();
+        let (persist, persist_rx) = watch::channel(0u64);
+        let disk = Arc::new(Mutex::new(DiskStatus { healthy: true, message: "no write yet".into() }));
+        let publisher: Arc<dyn namespace::Publish> =
+            Arc::new(Publisher { apply: Box::new(apply), persist: persist.clone() });
+        let mut tasks = Vec::new();
+        for ns in &namespaces {
+            tasks.extend(ns.start(&settings, publisher.clone()));
+        }
+        if let Some(path) = settings.state_path.clone() {
+            tasks.push(tokio::spawn(persist_loop(path, namespaces.clone(), persist_rx, disk.clone())));
+        }
+        DroveSource { settings, namespaces, persist, disk, tasks }
+    }
+
+    pub fn settings(&self) -> &DroveSettings {
+        &self.settings
+    }
+
+    pub fn namespaces(&self) -> &[Arc<NamespaceRuntime>] {
+        &self.namespaces
+    }
+
+    /// Route facts of every namespace's current view (restored or synced).
+    pub fn services(&self) -> Vec<ServiceSpec> {
+        let views: Vec<_> = self.namespaces.iter().filter_map(|ns| ns.view().map(|v| (ns, v))).collect();
+        view::services(views.iter().map(|(ns, v)| (&ns.settings, v)))
+    }
+
+    /// Every namespace reads its endpoints on its next poll, which starts now.
+    pub fn resync(&self) {
+        for ns in &self.namespaces {
+            ns.resync.notify_one();
+        }
+    }
+
+    pub fn disk_status(&self) -> DiskStatus {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops polling; the views already published stay with whoever copied them.
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.persist.send_modify(|_| {});
+    }
+}
+
+impl Drop for DroveSource {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes the views after each change. A watch channel keeps only the newest request, so a
+/// burst of changes costs one write and the last one is never skipped.
+async fn persist_loop(
+    path: std::path::PathBuf,
+    namespaces: Vec<Arc<NamespaceRuntime>>,
+    mut changes: watch::Receiver<u64>,
+    disk: Arc<Mutex<DiskStatus>>,
+) {
+    while changes.changed().await.is_ok() {
+        let views: BTreeMap<String, NamespaceView> =
+            namespaces.iter().filter_map(|ns| ns.view().map(|v| (ns.settings.name.clone(), v))).collect();
+        let target = path.clone();
+        let result = tokio::task::spawn_blocking(move || state_file::save(&target, &views)).await;
+        let status = match result {
+            Ok(Ok(())) => DiskStatus { healthy: true, message: format!("state saved to {}", path.display()) },
+            Ok(Err(e)) => {
+                tracing::error!("{e}; the previous state file is left as it was");
+                DiskStatus { healthy: false, message: e.to_string() }
+            }
+            Err(e) => DiskStatus { healthy: false, message: format!("state write task failed: {e}") },
+        };
+        *disk.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+}
