@@ -230,11 +230,11 @@ impl Drop for Sim {
 async fn run_timers(shared: Arc<Shared>) {
     let mut stopping = shared.stopping.subscribe();
     loop {
-        let wait = shared.cluster().next_due().map(|at| {
-            let now = shared.cluster().now();
-            Duration::from_millis(at.saturating_sub(now).max(0) as u64)
-        });
-        let wait = wait.unwrap_or(Duration::from_secs(3600));
+        let wait = {
+            let cluster = shared.cluster();
+            let due = cluster.next_due().map(|at| at.saturating_sub(cluster.now()).max(0) as u64);
+            due.map_or(Duration::from_secs(3600), Duration::from_millis)
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.timers_changed.notified() => {}

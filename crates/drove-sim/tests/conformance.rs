@@ -220,8 +220,11 @@ async fn served_instances_answer_and_control_api_drives_the_cluster() {
     let port = eps["data"][0]["hosts"][0]["port"].as_u64().unwrap() as u16;
     let reply = get(SocketAddr::from(([127, 0, 0, 1], port)), "/").await;
     assert!(reply.body.starts_with("app=web-1 instance=AI-"), "{}", reply.body);
-    call(a, "POST", "/__sim/failover", &[], r#"{"to":1}"#).await;
+    call(a, "POST", "/__sim/failover", &[], r#"{"to":1,"recovery_ms":150}"#).await;
     assert_eq!(get(a, "/apis/v1/ping").await.status, 200);
+    assert_eq!(get(a, "/apis/v1/endpoints").await.json()["data"], serde_json::json!([]), "recovering");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(a, "/apis/v1/endpoints").await.json()["data"].as_array().unwrap().len(), 1, "recovered on time");
     call(a, "POST", "/__sim/apps/web-1/scale", &[], r#"{"instances":0}"#).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "a stopped instance's server is gone");

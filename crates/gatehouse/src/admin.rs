@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::clock::rfc3339;
 use crate::gateway::Gateway;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -32,17 +33,85 @@ async fn version() -> &'static str {
 /// failed (the previous configuration keeps serving).
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let (generation, status) = gw.status();
-    let code = if status.healthy { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
     let certificates: serde_json::Map<String, serde_json::Value> =
         gw.certificate_names().into_iter().map(|(addr, names)| (addr.to_string(), json!(names))).collect();
-    let body = json!({
-        "Healthy": status.healthy,
+    let mut healthy = status.healthy;
+    let mut body = json!({
         "Config": status,
         "RouteTableGeneration": generation,
         "Listeners": gw.proxy_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "Certificates": certificates,
     });
+    if let Some(drove) = gw.drove() {
+        healthy &= drove_health(drove, &mut body);
+    }
+    body["Healthy"] = json!(healthy);
+    let code = if healthy { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
     (code, Json(body)).into_response()
+}
+
+/// drove-gateway's sections (`NamespaceHealth`, `NamespaceEndpoints`, `DataManagerState`,
+/// `DiskIO`) plus `Namespaces` with the leader, last sync and staleness. Returns false, as
+/// drove-gateway does, when a namespace has every controller down or the state file
+/// cannot be written.
+fn drove_health(drove: &gatehouse_drove::DroveSource, body: &mut serde_json::Value) -> bool {
+    let mut healthy = true;
+    let mut namespace_health = serde_json::Map::new();
+    let mut namespace_endpoints = serde_json::Map::new();
+    let mut namespaces = serde_json::Map::new();
+    let mut stale = Vec::new();
+    let mut last_updated = None;
+    for ns in drove.namespaces() {
+        let name = &ns.settings.name;
+        let st = ns.status();
+        let up = st.endpoints.iter().filter(|e| e.healthy).count();
+        let message = match up {
+            0 => "All endpoints are down".to_string(),
+            n if n == st.endpoints.len() => "All endpoints are healthy".to_string(),
+            n => format!("{n} out of {} endpoints are healthy", st.endpoints.len()),
+        };
+        healthy &= up > 0;
+        namespace_health.insert(name.clone(), json!({"Namespace": name, "Healthy": up > 0, "Message": message}));
+        let endpoints: Vec<_> = st
+            .endpoints
+            .iter()
+            .map(|e| json!({"Namespace": name, "Endpoint": e.endpoint, "Healthy": e.healthy, "Message": e.message}))
+            .collect();
+        namespace_endpoints.insert(name.clone(), json!(endpoints));
+        let view = ns.view();
+        if !st.synced {
+            stale.push(name.clone());
+        }
+        last_updated = last_updated.max(st.last_sync);
+        namespaces.insert(
+            name.clone(),
+            json!({
+                "Leader": view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.endpoint.clone()),
+                "LastSyncTime": st.last_sync.map(rfc3339),
+                "Stale": !st.synced,
+                "RestoredFromStateFile": st.restored,
+                "Vhosts": view.as_ref().map_or(0, |v| v.apps.len()),
+                "LastError": st.last_error,
+            }),
+        );
+    }
+    let state_message = if stale.is_empty() {
+        "Using fresh Drove state for every namespace".to_string()
+    } else {
+        format!("No successful sync yet, serving the last known state for namespace(s): {}", stale.join(","))
+    };
+    let disk = drove.disk_status();
+    healthy &= disk.healthy;
+    body["NamespaceHealth"] = json!(namespace_health);
+    body["NamespaceEndpoints"] = json!(namespace_endpoints);
+    body["DataManagerState"] = json!({
+        "UsingFreshDroveState": stale.is_empty(),
+        "Message": state_message,
+        "LastUpdated": last_updated.map(rfc3339),
+    });
+    body["DiskIO"] = json!({"Healthy": disk.healthy, "Message": disk.message});
+    body["Namespaces"] = json!(namespaces);
+    healthy
 }
 
 async fn config(State(gw): State<Arc<Gateway>>) -> Response {

@@ -1,14 +1,16 @@
 //! The running gateway: the configuration in force, the engine it feeds, and reloads.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use anyhow::Context;
 use gatehouse_config::{Config, ConfigError, ListenerSpec};
+use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::RouteTable;
+use gatehouse_model::{RouteTable, ServiceSpec};
 use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
 use serde::Serialize;
 
@@ -57,7 +59,10 @@ pub struct Gateway {
     state: Mutex<State>,
     /// Serialises reloads; held across the whole load-build-install sequence.
     reloading: tokio::sync::Mutex<()>,
+    /// Serialises route-table installs between reloads and Drove updates.
+    installing: Mutex<()>,
     log: LogHandle,
+    drove: OnceLock<DroveSource>,
 }
 
 impl Gateway {
@@ -65,7 +70,7 @@ impl Gateway {
     pub fn start(source: ConfigSource, config: Config, log: LogHandle) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let generation = 1;
-        let snapshot = snapshot(&config, generation, &metrics)?;
+        let snapshot = snapshot(&config, Vec::new(), generation, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
@@ -92,7 +97,8 @@ impl Gateway {
             last_attempt: rfc3339(SystemTime::now()),
         };
         let listeners = config.listeners.clone();
-        Ok(Arc::new(Gateway {
+        let drove_settings = config.drove.clone();
+        let gateway = Arc::new(Gateway {
             source,
             metrics,
             proxy,
@@ -100,14 +106,57 @@ impl Gateway {
             listeners,
             state: Mutex::new(State { config: Arc::new(config), generation, status }),
             reloading: tokio::sync::Mutex::new(()),
+            installing: Mutex::new(()),
             log,
-        }))
+            drove: OnceLock::new(),
+        });
+        if !drove_settings.namespaces.is_empty() {
+            let weak: Weak<Gateway> = Arc::downgrade(&gateway);
+            let source = DroveSource::start(drove_settings, &gateway.metrics, move || {
+                if let Some(gateway) = weak.upgrade() {
+                    gateway.apply_drove();
+                }
+            });
+            let _ = gateway.drove.set(source);
+            // Routes restored from the state file serve at once.
+            gateway.apply_drove();
+        }
+        Ok(gateway)
+    }
+
+    pub fn drove(&self) -> Option<&DroveSource> {
+        self.drove.get()
+    }
+
+    fn drove_services(&self) -> Vec<ServiceSpec> {
+        self.drove.get().map(DroveSource::services).unwrap_or_default()
+    }
+
+    /// Installs a route table with the Drove source's current view. The listeners and
+    /// connections are untouched; requests in flight keep the table they started with.
+    fn apply_drove(&self) {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        let config = self.config();
+        let generation = self.lock().generation + 1;
+        match snapshot(&config, self.drove_services(), generation, &self.metrics) {
+            Ok(snapshot) => {
+                self.proxy.install(snapshot);
+                self.lock().generation = generation;
+                tracing::debug!(generation, "Drove routes applied");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot apply the Drove view; keeping the current routes")
+            }
+        }
     }
 
     /// Re-reads the configuration and swaps in a new route table and certificates. On any
     /// error the current ones stay in service and the error shows in `/v1/health`.
     pub async fn reload(&self) -> Result<u64, String> {
         let _one_at_a_time = self.reloading.lock().await;
+        if let Some(drove) = self.drove.get() {
+            drove.resync();
+        }
         let result = self.try_reload();
         let now = rfc3339(SystemTime::now());
         let mut state = self.lock();
@@ -137,8 +186,10 @@ impl Gateway {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.lock().generation + 1;
-        let snapshot = snapshot(&config, generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
+        let snapshot =
+            snapshot(&config, self.drove_services(), generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
         self.warn_about_restart_only_changes(&config);
         // Load every certificate before changing anything, so a bad one changes nothing.
         let mut new_certs = Vec::new();
@@ -173,6 +224,9 @@ impl Gateway {
         if old.workers != new.workers {
             tracing::warn!("`workers` changed: that takes a restart");
         }
+        if old.drove != new.drove {
+            tracing::warn!("the Drove settings ([[namespaces]] or polling keys) changed: that takes a restart");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -206,8 +260,26 @@ impl Gateway {
     }
 }
 
-fn snapshot(config: &Config, generation: u64, metrics: &Metrics) -> anyhow::Result<Snapshot> {
-    let table = RouteTable::build(generation, config.services.clone())?;
+/// The file's services plus the Drove ones. A Drove vhost that a `[[services]]` entry
+/// already routes (same name or host) is left out, so the file always wins.
+fn snapshot(config: &Config, drove: Vec<ServiceSpec>, generation: u64, metrics: &Metrics) -> anyhow::Result<Snapshot> {
+    let mut specs = config.services.clone();
+    let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    let hosts: HashSet<_> = config.services.iter().flat_map(|s| s.hosts.iter()).collect();
+    let mut shadowed = Vec::new();
+    let mut drove_specs = Vec::new();
+    for spec in drove {
+        if names.contains(spec.name.as_str()) || spec.hosts.iter().any(|h| hosts.contains(h)) {
+            shadowed.push(spec.name);
+        } else {
+            drove_specs.push(spec);
+        }
+    }
+    if !shadowed.is_empty() {
+        tracing::warn!(count = shadowed.len(), first = %shadowed[0], "Drove vhosts also routed by [[services]]: the file's routes win");
+    }
+    specs.extend(drove_specs);
+    let table = RouteTable::build(generation, specs)?;
     let xproxy = match &config.xproxy {
         Some(x) => x.clone(),
         None => gethostname::gethostname().to_string_lossy().into_owned(),
