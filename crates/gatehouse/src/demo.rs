@@ -4,8 +4,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use drove_sim::{AppSpec, Sim, SimConfig, Timings};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,6 +24,9 @@ address = "{admin_ip}"
 port = {admin_port}
 loglevel = "info"
 xproxy = "gatehouse-demo"
+# Drove: poll the leader's events every second; keep the view in memory only.
+event_refresh_interval_sec = 1
+state_persistence_enabled = false
 
 [[listeners]]
 address = "{listen}"
@@ -47,11 +53,44 @@ hosts = ["*.apps.localhost"]
 balance = "ip_hash"
 targets = ["http://127.0.0.1:{tenant1}", "http://127.0.0.1:{tenant2}"]
 max_body_size = "1MiB"
+
+# A simulated Drove cluster (drove-sim, in this process): three controllers, node 0 leads.
+# Apps appear as routes by their vhost within a second of an instance turning healthy.
+[[namespaces]]
+name = "demo"
+drove = [{drove_urls}]
+leader_vhost = "drove.localhost"
 "#;
+
+/// The simulated cluster's apps: (name, vhost, instances at start).
+const DROVE_APPS: &[(&str, &str, u32)] = &[
+    ("shop", "shop.drove.localhost", 2),
+    ("blog", "blog.drove.localhost", 1),
+    ("orders", "orders.drove.localhost", 1),
+];
 
 pub struct Demo {
     pub source: ConfigSource,
     pub text: String,
+    sim: Arc<Sim>,
+}
+
+impl Demo {
+    /// Every few seconds scales `shop` up or down, so `/v1/routes` and curl show routes
+    /// changing live. Runs until the process stops.
+    pub fn start_cluster_changes(&self) -> tokio::task::JoinHandle<()> {
+        let sim = self.sim.clone();
+        tokio::spawn(async move {
+            let sizes = [3, 4, 2, 1, 2];
+            for size in sizes.iter().cycle() {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                tracing::info!(app = "shop-1", instances = size, "demo: drove-sim scales the app");
+                if let Err(e) = sim.with(|c| c.scale("shop-1", *size)) {
+                    tracing::warn!(error = %e, "demo: scaling failed");
+                }
+            }
+        })
+    }
 }
 
 /// Starts the sample backends and returns the configuration that routes to them.
@@ -64,8 +103,19 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<De
         let port = start_backend(name).await?;
         text = text.replace(&format!("{{{name}}}"), &port.to_string());
     }
+    let sim = Sim::start(SimConfig {
+        serve_instances: true,
+        timings: Timings { step_ms: 300, monitor_ms: 2_000, ..Timings::default() },
+        ..SimConfig::default()
+    })
+    .await?;
+    for (name, vhost, instances) in DROVE_APPS {
+        sim.with(|c| c.add_app(AppSpec::web(name, "1", vhost), *instances))?;
+    }
+    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    text = text.replace("{drove_urls}", &urls.join(", "));
     let source = ConfigSource::Embedded { text: text.clone(), origin: PathBuf::from("<demo>") };
-    Ok(Demo { source, text })
+    Ok(Demo { source, text, sim: Arc::new(sim) })
 }
 
 pub fn instructions(listen: SocketAddr, admin: SocketAddr) -> String {
@@ -78,6 +128,13 @@ Gatehouse demo is running. Try:
   curl http://localhost:{p}/api/users                         # "api": /api stripped, weighted least-requests
   curl -H 'Host: shop.apps.localhost' http://127.0.0.1:{p}/    # "tenants": wildcard host, sticky by client IP
   curl -H 'Host: nowhere.test' http://127.0.0.1:{p}/           # no route: 404
+
+Drove (a simulated cluster of three controllers; `shop` is scaled every 6 seconds):
+
+  curl -H 'Host: shop.drove.localhost' http://127.0.0.1:{p}/     # answered by a shop instance
+  curl -H 'Host: drove.localhost' http://127.0.0.1:{p}/apis/v1/endpoints   # the leader, via leader_vhost
+  watch -n1 curl -s -H 'Host: shop.drove.localhost' http://127.0.0.1:{p}/   # instances come and go
+  curl -s http://{admin}/v1/routes                                         # shop's targets, live
 
 Admin API (http://{admin}):
 

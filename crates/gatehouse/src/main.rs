@@ -138,6 +138,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr, print_config: bool) -> anyhow::Re
         }
         let config = demo.source.load()?;
         let log = logging::init(&config.log_level);
+        let _changes = demo.start_cluster_changes();
         serve(demo.source, config, log, Some(demo::instructions(listen, admin))).await
     })
 }

@@ -78,4 +78,11 @@ async fn the_demo_serves_its_sample_apps() {
     assert!(get(at, "shop.apps.localhost", "/").await.body.starts_with("Hello from tenant"));
     assert_eq!(get(at, "nowhere.test", "/").await.status, 404);
     assert!(gh.admin_get("/v1/routes").await.body.contains("tenants"));
+    // The simulated Drove cluster's apps are discovered, and the leader is reachable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !get(at, "shop.drove.localhost", "/").await.body.starts_with("app=shop-1") {
+        assert!(std::time::Instant::now() < deadline, "the demo's Drove apps were not routed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(get(at, "drove.localhost", "/apis/v1/ping").await.body.contains("pong"));
 }

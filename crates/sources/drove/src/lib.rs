@@ -76,7 +76,8 @@ impl DroveSource {
             })
             .collect();
         let (persist, persist_rx) = watch::channel(0u64);
-        let disk = Arc::new(Mutex::new(DiskStatus { healthy: true, message: "no write yet".into() }));
+        let message = if settings.state_path.is_some() { "no write yet" } else { "state persistence disabled" };
+        let disk = Arc::new(Mutex::new(DiskStatus { healthy: true, message: message.into() }));
         let publisher: Arc<dyn namespace::Publish> =
             Arc::new(Publisher { apply: Box::new(apply), persist: persist.clone() });
         let mut tasks = Vec::new();

@@ -152,6 +152,8 @@ impl NamespaceRuntime {
         let name = self.settings.name.clone();
         let mut leader_rx = self.leader.subscribe();
         let mut poll = PollState::new(drove.resync_interval);
+        // Give the first probe round a chance before concluding there is no leader.
+        let _ = tokio::time::timeout(drove.api_timeout, leader_rx.wait_for(Option::is_some)).await;
         let mut next_poll = Instant::now();
         loop {
             let delay = poll.backoff(drove.poll_interval);
