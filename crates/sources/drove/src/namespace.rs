@@ -154,9 +154,10 @@ impl NamespaceRuntime {
         let mut poll = PollState::new(drove.resync_interval);
         // Give the first probe round a chance before concluding there is no leader.
         let _ = tokio::time::timeout(drove.api_timeout, leader_rx.wait_for(Option::is_some)).await;
-        let mut next_poll = Instant::now();
+        // The first poll goes out at once.
+        let mut next_poll = Instant::now().checked_sub(drove.poll_interval).unwrap_or_else(Instant::now);
         loop {
-            let delay = poll.backoff(drove.poll_interval);
+            let delay = drove.poll_interval + poll.backoff(drove.poll_interval);
             tokio::select! {
                 _ = tokio::time::sleep_until((next_poll + delay).into()) => {}
                 _ = self.resync.notified() => poll.read_pending = true,
@@ -356,7 +357,7 @@ impl PollState {
         self.failures = self.failures.saturating_add(1);
     }
 
-    /// Extra wait before the next poll: none while healthy, then doubling with jitter.
+    /// Extra wait on top of the poll interval: none while healthy, then doubling with jitter.
     fn backoff(&self, interval: Duration) -> Duration {
         if self.failures == 0 {
             return Duration::ZERO;

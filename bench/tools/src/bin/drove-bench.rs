@@ -1,0 +1,259 @@
+//! Drove discovery timings (issue: Drove discovery, targets in bench/README.md):
+//!   1. from an instance turning HEALTHY in drove-sim to the first request routed to it;
+//!   2. a full resync of 10,000 vhosts / 50,000 hosts: apply time and the process's RSS;
+//!      then single instance changes: apply time.
+//!
+//! Runs the real gatehouse binary against drove-sim in this process, on loopback only;
+//! every loop is bounded in count and time.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use drove_sim::{AppSpec, InstancePort, InstanceState, PortType, Sim, SimConfig, Timings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+struct Args {
+    /// The gatehouse binary (release build).
+    #[arg(long)]
+    gatehouse: String,
+    /// Folder for configs and state.
+    #[arg(long)]
+    dir: String,
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    vhosts: usize,
+    #[arg(long, default_value_t = 5)]
+    hosts_per_vhost: usize,
+}
+
+/// One GET over a fresh connection; returns the status and body.
+async fn get(addr: &str, host: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+struct Gatehouse {
+    child: tokio::process::Child,
+    proxy: String,
+    admin: String,
+}
+
+impl Gatehouse {
+    async fn start(
+        binary: &str,
+        dir: &str,
+        name: &str,
+        urls: &[String],
+        proxy: &str,
+        admin: &str,
+    ) -> anyhow::Result<Self> {
+        let drove: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let config = format!(
+            "address = \"127.0.0.1\"\nport = {}\nloglevel = \"warn\"\nevent_refresh_interval_sec = 1\nstate_path = \"{name}-state.json\"\n\
+             [[listeners]]\naddress = \"{proxy}\"\n[[namespaces]]\nname = \"bench\"\ndrove = [{}]\n",
+            admin.rsplit(':').next().unwrap_or("0"),
+            drove.join(", ")
+        );
+        let path = format!("{dir}/{name}.toml");
+        std::fs::write(&path, config)?;
+        let _ = std::fs::remove_file(format!("{dir}/{name}-state.json"));
+        let child = tokio::process::Command::new(binary)
+            .args(["run", "--config", &path])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn gatehouse")?;
+        let gh = Gatehouse { child, proxy: proxy.into(), admin: admin.into() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(&gh.admin, "admin").await.is_err() {
+            if Instant::now() > deadline {
+                bail!("gatehouse did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(gh)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let mut s = match tokio::net::TcpStream::connect(&self.admin).await {
+            Ok(s) => s,
+            Err(_) => return 0.0,
+        };
+        let _ = s.write_all(b"GET /v1/metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw).await;
+        raw.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+/// (count, sum) of the apply-time histogram.
+async fn applies(gh: &Gatehouse) -> (f64, f64) {
+    (
+        gh.metric("gatehouse_drove_apply_seconds_count{namespace=\"bench\"}").await,
+        gh.metric("gatehouse_drove_apply_seconds_sum{namespace=\"bench\"}").await,
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn time_to_first_route(args: &Args) -> anyhow::Result<()> {
+    let sim = Sim::start(SimConfig {
+        serve_instances: true,
+        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
+        ..SimConfig::default()
+    })
+    .await?;
+    let app = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.bench"), 1))?;
+    let gh = Gatehouse::start(&args.gatehouse, &args.dir, "latency", &sim.urls(), "127.0.0.1:18181", "127.0.0.1:16161")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&gh.proxy, "web.bench").await.map(|r| r.0).unwrap_or(0) != 200 {
+        if Instant::now() > deadline {
+            bail!("web.bench never routed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut samples = Vec::new();
+    for i in 0..args.changes {
+        // Desynchronise from the poll ticks so the samples cover the whole interval.
+        tokio::time::sleep(Duration::from_millis(spread_ms(i))).await;
+        let before: Vec<String> = sim.with(|c| c.apps[&app].instances.keys().cloned().collect());
+        let started = Instant::now();
+        // Only ever up: a stopped instance's port could be reused by a new one and fool the check.
+        sim.with(|c| c.scale(&app, i as u32 + 2))?;
+        let new: Vec<String> =
+            sim.with(|c| c.apps[&app].instances.keys().filter(|k| !before.contains(k)).cloned().collect());
+        let Some(target) = new.first() else { bail!("scale did not add an instance") };
+        let give_up = started + Duration::from_secs(10);
+        loop {
+            let (_, body) = get(&gh.proxy, "web.bench").await?;
+            if body.contains(target.as_str()) {
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > give_up {
+                bail!("instance {target} never received a request");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let n = samples.len();
+    let med = median(&mut samples);
+    let p90 = samples[n * 9 / 10];
+    println!("healthy_to_first_request_ms median={med:.1} p90={p90:.1} max={:.1} changes={n} poll_interval_ms=1000 target_ms<=1020", samples[n - 1]);
+    Ok(())
+}
+
+fn spread_ms(i: usize) -> u64 {
+    // A fixed spread over 0..1000 ms.
+    ((i as u64) * 379) % 1000
+}
+
+async fn scale(args: &Args) -> anyhow::Result<()> {
+    let sim =
+        Sim::start(SimConfig { timings: Timings { step_ms: 0, ..Timings::default() }, ..SimConfig::default() }).await?;
+    let gh = Gatehouse::start(&args.gatehouse, &args.dir, "scale", &sim.urls(), "127.0.0.1:18182", "127.0.0.1:16162")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = gh.rss_kib();
+    let build = Instant::now();
+    let mut first_app = String::new();
+    sim.with(|c| -> anyhow::Result<()> {
+        for v in 0..args.vhosts {
+            let id = c.add_app(AppSpec::web(&format!("app{v}"), "1", &format!("app{v}.bench")), 0)?;
+            c.set_app_state(&id, drove_sim::AppState::Running)?;
+            for h in 0..args.hosts_per_vhost {
+                let port = 20_000 + ((v * args.hosts_per_vhost + h) % 40_000) as u16;
+                let ports = [(
+                    "main".to_string(),
+                    InstancePort { container_port: 8080, host_port: port, port_type: PortType::Http },
+                )];
+                c.add_instance(
+                    &id,
+                    "exec-1",
+                    &format!("10.{}.{}.{}", h, v / 250, v % 250),
+                    ports.into(),
+                    InstanceState::Healthy,
+                )?;
+            }
+            if v == 0 {
+                first_app = id;
+            }
+        }
+        Ok(())
+    })?;
+    eprintln!("built {} vhosts in the simulator in {:?}", args.vhosts, build.elapsed());
+    let (count0, sum0) = applies(&gh).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (count, sum) = applies(&gh).await;
+        if count > count0 {
+            println!(
+                "full_resync vhosts={} hosts={} apply_ms={:.1} target_ms<=100",
+                args.vhosts,
+                args.vhosts * args.hosts_per_vhost,
+                (sum - sum0) * 1000.0 / (count - count0)
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the full resync was never applied");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("rss_kib idle_empty={idle_rss} with_view={} target_kib<={}", gh.rss_kib(), 64 * 1024);
+    let mut one = Vec::new();
+    for i in 0..20 {
+        let (count0, sum0) = applies(&gh).await;
+        sim.with(|c| {
+            let id = c.apps[&first_app].instances.keys().nth(i % 3).cloned();
+            if let Some(id) = id {
+                let _ = c.flap(&first_app, &id);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (count, sum) = applies(&gh).await;
+            if count > count0 {
+                one.push((sum - sum0) * 1000.0 / (count - count0));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("an instance change was never applied");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!("one_instance_change apply_ms median={:.2} changes={} target_ms<=5", median(&mut one), one.len());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    time_to_first_route(&args).await?;
+    scale(&args).await
+}
