@@ -326,7 +326,7 @@ async fn serve_connection(node: usize, shared: Arc<Shared>, mut stream: TcpStrea
                 fault => api::respond(&shared, node, &request, fault.as_ref()),
             }
         };
-        if !wire::write_response(&mut stream, wire::keep_alive(&request), &response).await {
+        if !wire::write_response(&mut stream, request.keep_alive, &response).await {
             return;
         }
     }

@@ -17,7 +17,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    keep_alive: bool,
+    /// Whether the client allows another request on the connection.
+    pub keep_alive: bool,
 }
 
 impl Request {
@@ -214,10 +215,6 @@ pub fn reset(stream: TcpStream) {
         let socket = socket2::Socket::from(std);
         let _ = socket.set_linger(Some(Duration::ZERO));
     }
-}
-
-pub fn keep_alive(request: &Request) -> bool {
-    request.keep_alive
 }
 
 #[cfg(test)]

@@ -30,21 +30,8 @@ pub struct DiskStatus {
 pub struct DroveSource {
     settings: DroveSettings,
     namespaces: Vec<Arc<NamespaceRuntime>>,
-    persist: watch::Sender<u64>,
     disk: Arc<Mutex<DiskStatus>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-struct Publisher {
-    apply: Box<dyn Fn() + Send + Sync>,
-    persist: watch::Sender<u64>,
-}
-
-impl namespace::Publish for Publisher {
-    fn published(&self, _namespace: &NamespaceRuntime) {
-        (self.apply)();
-        self.persist.send_modify(|v| *v += 1);
-    }
 }
 
 impl DroveSource {
@@ -78,8 +65,10 @@ impl DroveSource {
         let (persist, persist_rx) = watch::channel(0u64);
         let message = if settings.state_path.is_some() { "no write yet" } else { "state persistence disabled" };
         let disk = Arc::new(Mutex::new(DiskStatus { healthy: true, message: message.into() }));
-        let publisher: Arc<dyn namespace::Publish> =
-            Arc::new(Publisher { apply: Box::new(apply), persist: persist.clone() });
+        let publisher: namespace::Publish = Arc::new(move || {
+            apply();
+            persist.send_modify(|v| *v += 1);
+        });
         let mut tasks = Vec::new();
         for ns in &namespaces {
             tasks.extend(ns.start(&settings, publisher.clone()));
@@ -87,7 +76,7 @@ impl DroveSource {
         if let Some(path) = settings.state_path.clone() {
             tasks.push(tokio::spawn(persist_loop(path, namespaces.clone(), persist_rx, disk.clone())));
         }
-        DroveSource { settings, namespaces, persist, disk, tasks }
+        DroveSource { settings, namespaces, disk, tasks }
     }
 
     pub fn settings(&self) -> &DroveSettings {
@@ -120,7 +109,6 @@ impl DroveSource {
         for task in &self.tasks {
             task.abort();
         }
-        self.persist.send_modify(|_| {});
     }
 }
 

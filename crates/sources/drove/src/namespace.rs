@@ -50,10 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the poll loop calls after publishing a new view (the gateway's apply).
-pub(crate) trait Publish: Send + Sync {
-    fn published(&self, namespace: &NamespaceRuntime);
-}
+/// What the poll loop calls after publishing a new view (the gateway's apply, then a save).
+pub(crate) type Publish = Arc<dyn Fn() + Send + Sync>;
 
 impl NamespaceRuntime {
     pub(crate) fn new(settings: NamespaceSettings, metrics: NamespaceMetrics, restored: Option<NamespaceView>) -> Self {
@@ -90,11 +88,7 @@ impl NamespaceRuntime {
         lock(&self.status).clone()
     }
 
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        drove: &DroveSettings,
-        publish: Arc<dyn Publish>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn start(self: &Arc<Self>, drove: &DroveSettings, publish: Publish) -> Vec<tokio::task::JoinHandle<()>> {
         let client = Client::new(&self.settings.credentials, drove.api_timeout);
         let probe_interval = drove.poll_interval.min(MAX_PROBE_INTERVAL);
         vec![
@@ -148,7 +142,7 @@ impl NamespaceRuntime {
         }
     }
 
-    async fn poll_loop(self: Arc<Self>, client: Client, drove: DroveSettings, publish: Arc<dyn Publish>) {
+    async fn poll_loop(self: Arc<Self>, client: Client, drove: DroveSettings, publish: Publish) {
         let name = self.settings.name.clone();
         let mut leader_rx = self.leader.subscribe();
         let mut poll = PollState::new(drove.resync_interval);
@@ -221,7 +215,7 @@ impl NamespaceRuntime {
             self.metrics.stale.set(0);
             if changed {
                 let apply_started = Instant::now();
-                publish.published(&self);
+                publish();
                 self.metrics.apply_seconds.observe(apply_started.elapsed().as_secs_f64());
                 self.metrics.app_refresh_duration.observe(started.elapsed().as_secs_f64());
             }
