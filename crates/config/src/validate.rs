@@ -265,7 +265,8 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
     }
     // The model owns the rules for conflicts between services; point at the second one.
     if c.errors.is_empty() {
-        if let Err(e) = RouteTable::build(0, specs.clone()) {
+        let shared = specs.iter().cloned().map(std::sync::Arc::new).collect();
+        if let Err(e) = RouteTable::<()>::build(0, shared, None, |_| ()) {
             let culprit = match &e {
                 BuildError::DuplicateService(name) => name,
                 BuildError::DuplicateRoute { second, .. } => second,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use gatehouse_config::{Config, ConfigError, ListenerSpec};
 use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{RouteTable, ServiceSpec};
+use gatehouse_model::ServiceSpec;
 use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
 use serde::Serialize;
 
@@ -70,7 +70,7 @@ impl Gateway {
     pub fn start(source: ConfigSource, config: Config, log: LogHandle) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let generation = 1;
-        let snapshot = snapshot(&config, Vec::new(), generation, &metrics)?;
+        let snapshot = snapshot(&config, Vec::new(), generation, None, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
@@ -112,14 +112,14 @@ impl Gateway {
         });
         if !drove_settings.namespaces.is_empty() {
             let weak: Weak<Gateway> = Arc::downgrade(&gateway);
-            let source = DroveSource::start(drove_settings, &gateway.metrics, move || {
+            let source = DroveSource::start(drove_settings, &gateway.metrics, move |changed: &[String]| {
                 if let Some(gateway) = weak.upgrade() {
-                    gateway.apply_drove();
+                    gateway.apply_drove(Some(changed));
                 }
             });
             let _ = gateway.drove.set(source);
             // Routes restored from the state file serve at once.
-            gateway.apply_drove();
+            gateway.apply_drove(None);
         }
         Ok(gateway)
     }
@@ -128,21 +128,38 @@ impl Gateway {
         self.drove.get()
     }
 
-    fn drove_services(&self) -> Vec<ServiceSpec> {
+    fn drove_services(&self) -> Vec<Arc<ServiceSpec>> {
         self.drove.get().map(DroveSource::services).unwrap_or_default()
     }
 
-    /// Installs a route table with the Drove source's current view. The listeners and
-    /// connections are untouched; requests in flight keep the table they started with.
-    fn apply_drove(&self) {
+    /// Installs the Drove source's current routes for the vhosts that changed (`None`: all
+    /// of them) as a new route table that shares every other service with the current one.
+    /// The listeners and connections are untouched; requests in flight keep the table they
+    /// started with.
+    fn apply_drove(&self, changed: Option<&[String]>) {
+        let Some(drove) = self.drove.get() else { return };
         let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let config = self.config();
         let generation = self.lock().generation + 1;
-        match snapshot(&config, self.drove_services(), generation, &self.metrics) {
-            Ok(snapshot) => {
-                self.proxy.install(snapshot);
+        let current = self.proxy.current();
+        let delta = changed.map(|vhosts| {
+            let (upserts, removals) = drove_delta(&config, drove.vhost_services(vhosts));
+            let removals: Vec<&str> = removals.iter().map(String::as_str).collect();
+            current.update(generation, upserts, &removals, &self.metrics)
+        });
+        let next = match delta {
+            Some(Ok(next)) => Ok(next),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot apply the Drove changes alone; rebuilding the route table");
+                snapshot(&config, drove.services(), generation, Some(&current), &self.metrics)
+            }
+            None => snapshot(&config, drove.services(), generation, Some(&current), &self.metrics),
+        };
+        match next {
+            Ok(next) => {
+                self.proxy.install(next);
                 self.lock().generation = generation;
-                tracing::debug!(generation, "Drove routes applied");
+                tracing::debug!(generation, vhosts = changed.map_or(0, <[String]>::len), "Drove routes applied");
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot apply the Drove view; keeping the current routes")
@@ -188,8 +205,9 @@ impl Gateway {
         }
         let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.lock().generation + 1;
-        let snapshot =
-            snapshot(&config, self.drove_services(), generation, &self.metrics).map_err(|e| format!("{e:#}"))?;
+        let current = self.proxy.current();
+        let snapshot = snapshot(&config, self.drove_services(), generation, Some(&current), &self.metrics)
+            .map_err(|e| format!("{e:#}"))?;
         self.warn_about_restart_only_changes(&config);
         // Load every certificate before changing anything, so a bad one changes nothing.
         let mut new_certs = Vec::new();
@@ -260,31 +278,55 @@ impl Gateway {
     }
 }
 
+/// Drove vhosts that changed -> services to upsert and names to remove. The file's
+/// `[[services]]` win: a Drove vhost with a file service's name is left alone, and one
+/// whose host a file service routes is removed (it was never installed, so that is a no-op).
+fn drove_delta(config: &Config, vhosts: Vec<(&str, Option<Arc<ServiceSpec>>)>) -> (Vec<Arc<ServiceSpec>>, Vec<String>) {
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    for (vhost, spec) in vhosts {
+        if config.services.iter().any(|s| s.name == vhost) {
+            continue;
+        }
+        let shadowed =
+            |spec: &ServiceSpec| spec.hosts.iter().any(|h| config.services.iter().any(|s| s.hosts.contains(h)));
+        match spec {
+            Some(spec) if !shadowed(&spec) => upserts.push(spec),
+            _ => removals.push(vhost.to_string()),
+        }
+    }
+    (upserts, removals)
+}
+
 /// The file's services plus the Drove ones. A Drove vhost that a `[[services]]` entry
-/// already routes (same name or host) is left out, so the file always wins.
-fn snapshot(config: &Config, drove: Vec<ServiceSpec>, generation: u64, metrics: &Metrics) -> anyhow::Result<Snapshot> {
-    let mut specs = config.services.clone();
+/// already routes (same name or host) is left out, so the file always wins. Services equal
+/// to one in `previous` are carried over from it.
+fn snapshot(
+    config: &Config,
+    drove: Vec<Arc<ServiceSpec>>,
+    generation: u64,
+    previous: Option<&Snapshot>,
+    metrics: &Metrics,
+) -> anyhow::Result<Snapshot> {
     let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     let hosts: HashSet<_> = config.services.iter().flat_map(|s| s.hosts.iter()).collect();
+    let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(config.services.len() + drove.len());
+    specs.extend(config.services.iter().cloned().map(Arc::new));
     let mut shadowed = Vec::new();
-    let mut drove_specs = Vec::new();
     for spec in drove {
         if names.contains(spec.name.as_str()) || spec.hosts.iter().any(|h| hosts.contains(h)) {
-            shadowed.push(spec.name);
+            shadowed.push(spec.name.clone());
         } else {
-            drove_specs.push(spec);
+            specs.push(spec);
         }
     }
     if !shadowed.is_empty() {
         tracing::warn!(count = shadowed.len(), first = %shadowed[0], "Drove vhosts also routed by [[services]]: the file's routes win");
     }
-    specs.extend(drove_specs);
-    let table = RouteTable::build(generation, specs)?;
     let xproxy = match &config.xproxy {
         Some(x) => x.clone(),
         None => gethostname::gethostname().to_string_lossy().into_owned(),
     };
-    Ok(Snapshot::new(table, &xproxy, metrics)?)
+    Ok(Snapshot::new(generation, specs, previous, &xproxy, metrics)?)
 }
 
 fn load_certificates(listener: &ListenerSpec) -> anyhow::Result<Certificates> {

@@ -1,8 +1,11 @@
 //! The one catalogue of Gatehouse's Prometheus metrics: every name, label and bucket layout
 //! is defined here, and nowhere else.
 //!
-//! Families are looked up by label once, when a route table is installed
-//! ([`Metrics::service`]); the request path then only touches atomics.
+//! A service's series are looked up by label on its first request and kept with the
+//! service ([`Metrics::service`]); later requests only touch atomics. Services that never
+//! see a request export nothing, so ten thousand idle Drove vhosts cost no scrape time.
+
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -180,21 +183,31 @@ impl NamespaceMetrics {
     }
 }
 
-/// Handles for one service, resolved once per route table.
+/// Handles for one service, each resolved on first use.
 #[derive(Clone)]
 pub struct ServiceMetrics {
-    by_class: [Counter; 5],
-    upstream_latency: Histogram,
+    service: String,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ServiceLabels, Histogram, LatencyBuckets>,
+    by_class: [OnceLock<Counter>; 5],
+    upstream_latency: OnceLock<Histogram>,
 }
 
 impl ServiceMetrics {
     pub fn record_status(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].inc();
+        self.by_class[class]
+            .get_or_init(|| {
+                let labels = RequestLabels { service: self.service.clone(), code_class: CODE_CLASSES[class] };
+                self.requests.get_or_create_owned(&labels)
+            })
+            .inc();
     }
 
     pub fn record_upstream_latency(&self, seconds: f64) {
-        self.upstream_latency.observe(seconds);
+        self.upstream_latency
+            .get_or_init(|| self.latency.get_or_create_owned(&ServiceLabels { service: self.service.clone() }))
+            .observe(seconds);
     }
 }
 
@@ -312,10 +325,11 @@ impl Metrics {
 
     pub fn service(&self, name: &str) -> ServiceMetrics {
         ServiceMetrics {
-            by_class: CODE_CLASSES.map(|code_class| {
-                self.requests.get_or_create_owned(&RequestLabels { service: name.to_string(), code_class })
-            }),
-            upstream_latency: self.upstream_latency.get_or_create_owned(&ServiceLabels { service: name.to_string() }),
+            service: name.to_string(),
+            requests: self.requests.clone(),
+            latency: self.upstream_latency.clone(),
+            by_class: Default::default(),
+            upstream_latency: OnceLock::new(),
         }
     }
 
@@ -394,5 +408,7 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        let _idle = m.service("idle");
+        assert!(!m.encode().contains("idle"), "a service without requests exports nothing");
     }
 }

@@ -190,7 +190,7 @@ mod tests {
     }
 
     fn targets(specs: &[TargetSpec]) -> Vec<Target> {
-        specs.iter().cloned().map(Target::new).collect()
+        specs.iter().map(|_| Target::default()).collect()
     }
 
     fn ctx(ip: [u8; 4], random: u64) -> PickContext {

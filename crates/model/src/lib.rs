@@ -6,11 +6,13 @@
 //! them, so a route change is a pointer swap. This crate does no I/O.
 
 mod balance;
+mod cow_map;
 mod facts;
 mod host;
 mod table;
 
 pub use balance::{Balancer, PickContext};
+pub use cow_map::CowMap;
 pub use facts::{BalancePolicy, Scheme, ServiceSpec, TargetSpec, Timeouts};
 pub use host::{normalize_host, HostPattern, HostPatternError};
 pub use table::{BuildError, InFlight, Route, RouteTable, Service, Target};

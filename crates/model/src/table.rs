@@ -1,14 +1,15 @@
 //! The immutable route table engines serve from.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::balance::{Balancer, PickContext};
-use crate::facts::{ServiceSpec, TargetSpec};
+use crate::cow_map::CowMap;
+use crate::facts::ServiceSpec;
 use crate::host::HostPattern;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,18 +22,14 @@ pub enum BuildError {
     BadPrefix { service: String, prefix: String },
 }
 
-/// One upstream of a service, with its live in-flight count.
-#[derive(Debug)]
+/// The live state of one upstream of a service (its facts are the spec's target at the
+/// same index).
+#[derive(Debug, Default)]
 pub struct Target {
-    pub spec: TargetSpec,
     pub(crate) in_flight: AtomicU32,
 }
 
 impl Target {
-    pub fn new(spec: TargetSpec) -> Self {
-        Self { spec, in_flight: AtomicU32::new(0) }
-    }
-
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -40,37 +37,39 @@ impl Target {
 
 /// Counts a request against its target until dropped (it may outlive the route table).
 pub struct InFlight {
-    service: Arc<Service>,
+    targets: Arc<[Target]>,
     target: usize,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.service.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A service as engines use it: its facts, its targets and its balancer.
+/// A service as engines use it: its facts, its targets, its balancer, and whatever the
+/// engine attached to it. A table build reuses the whole service while its spec is
+/// unchanged, so balancer positions, in-flight counts and attachments carry over.
 #[derive(Debug)]
-pub struct Service {
-    /// Position in [`RouteTable::services`], for engines' per-service side tables.
-    pub index: usize,
-    pub spec: ServiceSpec,
-    pub targets: Box<[Target]>,
+pub struct Service<X = ()> {
+    pub spec: Arc<ServiceSpec>,
+    pub targets: Arc<[Target]>,
     balancer: Balancer,
+    /// Engine state derived from the spec (metrics handles, connection keys, ...).
+    pub attached: X,
 }
 
-impl Service {
-    fn new(index: usize, spec: ServiceSpec) -> Self {
+impl<X> Service<X> {
+    fn new(spec: Arc<ServiceSpec>, attached: X) -> Self {
         let balancer = Balancer::new(spec.balance, &spec.targets);
-        let targets = spec.targets.iter().cloned().map(Target::new).collect();
-        Self { index, spec, targets, balancer }
+        let targets = spec.targets.iter().map(|_| Target::default()).collect();
+        Self { spec, targets, balancer, attached }
     }
 
     /// Counts a request as in flight on `target` until the guard is dropped.
-    pub fn begin(self: &Arc<Self>, target: usize) -> InFlight {
+    pub fn begin(&self, target: usize) -> InFlight {
         self.targets[target].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { service: self.clone(), target }
+        InFlight { targets: self.targets.clone(), target }
     }
 
     pub fn name(&self) -> &str {
@@ -112,88 +111,219 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Removes a trailing slash so `/api/` and `/api` are one prefix.
-fn canonical_prefix(prefix: &str) -> String {
-    let trimmed = prefix.trim_end_matches('/');
-    if trimmed.is_empty() {
-        "/".to_string()
-    } else {
-        trimmed.to_string()
+fn canonical_prefix(prefix: &str) -> &str {
+    match prefix.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
     }
 }
 
+pub type Route<X = ()> = Arc<Service<X>>;
+
 /// Services of one host, longest path prefix first.
-type HostRoutes = Vec<Arc<Service>>;
+type HostRoutes<X> = Vec<Route<X>>;
 
 /// An immutable snapshot of every route. Engines share it through an `Arc` and swap
-/// in a new one on change.
-#[derive(Debug, Default)]
-pub struct RouteTable {
+/// in a new one on change; [`RouteTable::update`] shares everything untouched with the
+/// table it starts from.
+pub struct RouteTable<X = ()> {
     generation: u64,
-    exact: HashMap<String, HostRoutes>,
+    exact: CowMap<HostRoutes<X>>,
     /// Keyed by suffix with its leading dot (`.example.com`).
-    wildcard: HashMap<String, HostRoutes>,
-    services: Vec<Arc<Service>>,
+    wildcard: CowMap<HostRoutes<X>>,
+    /// Keyed by service name.
+    services: CowMap<Route<X>>,
 }
 
-pub type Route = Arc<Service>;
+impl<X> Clone for RouteTable<X> {
+    fn clone(&self) -> Self {
+        RouteTable {
+            generation: self.generation,
+            exact: self.exact.clone(),
+            wildcard: self.wildcard.clone(),
+            services: self.services.clone(),
+        }
+    }
+}
 
-impl RouteTable {
+impl<X> Default for RouteTable<X> {
+    fn default() -> Self {
+        RouteTable { generation: 0, exact: CowMap::new(), wildcard: CowMap::new(), services: CowMap::new() }
+    }
+}
+
+impl<X> std::fmt::Debug for RouteTable<X> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("generation", &self.generation)
+            .field("services", &self.services.len())
+            .finish()
+    }
+}
+
+/// Checks a spec's path prefix and removes its trailing slash.
+fn canonical(mut spec: Arc<ServiceSpec>) -> Result<Arc<ServiceSpec>, BuildError> {
+    if !spec.path_prefix.starts_with('/') {
+        return Err(BuildError::BadPrefix { service: spec.name.clone(), prefix: spec.path_prefix.clone() });
+    }
+    let prefix = canonical_prefix(&spec.path_prefix);
+    if prefix != spec.path_prefix {
+        let prefix = prefix.to_string();
+        Arc::make_mut(&mut spec).path_prefix = prefix;
+    }
+    Ok(spec)
+}
+
+impl<X> RouteTable<X> {
     /// Merges the facts of every source into a table. Fails, leaving the caller's current
-    /// table in service, when two services claim the same host and prefix.
-    pub fn build(generation: u64, specs: Vec<ServiceSpec>) -> Result<Self, BuildError> {
+    /// table in service, when two services share a name or claim the same host and prefix.
+    /// A service whose spec equals one in `previous` is carried over as it is (balancer
+    /// position, in-flight counts, attachment); `attach` runs for the others.
+    pub fn build(
+        generation: u64,
+        specs: Vec<Arc<ServiceSpec>>,
+        previous: Option<&RouteTable<X>>,
+        mut attach: impl FnMut(&ServiceSpec) -> X,
+    ) -> Result<Self, BuildError> {
+        let specs = specs.into_iter().map(canonical).collect::<Result<Vec<_>, _>>()?;
+        check_conflicts(&specs)?;
         let mut table = RouteTable { generation, ..Default::default() };
-        let mut owners: HashMap<(HostPattern, String), String> = HashMap::new();
-        for mut spec in specs {
-            if !spec.path_prefix.starts_with('/') {
-                return Err(BuildError::BadPrefix { service: spec.name, prefix: spec.path_prefix });
+        for spec in specs {
+            let service = match previous.and_then(|p| p.unchanged(&spec)) {
+                Some(old) => old.clone(),
+                None => {
+                    let attached = attach(&spec);
+                    Arc::new(Service::new(spec, attached))
+                }
+            };
+            table.insert(service);
+        }
+        Ok(table)
+    }
+
+    /// This table with services added or replaced (`upserts`, matched by name) and removed
+    /// (`removals`, by name; unknown names are ignored). Costs about as much as the changed
+    /// services. Fails, changing nothing, when an upsert claims another service's host and
+    /// prefix.
+    pub fn update(
+        &self,
+        generation: u64,
+        upserts: Vec<Arc<ServiceSpec>>,
+        removals: &[&str],
+        mut attach: impl FnMut(&ServiceSpec) -> X,
+    ) -> Result<Self, BuildError> {
+        let mut table = self.clone();
+        table.generation = generation;
+        for name in removals {
+            table.remove(name);
+        }
+        for spec in upserts {
+            let spec = canonical(spec)?;
+            let kept = self.unchanged(&spec).cloned();
+            if let Some(kept) = &kept {
+                if table.service(&spec.name).is_some_and(|current| Arc::ptr_eq(current, kept)) {
+                    continue;
+                }
             }
-            spec.path_prefix = canonical_prefix(&spec.path_prefix);
-            if table.services.iter().any(|s| s.spec.name == spec.name) {
-                return Err(BuildError::DuplicateService(spec.name));
-            }
+            table.remove(&spec.name);
             for host in &spec.hosts {
-                let key = (host.clone(), spec.path_prefix.clone());
-                if let Some(first) = owners.insert(key, spec.name.clone()) {
+                let owner =
+                    table.routes_of(host).and_then(|r| r.iter().find(|s| s.spec.path_prefix == spec.path_prefix));
+                if let Some(owner) = owner {
                     return Err(BuildError::DuplicateRoute {
                         host: host.to_string(),
                         prefix: spec.path_prefix.clone(),
-                        first,
+                        first: owner.spec.name.clone(),
                         second: spec.name.clone(),
                     });
                 }
             }
-            let service = Arc::new(Service::new(table.services.len(), spec));
-            for host in &service.spec.hosts {
-                let routes = match host {
-                    HostPattern::Exact(name) => table.exact.entry(name.clone()).or_default(),
-                    HostPattern::Wildcard(suffix) => table.wildcard.entry(suffix.clone()).or_default(),
-                };
-                routes.push(service.clone());
-            }
-            table.services.push(service);
-        }
-        for routes in table.exact.values_mut().chain(table.wildcard.values_mut()) {
-            routes.sort_by_key(|s| std::cmp::Reverse(s.spec.path_prefix.len()));
+            let service = match kept {
+                Some(kept) => kept,
+                None => {
+                    let attached = attach(&spec);
+                    Arc::new(Service::new(spec, attached))
+                }
+            };
+            table.insert(service);
         }
         Ok(table)
+    }
+
+    /// The service named like `spec` if its spec is the same.
+    fn unchanged(&self, spec: &Arc<ServiceSpec>) -> Option<&Route<X>> {
+        self.service(&spec.name).filter(|old| Arc::ptr_eq(&old.spec, spec) || old.spec == *spec)
+    }
+
+    fn routes_of(&self, host: &HostPattern) -> Option<&HostRoutes<X>> {
+        match host {
+            HostPattern::Exact(name) => self.exact.get(name),
+            HostPattern::Wildcard(suffix) => self.wildcard.get(suffix),
+        }
+    }
+
+    fn insert(&mut self, service: Route<X>) {
+        for host in &service.spec.hosts {
+            let routes = match host {
+                HostPattern::Exact(name) => self.exact.get_or_insert_with(name, Vec::new),
+                HostPattern::Wildcard(suffix) => self.wildcard.get_or_insert_with(suffix, Vec::new),
+            };
+            routes.push(service.clone());
+            if routes.len() > 1 {
+                routes.sort_by_key(|s| std::cmp::Reverse(s.spec.path_prefix.len()));
+            }
+        }
+        self.services.insert(service.spec.name.clone(), service);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(service) = self.services.remove(name) else { return };
+        for host in &service.spec.hosts {
+            let map = match host {
+                HostPattern::Exact(_) => &mut self.exact,
+                HostPattern::Wildcard(_) => &mut self.wildcard,
+            };
+            let key = match host {
+                HostPattern::Exact(k) | HostPattern::Wildcard(k) => k.as_str(),
+            };
+            if let Some(routes) = map.get_mut(key) {
+                routes.retain(|s| !Arc::ptr_eq(s, &service));
+                if routes.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    pub fn services(&self) -> &[Arc<Service>] {
-        &self.services
+    /// Every service, by name.
+    pub fn services(&self) -> Vec<&Route<X>> {
+        self.services.sorted().into_iter().map(|(_, s)| s).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Route<X>> {
+        self.services.get(name)
     }
 
     /// The service for a normalised host (see [`crate::normalize_host`]) and a request path.
     /// An exact host wins over wildcards, and a longer wildcard suffix over a shorter one;
     /// within the host, the longest matching path prefix wins.
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route<X>> {
         self.host_routes(host)?.iter().find(|s| s.matches_path(path))
     }
 
-    fn host_routes(&self, host: &str) -> Option<&HostRoutes> {
+    fn host_routes(&self, host: &str) -> Option<&HostRoutes<X>> {
         if let Some(routes) = self.exact.get(host) {
             return Some(routes);
         }
@@ -212,7 +342,29 @@ impl RouteTable {
     }
 }
 
-impl Serialize for RouteTable {
+/// Two services with one name, or two claiming the same host and path prefix.
+fn check_conflicts(specs: &[Arc<ServiceSpec>]) -> Result<(), BuildError> {
+    let mut names: HashSet<&str> = HashSet::with_capacity(specs.len());
+    let mut owners: HashMap<(&HostPattern, &str), &str> = HashMap::with_capacity(specs.len());
+    for spec in specs {
+        if !names.insert(&spec.name) {
+            return Err(BuildError::DuplicateService(spec.name.clone()));
+        }
+        for host in &spec.hosts {
+            if let Some(first) = owners.insert((host, &spec.path_prefix), &spec.name) {
+                return Err(BuildError::DuplicateRoute {
+                    host: host.to_string(),
+                    prefix: spec.path_prefix.clone(),
+                    first: first.to_string(),
+                    second: spec.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<X> Serialize for RouteTable<X> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct TargetView {
@@ -234,14 +386,16 @@ impl Serialize for RouteTable {
         TableView {
             generation: self.generation,
             services: self
-                .services
-                .iter()
+                .services()
+                .into_iter()
                 .map(|svc| ServiceView {
                     spec: &svc.spec,
                     live_targets: svc
+                        .spec
                         .targets
                         .iter()
-                        .map(|t| TargetView { url: t.spec.url(), weight: t.spec.weight, in_flight: t.in_flight() })
+                        .zip(svc.targets.iter())
+                        .map(|(t, live)| TargetView { url: t.url(), weight: t.weight, in_flight: live.in_flight() })
                         .collect(),
                 })
                 .collect(),
@@ -253,7 +407,7 @@ impl Serialize for RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::Scheme;
+    use crate::facts::{Scheme, TargetSpec};
 
     fn svc(name: &str, hosts: &[&str], prefix: &str) -> ServiceSpec {
         let mut spec = ServiceSpec::new(name, "test");
@@ -263,20 +417,21 @@ mod tests {
         spec
     }
 
+    fn table(specs: Vec<ServiceSpec>) -> Result<RouteTable, BuildError> {
+        RouteTable::build(1, specs.into_iter().map(Arc::new).collect(), None, |_| ())
+    }
+
     fn name<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
         t.lookup(host, path).map(|s| s.name())
     }
 
     #[test]
     fn exact_beats_wildcard_and_longest_suffix_wins() {
-        let t = RouteTable::build(
-            1,
-            vec![
-                svc("exact", &["api.example.com"], "/"),
-                svc("wild", &["*.example.com"], "/"),
-                svc("deeper", &["*.eu.example.com"], "/"),
-            ],
-        )
+        let t = table(vec![
+            svc("exact", &["api.example.com"], "/"),
+            svc("wild", &["*.example.com"], "/"),
+            svc("deeper", &["*.eu.example.com"], "/"),
+        ])
         .unwrap();
         assert_eq!(name(&t, "api.example.com", "/"), Some("exact"));
         assert_eq!(name(&t, "www.example.com", "/"), Some("wild"));
@@ -288,10 +443,11 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_on_segment_boundaries() {
-        let t = RouteTable::build(
-            1,
-            vec![svc("root", &["a.test"], "/"), svc("api", &["a.test"], "/api/"), svc("v2", &["a.test"], "/api/v2")],
-        )
+        let t = table(vec![
+            svc("root", &["a.test"], "/"),
+            svc("api", &["a.test"], "/api/"),
+            svc("v2", &["a.test"], "/api/v2"),
+        ])
         .unwrap();
         assert_eq!(name(&t, "a.test", "/api"), Some("api"));
         assert_eq!(name(&t, "a.test", "/api/users"), Some("api"));
@@ -304,7 +460,7 @@ mod tests {
     fn strips_prefixes() {
         let mut spec = svc("api", &["a.test"], "/api");
         spec.strip_prefix = true;
-        let t = RouteTable::build(1, vec![spec]).unwrap();
+        let t = table(vec![spec]).unwrap();
         let s = t.lookup("a.test", "/api/users").unwrap();
         assert_eq!(s.forward_path("/api/users"), "/users");
         assert_eq!(s.forward_path("/api"), "/");
@@ -312,17 +468,76 @@ mod tests {
 
     #[test]
     fn rejects_conflicts() {
-        let err = RouteTable::build(1, vec![svc("a", &["x.test"], "/p"), svc("b", &["X.test"], "/p/")]).unwrap_err();
+        let err = table(vec![svc("a", &["x.test"], "/p"), svc("b", &["X.test"], "/p/")]).unwrap_err();
         assert!(matches!(err, BuildError::DuplicateRoute { .. }), "{err}");
-        let err = RouteTable::build(1, vec![svc("a", &["x.test"], "/"), svc("a", &["y.test"], "/")]).unwrap_err();
+        let err = table(vec![svc("a", &["x.test"], "/"), svc("a", &["y.test"], "/")]).unwrap_err();
         assert_eq!(err, BuildError::DuplicateService("a".into()));
-        let err = RouteTable::build(1, vec![svc("a", &["x.test"], "api")]).unwrap_err();
+        let err = table(vec![svc("a", &["x.test"], "api")]).unwrap_err();
         assert!(matches!(err, BuildError::BadPrefix { .. }));
     }
 
     #[test]
+    fn unchanged_services_are_carried_over_with_their_state() {
+        let mut attached = 0;
+        let mut count = |_: &ServiceSpec| {
+            attached += 1;
+            attached
+        };
+        let first = RouteTable::build(
+            1,
+            vec![Arc::new(svc("a", &["a.test"], "/")), Arc::new(svc("b", &["b.test"], "/"))],
+            None,
+            &mut count,
+        )
+        .unwrap();
+        let a = first.service("a").unwrap().clone();
+        let held = a.begin(0);
+        let mut changed = svc("b", &["b.test"], "/");
+        changed.targets[0].port = 2;
+        let specs = vec![Arc::new(svc("a", &["a.test"], "/")), Arc::new(changed), Arc::new(svc("c", &["c.test"], "/"))];
+        let second = RouteTable::build(2, specs, Some(&first), &mut count).unwrap();
+        let a2 = second.service("a").unwrap();
+        assert!(Arc::ptr_eq(&a, a2), "an equal spec keeps its service");
+        assert_eq!(a2.targets[0].in_flight(), 1, "in-flight counts carry over");
+        assert_eq!(second.service("b").unwrap().attached, 3, "a changed spec is attached anew");
+        assert_eq!(second.service("c").unwrap().attached, 4);
+        assert_eq!(second.lookup("b.test", "/").unwrap().spec.targets[0].port, 2);
+        drop(held);
+        assert_eq!(a2.targets[0].in_flight(), 0);
+        assert!(second.service("zzz").is_none());
+    }
+
+    #[test]
+    fn updates_touch_only_what_they_name() {
+        let t =
+            table(vec![svc("a", &["a.test"], "/"), svc("b", &["b.test", "*.b.test"], "/"), svc("c", &["c.test"], "/")])
+                .unwrap();
+        let mut moved = svc("b", &["b2.test"], "/");
+        moved.targets[0].port = 9;
+        let next =
+            t.update(2, vec![Arc::new(moved), Arc::new(svc("d", &["d.test"], "/x/"))], &["c", "nope"], |_| ()).unwrap();
+        assert_eq!(next.generation(), 2);
+        assert!(Arc::ptr_eq(next.service("a").unwrap(), t.service("a").unwrap()));
+        assert_eq!(name(&next, "b2.test", "/"), Some("b"));
+        assert_eq!(name(&next, "b.test", "/"), None, "the old hosts of a replaced service are gone");
+        assert_eq!(name(&next, "x.b.test", "/"), None);
+        assert_eq!(name(&next, "c.test", "/"), None);
+        assert_eq!(name(&next, "d.test", "/x/y"), Some("d"), "prefixes are made canonical");
+        assert_eq!(next.services().iter().map(|s| s.name()).collect::<Vec<_>>(), ["a", "b", "d"]);
+        assert_eq!(name(&t, "b.test", "/"), Some("b"), "the table updated from is untouched");
+        assert_eq!(t.len(), 3);
+
+        let err = next.update(3, vec![Arc::new(svc("e", &["a.test"], "/"))], &[], |_| ()).unwrap_err();
+        assert!(matches!(err, BuildError::DuplicateRoute { ref first, .. } if first == "a"), "{err}");
+        let same = next.update(3, vec![Arc::new(svc("a", &["a.test"], "/"))], &[], |_| ()).unwrap();
+        assert!(Arc::ptr_eq(same.service("a").unwrap(), t.service("a").unwrap()), "an equal upsert keeps the service");
+        let swapped = next.update(3, vec![Arc::new(svc("e", &["a.test"], "/"))], &["a"], |_| ()).unwrap();
+        assert_eq!(name(&swapped, "a.test", "/"), Some("e"), "a host can move in one update");
+    }
+
+    #[test]
     fn serializes_for_the_admin_api() {
-        let t = RouteTable::build(7, vec![svc("a", &["*.x.test"], "/")]).unwrap();
+        let t = RouteTable::build(7, vec![Arc::new(svc("a", &["*.x.test"], "/"))], None, |_| ()).unwrap();
         let json = serde_json::to_string(&t).unwrap();
         assert!(json.contains("\"generation\":7") && json.contains("*.x.test"), "{json}");
     }

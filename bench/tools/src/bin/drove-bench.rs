@@ -28,6 +28,9 @@ struct Args {
     vhosts: usize,
     #[arg(long, default_value_t = 5)]
     hosts_per_vhost: usize,
+    /// Run one part only: `latency` or `scale`.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// One GET over a fresh connection; returns the status and body.
@@ -69,7 +72,7 @@ impl Gatehouse {
         let child = tokio::process::Command::new(binary)
             .args(["run", "--config", &path])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(format!("{dir}/{name}.err"))?)
             .kill_on_drop(true)
             .spawn()
             .context("spawn gatehouse")?;
@@ -254,6 +257,12 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    time_to_first_route(&args).await?;
-    scale(&args).await
+    let part = args.only.as_deref();
+    if part.is_none_or(|p| p == "latency") {
+        time_to_first_route(&args).await?;
+    }
+    if part.is_none_or(|p| p == "scale") {
+        scale(&args).await?;
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{normalize_host, PickContext, Scheme, Service, ServiceSpec, TargetSpec};
+use gatehouse_model::{normalize_host, PickContext, Route, Scheme, Service, ServiceSpec, TargetSpec};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -53,7 +53,7 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo) -> Response<
         Ok(resp) => resp,
         Err(err) => {
             conn.shared.metrics.proxy_error(err.kind());
-            let metrics = routed.map_or(&snap.unrouted, |i| &snap.services[i].metrics);
+            let metrics = routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
             metrics.record_status(err.status().as_u16());
             err.respond(&snap.xproxy, &request_id)
         }
@@ -65,12 +65,12 @@ async fn proxy(
     conn: &ConnInfo,
     snap: &Arc<Snapshot>,
     request_id: &HeaderValue,
-    routed: &mut Option<usize>,
+    routed: &mut Option<Route<ServiceRuntime>>,
 ) -> Result<Response<ProxyBody>, LocalError> {
     let host = request_host(&req)?;
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
     let service = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?.clone();
-    *routed = Some(service.index);
+    *routed = Some(service.clone());
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
@@ -114,19 +114,19 @@ async fn proxy(
     let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..) };
     let mut tried = [0usize; MAX_TRIES];
     let tries = (spec.retries as usize + 1).min(service.targets.len()).min(MAX_TRIES);
-    let runtime = &snap.services[service.index];
+    let runtime = &service.attached;
     for attempt in 0..tries {
         let Some(index) = service.pick(&pick, &tried[..attempt]) else {
             break;
         };
         tried[attempt] = index;
-        let target = &service.targets[index].spec;
+        let target = &spec.targets[index];
         if spec.upstream_http2 {
             *outgoing.uri_mut() = absolute_uri(target, &host, &path_and_query)?;
         }
         let in_flight = service.begin(index);
         let started = Instant::now();
-        let key = &runtime.pool_keys[index];
+        let key = &runtime.pool_keys(spec)[index];
         let (mut resp, reuse) = match send(outgoing, target, key, spec, upgrade).await {
             Ok(sent) => sent,
             Err(Failure::NotConnected(e, back)) => {
@@ -316,7 +316,7 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
         && req.headers().get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
 }
 
-fn forward_path(service: &Service, uri: &Uri) -> PathAndQuery {
+fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
     let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let path = service.forward_path(uri.path());
     if path == uri.path() {

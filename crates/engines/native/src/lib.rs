@@ -18,5 +18,5 @@ mod tls;
 mod upstream;
 
 pub use listen::{EngineError, ListenerConfig, NativeProxy};
-pub use snapshot::Snapshot;
+pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
 pub use tls::{CertError, CertStore, Certificates};

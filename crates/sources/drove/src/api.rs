@@ -18,7 +18,7 @@ fn none<T>() -> Option<T> {
     None
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExposedApp {
     #[serde(default)]
@@ -30,7 +30,7 @@ pub struct ExposedApp {
     pub hosts: Vec<ExposedHost>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExposedHost {
     pub host: String,

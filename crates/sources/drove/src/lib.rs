@@ -37,8 +37,12 @@ pub struct DroveSource {
 impl DroveSource {
     /// Restores the last known views from the state file, then starts the probes and polls
     /// (on the current Tokio runtime). `apply` is called after a namespace's view changed;
-    /// it reads [`DroveSource::services`] and installs them.
-    pub fn start(settings: DroveSettings, metrics: &Metrics, apply: impl Fn() + Send + Sync + 'static) -> Self {
+    /// it gets the vhosts that changed, reads [`DroveSource::vhost_services`] and installs them.
+    pub fn start(
+        settings: DroveSettings,
+        metrics: &Metrics,
+        apply: impl Fn(&[String]) + Send + Sync + 'static,
+    ) -> Self {
         let mut restored = match &settings.state_path {
             Some(path) => match state_file::load(path) {
                 Ok(views) => {
@@ -65,8 +69,8 @@ impl DroveSource {
         let (persist, persist_rx) = watch::channel(0u64);
         let message = if settings.state_path.is_some() { "no write yet" } else { "state persistence disabled" };
         let disk = Arc::new(Mutex::new(DiskStatus { healthy: true, message: message.into() }));
-        let publisher: namespace::Publish = Arc::new(move || {
-            apply();
+        let publisher: namespace::Publish = Arc::new(move |changed: &[String]| {
+            apply(changed);
             persist.send_modify(|v| *v += 1);
         });
         let mut tasks = Vec::new();
@@ -87,10 +91,18 @@ impl DroveSource {
         &self.namespaces
     }
 
-    /// Route facts of every namespace's current view (restored or synced).
-    pub fn services(&self) -> Vec<ServiceSpec> {
-        let views: Vec<_> = self.namespaces.iter().filter_map(|ns| ns.view().map(|v| (ns, v))).collect();
-        view::services(views.iter().map(|(ns, v)| (&ns.settings, v)))
+    /// Route facts of every namespace's current view (restored or synced). Specs of vhosts
+    /// that did not change are the same `Arc`s as last time.
+    pub fn services(&self) -> Vec<Arc<ServiceSpec>> {
+        let per_namespace: Vec<_> = self.namespaces.iter().filter_map(|ns| ns.services()).collect();
+        view::merge_namespaces(&per_namespace.iter().collect::<Vec<_>>())
+    }
+
+    /// Route facts of some vhosts, merged over the namespaces; `None` for a vhost no
+    /// namespace has (any more).
+    pub fn vhost_services<'a>(&self, vhosts: &'a [String]) -> Vec<(&'a str, Option<Arc<ServiceSpec>>)> {
+        let per_namespace: Vec<_> = self.namespaces.iter().filter_map(|ns| ns.services()).collect();
+        vhosts.iter().map(|v| (v.as_str(), view::merge_vhost(v, &per_namespace))).collect()
     }
 
     /// Every namespace reads its endpoints on its next poll, which starts now.
@@ -127,10 +139,14 @@ async fn persist_loop(
     disk: Arc<Mutex<DiskStatus>>,
 ) {
     while changes.changed().await.is_ok() {
-        let views: BTreeMap<String, NamespaceView> =
+        let views: Vec<(String, NamespaceView)> =
             namespaces.iter().filter_map(|ns| ns.view().map(|v| (ns.settings.name.clone(), v))).collect();
         let target = path.clone();
-        let result = tokio::task::spawn_blocking(move || state_file::save(&target, &views)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let borrowed = views.iter().map(|(name, view)| (name.as_str(), view)).collect();
+            state_file::save(&target, &borrowed)
+        })
+        .await;
         let status = match result {
             Ok(Ok(())) => DiskStatus { healthy: true, message: format!("state saved to {}", path.display()) },
             Ok(Err(e)) => {

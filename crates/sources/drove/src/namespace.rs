@@ -11,12 +11,16 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, CallError, EventsSummary, ExposedApp};
 use crate::client::Client;
-use crate::view::{build_apps, keep_vanished, Leader, NamespaceView};
+use crate::view::{
+    build_apps, changed_vhosts, keep_vanished, read_stats, rebuild_app, Leader, NamespaceState, NamespaceView, Services,
+};
 
 /// Longest wait between polls while a namespace keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Leader probes run at most this far apart (drove-gateway: every 2 s).
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Past this many changed vhosts in one read, the whole view is rebuilt instead.
+const INCREMENTAL_LIMIT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct EndpointStatus {
@@ -38,7 +42,7 @@ pub struct NamespaceStatus {
 
 pub struct NamespaceRuntime {
     pub settings: NamespaceSettings,
-    view: Mutex<Option<NamespaceView>>,
+    published: Mutex<Option<NamespaceState>>,
     status: Mutex<NamespaceStatus>,
     pub(crate) metrics: NamespaceMetrics,
     pub(crate) resync: Notify,
@@ -50,8 +54,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the poll loop calls after publishing a new view (the gateway's apply, then a save).
-pub(crate) type Publish = Arc<dyn Fn() + Send + Sync>;
+/// What the poll loop calls after publishing a new view, with the vhosts that changed (the
+/// gateway's apply, then a save).
+pub(crate) type Publish = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl NamespaceRuntime {
     pub(crate) fn new(settings: NamespaceSettings, metrics: NamespaceMetrics, restored: Option<NamespaceView>) -> Self {
@@ -69,9 +74,10 @@ impl NamespaceRuntime {
             last_sync: None,
             last_error: None,
         };
+        let published = restored.map(|view| NamespaceState::new(&settings, view));
         NamespaceRuntime {
             settings,
-            view: Mutex::new(restored),
+            published: Mutex::new(published),
             status: Mutex::new(status),
             metrics,
             resync: Notify::new(),
@@ -80,8 +86,14 @@ impl NamespaceRuntime {
         }
     }
 
+    /// The current view (cheap: it shares storage with the live one).
     pub fn view(&self) -> Option<NamespaceView> {
-        lock(&self.view).clone()
+        lock(&self.published).as_ref().map(|p| p.view.clone())
+    }
+
+    /// The route facts of the current view, keyed by vhost.
+    pub fn services(&self) -> Option<Services> {
+        lock(&self.published).as_ref().map(|p| p.services.clone())
     }
 
     pub fn status(&self) -> NamespaceStatus {
@@ -146,6 +158,8 @@ impl NamespaceRuntime {
         let name = self.settings.name.clone();
         let mut leader_rx = self.leader.subscribe();
         let mut poll = PollState::new(drove.resync_interval);
+        // The last `/endpoints` reply, to find what the next one changed.
+        let mut last_entries: Option<Vec<ExposedApp>> = None;
         // Give the first probe round a chance before concluding there is no leader.
         let _ = tokio::time::timeout(drove.api_timeout, leader_rx.wait_for(Option::is_some)).await;
         // The first poll goes out at once.
@@ -193,7 +207,7 @@ impl NamespaceRuntime {
                 .get(&controller, "/apis/v1/endpoints")
                 .await
                 .and_then(|(status, body)| api::decode::<Vec<ExposedApp>>(status, &body));
-            let entries = match entries {
+            let mut entries = match entries {
                 Ok(entries) => entries,
                 Err(e) => {
                     self.metrics.app_sync_failed.inc();
@@ -203,8 +217,14 @@ impl NamespaceRuntime {
             };
             poll.read_done();
             self.metrics.poll_seconds.observe(started.elapsed().as_secs_f64());
+            // Applying covers everything after the reply is decoded: the view, the diff with
+            // the last one, and the route table install.
+            let apply_started = Instant::now();
             let in_grace = poll.grace_until.is_some_and(|until| Instant::now() < until);
-            let changed = self.take_read(&entries, index, in_grace);
+            // Drove lists apps by appId already; sorting keeps the diff right if one does not.
+            entries.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+            let changed = self.take_read(&entries, last_entries.as_deref(), index, in_grace);
+            last_entries = Some(entries);
             {
                 let mut status = lock(&self.status);
                 status.synced = true;
@@ -213,41 +233,29 @@ impl NamespaceRuntime {
                 status.last_error = None;
             }
             self.metrics.stale.set(0);
-            if changed {
-                let apply_started = Instant::now();
-                publish();
+            if !changed.is_empty() {
+                publish(&changed);
                 self.metrics.apply_seconds.observe(apply_started.elapsed().as_secs_f64());
                 self.metrics.app_refresh_duration.observe(started.elapsed().as_secs_f64());
             }
         }
     }
 
-    /// Builds the view from a successful read; returns whether it differs from the last one.
-    fn take_read(&self, entries: &[ExposedApp], leader_index: usize, in_grace: bool) -> bool {
-        let (mut apps, stats) = build_apps(entries, &self.settings);
+    /// Takes a successful read into the view. With the previous reply at hand and no leader
+    /// change, only the vhosts whose entries differ are rebuilt. Returns the vhosts whose
+    /// app or route facts changed.
+    fn take_read(
+        &self,
+        entries: &[ExposedApp],
+        previous: Option<&[ExposedApp]>,
+        leader_index: usize,
+        in_grace: bool,
+    ) -> Vec<String> {
+        let stats = read_stats(entries, &self.settings);
         self.metrics.ignored_by_realm.set(stats.ignored_by_realm as i64);
         if self.settings.routing_tag.is_some() {
             self.metrics.with_routing_tag.set(stats.with_routing_tag as i64);
             self.metrics.without_routing_tag.set(stats.without_routing_tag as i64);
-        }
-        let mut view = lock(&self.view);
-        if in_grace {
-            if let Some(previous) = view.as_ref() {
-                let kept = keep_vanished(&previous.apps, &mut apps);
-                if !kept.is_empty() {
-                    tracing::warn!(
-                        namespace = %self.settings.name,
-                        vhosts = kept.len(),
-                        first = %kept[0],
-                        "vhosts missing right after a leader change are kept until a later read confirms them gone"
-                    );
-                }
-            }
-        }
-        for realm in &self.settings.realms {
-            if !apps.contains_key(realm) {
-                tracing::debug!(namespace = %self.settings.name, realm, "an explicitly listed realm has no app");
-            }
         }
         let controller = &self.settings.controllers[leader_index];
         let leader = Leader {
@@ -256,12 +264,46 @@ impl NamespaceRuntime {
             port: controller.port,
             https: controller.https,
         };
-        let fresh = NamespaceView { leader: Some(leader), apps };
-        if view.as_ref() == Some(&fresh) {
-            return false;
+        let published = lock(&self.published).clone();
+        let first = published.is_none();
+        let mut state = published.unwrap_or_default();
+        let same_leader = state.view.leader.as_ref() == Some(&leader);
+        let incremental = previous
+            .filter(|_| !in_grace && same_leader)
+            .and_then(|old| changed_vhosts(old, entries, INCREMENTAL_LIMIT));
+        let changed = match incremental {
+            Some(vhosts) => state.set_apps(
+                &self.settings,
+                vhosts.into_iter().map(|vhost| {
+                    let app = rebuild_app(entries, &vhost, &self.settings);
+                    (vhost, app)
+                }),
+            ),
+            None => {
+                let mut apps = build_apps(entries, &self.settings);
+                if in_grace {
+                    let kept = keep_vanished(&state.view.apps, &mut apps);
+                    if !kept.is_empty() {
+                        tracing::warn!(
+                            namespace = %self.settings.name,
+                            vhosts = kept.len(),
+                            first = %kept[0],
+                            "vhosts missing right after a leader change are kept until a later read confirms them gone"
+                        );
+                    }
+                }
+                for realm in &self.settings.realms {
+                    if !apps.contains_key(realm) {
+                        tracing::debug!(namespace = %self.settings.name, realm, "an explicitly listed realm has no app");
+                    }
+                }
+                state.replace(&self.settings, NamespaceView { leader: Some(leader), apps })
+            }
+        };
+        if first || !changed.is_empty() {
+            *lock(&self.published) = Some(state);
         }
-        *view = Some(fresh);
-        true
+        changed
     }
 
     fn call_failed(

@@ -11,11 +11,12 @@ use crate::view::NamespaceView;
 
 const VERSION: u32 = 1;
 
+/// Read as owned views; written from borrowed ones.
 #[derive(Debug, Serialize, Deserialize)]
-struct StateFile {
+struct StateFile<Views> {
     version: u32,
     captured_at_ms: u64,
-    namespaces: BTreeMap<String, NamespaceView>,
+    namespaces: Views,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, NamespaceView>, StateError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(source) => return Err(StateError::Read { path: path.into(), source }),
     };
-    let reason = match serde_json::from_slice::<StateFile>(&bytes) {
+    let reason = match serde_json::from_slice::<StateFile<BTreeMap<String, NamespaceView>>>(&bytes) {
         Ok(file) if file.version == VERSION => return Ok(file.namespaces),
         Ok(file) => format!("version {} where {VERSION} was expected", file.version),
         Err(e) => e.to_string(),
@@ -57,8 +58,8 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, NamespaceView>, StateError> 
 
 /// Writes the views to `path` atomically: a temporary file in the same folder, fsync,
 /// rename over the old one, fsync the folder. A crash or a full disk leaves the old file.
-pub fn save(path: &Path, namespaces: &BTreeMap<String, NamespaceView>) -> Result<(), StateError> {
-    let file = StateFile { version: VERSION, captured_at_ms: now_ms(), namespaces: namespaces.clone() };
+pub fn save(path: &Path, namespaces: &BTreeMap<&str, &NamespaceView>) -> Result<(), StateError> {
+    let file = StateFile { version: VERSION, captured_at_ms: now_ms(), namespaces };
     let err = |source| StateError::Write { path: path.into(), source };
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| err(std::io::Error::other(e)))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -98,9 +99,8 @@ mod tests {
                 ..App::default()
             },
         );
-        let views = BTreeMap::from([("stage".to_string(), view)]);
-        save(&path, &views).unwrap();
-        assert_eq!(load(&path).unwrap(), views);
+        save(&path, &BTreeMap::from([("stage", &view)])).unwrap();
+        assert_eq!(load(&path).unwrap(), BTreeMap::from([("stage".to_string(), view)]));
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
 
