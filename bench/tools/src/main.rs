@@ -8,12 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use gatehouse_bench::{connect, ensure_loopback, get, open_websockets, quantile_ms, websockets_alive, ws_echo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,32 +90,6 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn ensure_loopback(addr: SocketAddr) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
-        bail!("{addr} is not a loopback address; these tools only load this machine");
-    }
-    Ok(())
-}
-
-type Sender = http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn get(sender: &mut Sender, host: &str) -> anyhow::Result<u16> {
-    sender.ready().await?;
-    let req = hyper::Request::get("/").header("host", host).body(Empty::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await?;
-    Ok(status)
-}
-
 async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, connections: usize) -> anyhow::Result<()> {
     ensure_loopback(addr)?;
     let total = rate * seconds;
@@ -163,10 +133,7 @@ async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, conn
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| quantile_ms(&all, p);
     println!(
         "{}",
         serde_json::json!({"rps": all.len() as f64 / elapsed, "ok": all.len(), "errors": errors,
@@ -245,18 +212,7 @@ async fn read_one_response(stream: &mut TcpStream) -> anyhow::Result<()> {
 
 async fn ws_backend(listen: SocketAddr) -> anyhow::Result<()> {
     ensure_loopback(listen)?;
-    let listener = TcpListener::bind(listen).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_close() || ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    ws_echo(TcpListener::bind(listen).await?).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -271,12 +227,7 @@ async fn reload_storm(
     reload_cmd: String,
 ) -> anyhow::Result<()> {
     ensure_loopback(addr)?;
-    let mut sockets = Vec::new();
-    for _ in 0..websockets {
-        let stream = TcpStream::connect(addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{ws_host}/"), stream).await?;
-        sockets.push(ws);
-    }
+    let mut sockets = open_websockets(addr, &ws_host, websockets).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load = Vec::new();
@@ -313,17 +264,7 @@ async fn reload_storm(
     for t in load {
         t.await??;
     }
-    let mut alive = 0;
-    for (i, ws) in sockets.iter_mut().enumerate() {
-        let text = format!("ping {i}");
-        if ws.send(text.clone().into()).await.is_ok() {
-            if let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
-                if msg.to_text().ok() == Some(text.as_str()) {
-                    alive += 1;
-                }
-            }
-        }
-    }
+    let alive = websockets_alive(&mut sockets).await;
     println!(
         "{}",
         serde_json::json!({"reloads": reloads, "reload_command_failures": reload_failures,

@@ -7,6 +7,8 @@
 //! every loop is bounded in count and time.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -28,7 +30,7 @@ struct Args {
     vhosts: usize,
     #[arg(long, default_value_t = 5)]
     hosts_per_vhost: usize,
-    /// Run one part only: `latency` or `scale`.
+    /// Run one part only: `latency`, `scale` or `churn`.
     #[arg(long)]
     only: Option<String>,
 }
@@ -58,11 +60,13 @@ impl Gatehouse {
         urls: &[String],
         proxy: &str,
         admin: &str,
+        poll_interval_sec: f64,
     ) -> anyhow::Result<Self> {
         let drove: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
         let config = format!(
-            "address = \"127.0.0.1\"\nport = {}\nloglevel = \"warn\"\nevent_refresh_interval_sec = 1\nstate_path = \"{name}-state.json\"\n\
-             [[listeners]]\naddress = \"{proxy}\"\n[[namespaces]]\nname = \"bench\"\ndrove = [{}]\n",
+            "address = \"127.0.0.1\"\nport = {}\nloglevel = \"warn\"\nevent_refresh_interval_sec = {poll_interval_sec}\n\
+             state_path = \"{name}-state.json\"\n[[listeners]]\naddress = \"{proxy}\"\n\
+             [[namespaces]]\nname = \"bench\"\ndrove = [{}]\n",
             admin.rsplit(':').next().unwrap_or("0"),
             drove.join(", ")
         );
@@ -129,8 +133,9 @@ async fn time_to_first_route(args: &Args) -> anyhow::Result<()> {
     })
     .await?;
     let app = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.bench"), 1))?;
-    let gh = Gatehouse::start(&args.gatehouse, &args.dir, "latency", &sim.urls(), "127.0.0.1:18181", "127.0.0.1:16161")
-        .await?;
+    let gh =
+        Gatehouse::start(&args.gatehouse, &args.dir, "latency", &sim.urls(), "127.0.0.1:18181", "127.0.0.1:16161", 1.0)
+            .await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&gh.proxy, "web.bench").await.map(|r| r.0).unwrap_or(0) != 200 {
         if Instant::now() > deadline {
@@ -177,8 +182,9 @@ fn spread_ms(i: usize) -> u64 {
 async fn scale(args: &Args) -> anyhow::Result<()> {
     let sim =
         Sim::start(SimConfig { timings: Timings { step_ms: 0, ..Timings::default() }, ..SimConfig::default() }).await?;
-    let gh = Gatehouse::start(&args.gatehouse, &args.dir, "scale", &sim.urls(), "127.0.0.1:18182", "127.0.0.1:16162")
-        .await?;
+    let gh =
+        Gatehouse::start(&args.gatehouse, &args.dir, "scale", &sim.urls(), "127.0.0.1:18182", "127.0.0.1:16162", 1.0)
+            .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = gh.rss_kib();
     let build = Instant::now();
@@ -254,6 +260,175 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Apps whose instance count swings between 1 and 2 during the churn phase.
+const CHURN_APPS: usize = 40;
+const CHURN_POLL_SEC: f64 = 0.25;
+
+/// Paced keep-alive GETs on one connection until `stop`; returns (phase, latency us) of
+/// every 2xx and the number of failures (other statuses, errors).
+async fn paced_load(
+    addr: std::net::SocketAddr,
+    hosts: Vec<String>,
+    every: Duration,
+    phase: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<(usize, u64)>, Vec<String>)> {
+    let mut sender = gatehouse_bench::connect(addr).await?;
+    let (mut samples, mut failures) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut next = Instant::now();
+    for host in hosts.iter().cycle() {
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            break;
+        }
+        next += every;
+        tokio::time::sleep_until(next.into()).await;
+        let began = Instant::now();
+        let phase_now = phase.load(Ordering::Relaxed);
+        match gatehouse_bench::get(&mut sender, host).await {
+            Ok(200..=299) => samples.push((phase_now, began.elapsed().as_micros() as u64)),
+            Ok(status) => failures.push(format!("{host}: HTTP {status}")),
+            Err(e) => {
+                failures.push(format!("{host}: {e}"));
+                sender = gatehouse_bench::connect(addr).await?;
+            }
+        }
+    }
+    Ok((samples, failures))
+}
+
+/// 1,000 instance changes (apps scaled between 1 and 2 instances, new instances walking to
+/// HEALTHY, surplus ones STOPPING before their port closes) under paced keep-alive load,
+/// with WebSockets open on an untouched Drove vhost; p99 of the untouched vhost's traffic
+/// while quiet and during the changes.
+async fn churn(args: &Args) -> anyhow::Result<()> {
+    let sim = Arc::new(
+        Sim::start(SimConfig {
+            serve_instances: true,
+            timings: Timings { step_ms: 300, ..Timings::default() },
+            ..SimConfig::default()
+        })
+        .await?,
+    );
+    sim.with(|c| c.add_app(AppSpec::web("steady", "1", "steady.bench"), 2))?;
+    let mut churners = Vec::new();
+    for i in 0..CHURN_APPS {
+        churners.push(sim.with(|c| c.add_app(AppSpec::web(&format!("churn{i}"), "1", &format!("churn{i}.bench")), 1))?);
+    }
+    let ws_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ws_port = ws_listener.local_addr()?.port();
+    let echo = tokio::spawn(gatehouse_bench::ws_echo(ws_listener));
+    sim.with(|c| -> anyhow::Result<()> {
+        let id = c.add_app(AppSpec::web("ws", "1", "ws.bench"), 0)?;
+        c.set_app_state(&id, drove_sim::AppState::Running)?;
+        let port = InstancePort { container_port: 8080, host_port: ws_port, port_type: PortType::Http };
+        c.add_instance(&id, "exec-1", "127.0.0.1", [("main".to_string(), port)].into(), InstanceState::Healthy)?;
+        Ok(())
+    })?;
+    let gh = Gatehouse::start(
+        &args.gatehouse,
+        &args.dir,
+        "churn",
+        &sim.urls(),
+        "127.0.0.1:18183",
+        "127.0.0.1:16163",
+        CHURN_POLL_SEC,
+    )
+    .await?;
+    let churn_hosts: Vec<String> = (0..CHURN_APPS).map(|i| format!("churn{i}.bench")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for host in churn_hosts.iter().chain(["steady.bench".to_string()].iter()) {
+        while get(&gh.proxy, host).await.map(|r| r.0).unwrap_or(0) != 200 {
+            if Instant::now() > deadline {
+                bail!("{host} never routed");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let proxy: std::net::SocketAddr = gh.proxy.parse()?;
+    let mut sockets = gatehouse_bench::open_websockets(proxy, "ws.bench", 20).await?;
+    let (phase, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let every = Duration::from_millis(10);
+    let mut steady = Vec::new();
+    for _ in 0..4 {
+        steady.push(tokio::spawn(paced_load(proxy, vec!["steady.bench".into()], every, phase.clone(), stop.clone())));
+    }
+    let mut touched = Vec::new();
+    for k in 0..8 {
+        let mut hosts = churn_hosts.clone();
+        hosts.rotate_left(k * 5);
+        touched.push(tokio::spawn(paced_load(proxy, hosts, every, phase.clone(), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let applies_before = applies(&gh).await.0;
+    phase.store(1, Ordering::Relaxed);
+    let changes = Arc::new(AtomicUsize::new(0));
+    let mut scalers = Vec::new();
+    for (k, app) in churners.iter().enumerate() {
+        let (sim_handle, app, changes) = (sim.clone(), app.clone(), changes.clone());
+        scalers.push(tokio::spawn(async move {
+            // Spread the apps over the cycle so changes arrive steadily.
+            tokio::time::sleep(Duration::from_millis(80 * k as u64)).await;
+            let mut required = 2;
+            while changes.fetch_add(1, Ordering::Relaxed) < 1_000 {
+                sim_handle.with(|c| c.scale(&app, required))?;
+                // Up: five 300 ms steps to HEALTHY, then some traffic; down: STOPPING at once.
+                let wait = if required == 2 { 2_000 } else { 1_200 };
+                required = 3 - required;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for s in scalers {
+        s.await??;
+    }
+    // Let the last changes reach the table and the last stopped instances close.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let applies_during = applies(&gh).await.0 - applies_before;
+    let (mut quiet, mut busy, mut steady_failures) = (Vec::new(), Vec::new(), Vec::new());
+    for t in steady {
+        let (samples, failures) = t.await??;
+        for (p, us) in samples {
+            if p == 0 {
+                quiet.push(us)
+            } else {
+                busy.push(us)
+            }
+        }
+        steady_failures.extend(failures);
+    }
+    let (mut touched_ok, mut touched_failures) = (0, Vec::new());
+    for t in touched {
+        let (samples, failures) = t.await??;
+        touched_ok += samples.len();
+        touched_failures.extend(failures);
+    }
+    let alive = gatehouse_bench::websockets_alive(&mut sockets).await;
+    echo.abort();
+    quiet.sort_unstable();
+    busy.sort_unstable();
+    let (p99_quiet, p99_busy) = (gatehouse_bench::quantile_ms(&quiet, 0.99), gatehouse_bench::quantile_ms(&busy, 0.99));
+    println!(
+        "churn instance_changes=1000 drove_applies={applies_during:.0} poll_interval_ms={} \
+         touched_requests_ok={touched_ok} touched_failed={} untouched_failed={} websockets_alive={alive}/20 target_failed=0",
+        CHURN_POLL_SEC * 1000.0,
+        touched_failures.len(),
+        steady_failures.len()
+    );
+    println!(
+        "churn untouched_p99_ms quiet={p99_quiet:.2} during_changes={p99_busy:.2} ratio={:.2} samples={}/{} target_ratio<=1.2",
+        p99_busy / p99_quiet.max(0.001),
+        quiet.len(),
+        busy.len()
+    );
+    for f in touched_failures.iter().chain(&steady_failures).take(5) {
+        eprintln!("failed: {f}");
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -263,6 +438,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if part.is_none_or(|p| p == "scale") {
         scale(&args).await?;
+    }
+    if part.is_none_or(|p| p == "churn") {
+        churn(&args).await?;
     }
     Ok(())
 }
