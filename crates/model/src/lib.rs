@@ -1,8 +1,9 @@
 //! Gatehouse's routing model.
 //!
-//! Every source (the static file today; deploys and Drove later) describes where
-//! applications are as [`ServiceSpec`] facts. [`RouteTable::build`] merges them into one
-//! immutable snapshot with a generation number; engines read snapshots and never mutate
+//! Every source (the static file, Drove, later deploys) describes where applications are
+//! as [`ServiceSpec`] facts. [`RouteTable::build`] merges them into one immutable snapshot
+//! with a generation number, and [`RouteTable::update`] makes the next one from a few
+//! changed services, sharing the rest ([`CowMap`]). Engines read snapshots and never mutate
 //! them, so a route change is a pointer swap. This crate does no I/O.
 
 mod balance;

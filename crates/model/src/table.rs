@@ -304,14 +304,6 @@ impl<X> RouteTable<X> {
         self.services.sorted().into_iter().map(|(_, s)| s).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.services.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-    }
-
     pub fn service(&self, name: &str) -> Option<&Route<X>> {
         self.services.get(name)
     }
@@ -525,7 +517,7 @@ mod tests {
         assert_eq!(name(&next, "d.test", "/x/y"), Some("d"), "prefixes are made canonical");
         assert_eq!(next.services().iter().map(|s| s.name()).collect::<Vec<_>>(), ["a", "b", "d"]);
         assert_eq!(name(&t, "b.test", "/"), Some("b"), "the table updated from is untouched");
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.services().len(), 3);
 
         let err = next.update(3, vec![Arc::new(svc("e", &["a.test"], "/"))], &[], |_| ()).unwrap_err();
         assert!(matches!(err, BuildError::DuplicateRoute { ref first, .. } if first == "a"), "{err}");
