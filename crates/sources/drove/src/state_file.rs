@@ -2,7 +2,6 @@
 //! routes are served at once, before the first sync.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -62,22 +61,7 @@ pub fn save(path: &Path, namespaces: &BTreeMap<&str, &NamespaceView>) -> Result<
     let file = StateFile { version: VERSION, captured_at_ms: now_ms(), namespaces };
     let err = |source| StateError::Write { path: path.into(), source };
     let bytes = serde_json::to_vec_pretty(&file).map_err(|e| err(std::io::Error::other(e)))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = dir.join(temp_name);
-    let written = (|| {
-        let mut f = std::fs::File::create(&temp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written.map_err(err)
+    gatehouse_files::replace(path, &bytes).map_err(err)
 }
 
 #[cfg(test)]
