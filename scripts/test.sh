@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
-# curl is used by the README examples; the tests themselves start every server they need.
-need_commands curl:curl
+# nginx lives in /usr/sbin, which a normal user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+# The tests start every server they need (nginx for the nginx engine's tests); curl is
+# used by the README examples.
+need_commands curl:curl nginx:nginx-light
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

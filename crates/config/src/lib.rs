@@ -9,6 +9,7 @@ mod deferred;
 mod diagnostic;
 mod drove;
 mod file;
+mod templated;
 mod units;
 mod validate;
 
@@ -20,12 +21,15 @@ use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use drove::{ControllerUrl, Credentials, DroveSettings, Environment, NamespaceSettings};
+pub use templated::{HaproxyNaming, TemplatedSettings};
 
 /// Which engine carries the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyPlatform {
     Native,
+    Nginx,
+    Haproxy,
 }
 
 /// A validated configuration.
@@ -38,6 +42,8 @@ pub struct Config {
     /// Value of the `X-Proxy` response header; the host name when unset.
     pub xproxy: Option<String>,
     pub proxy_platform: ProxyPlatform,
+    /// The nginx or HAProxy engine's settings; `Some` exactly when the platform is one of them.
+    pub templated: Option<TemplatedSettings>,
     /// Worker threads of the native proxy; all cores when unset.
     pub workers: Option<usize>,
     pub listeners: Vec<ListenerSpec>,

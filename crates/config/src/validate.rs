@@ -102,19 +102,11 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         }
     };
     let proxy_platform = match &file.proxy_platform {
-        None => ProxyPlatform::Native,
+        None => crate::templated::implied_platform(&file),
         Some(p) => match p.get_ref().as_str() {
             "native" => ProxyPlatform::Native,
-            "nginx" | "haproxy" => {
-                c.error(
-                    Some(p.span()),
-                    format!(
-                        "`proxy_platform = \"{}\"`: that engine is not in this build yet; use \"native\"",
-                        p.get_ref()
-                    ),
-                );
-                ProxyPlatform::Native
-            }
+            "nginx" => ProxyPlatform::Nginx,
+            "haproxy" => ProxyPlatform::Haproxy,
             other => {
                 c.error(
                     Some(p.span()),
@@ -131,10 +123,16 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
             None
         }
     });
+    let templated = crate::templated::convert(c, &file, proxy_platform);
     let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
-    if !services.is_empty() && listeners.is_empty() {
+    if templated.is_some() && !listeners.is_empty() {
+        c.warn(
+            None,
+            "[[listeners]] belong to the native proxy; with nginx or HAProxy the template decides what listens",
+        );
+    } else if templated.is_none() && !services.is_empty() && listeners.is_empty() {
         c.warn(None, "services are defined but no [[listeners]]: nothing will accept their traffic");
     }
     Config {
@@ -143,6 +141,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         log_level,
         xproxy: file.xproxy.filter(|x| !x.is_empty()),
         proxy_platform,
+        templated,
         workers,
         listeners,
         services,
@@ -398,9 +397,12 @@ retries = 1
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg = check("nginx_config = \"/etc/nginx/nginx.conf\"\nstartup_controller_sync_tries = 2\n").unwrap();
+        let cfg = check("nginxplusapiaddr = \"127.0.0.1:8080\"\nstartup_controller_sync_tries = 2\n").unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
-        assert!(w.iter().any(|w| w.starts_with("g.toml:1:1: `nginx_config` belongs to the nginx engine")), "{w:?}");
+        assert!(
+            w.iter().any(|w| w.starts_with("g.toml:1:1: `nginxplusapiaddr` belongs to the NGINX Plus API mode")),
+            "{w:?}"
+        );
         assert!(
             w.iter().any(|w| w.contains("`startup_controller_sync_tries` belongs to drove-gateway's blocking")),
             "{w:?}"
@@ -530,8 +532,50 @@ connect_timeout = "5 fortnights"
     }
 
     #[test]
-    fn engines_not_built_are_refused() {
-        let err = check("proxy_platform = \"nginx\"\n").unwrap_err();
-        assert!(err.contains("not in this build yet"), "{err}");
+    fn a_drove_gateway_nginx_file_selects_the_nginx_engine() {
+        let cfg = check(
+            "nginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"nginx.tmpl\"\nnginx_cmd = \"docker exec nginx nginx\"\n\
+             left_delimiter = \"[[\"\nright_delimiter = \"]]\"\nmaxfailsupstream = 3\nnginx_fail_timeout = \"10\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.proxy_platform,
+            ProxyPlatform::Nginx,
+            "nginx keys and no proxy_platform: nginx, as drove-gateway"
+        );
+        let t = cfg.templated.unwrap();
+        assert_eq!(t.config_path, Path::new("/etc/nginx/nginx.conf"));
+        assert_eq!(t.template_path, Path::new("nginx.tmpl"), "relative to the file's folder");
+        assert_eq!(
+            (t.check_command.as_deref(), t.reload_command.as_str()),
+            (Some("docker exec nginx nginx"), "docker exec nginx nginx")
+        );
+        assert_eq!((t.left_delimiter.as_str(), t.nginx_max_fails, t.nginx_fail_timeout.as_str()), ("[[", 3, "0s"));
+        assert_eq!(t.haproxy.add_server_ssl_attributes, "ssl verify none");
+        let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
+        assert!(w.iter().any(|w| w.contains("`maxfailsupstream` is deprecated")), "{w:?}");
+        assert!(w.iter().any(|w| w.starts_with("g.toml:7:22: `nginx_fail_timeout` must be whole seconds")), "{w:?}");
+    }
+
+    #[test]
+    fn templated_engines_say_what_they_miss() {
+        let err = check("proxy_platform = \"haproxy\"\nhaproxy_config = \"h.cfg\"\nhaproxy_reload_disabled = true\n")
+            .unwrap_err();
+        for needle in [
+            "g.toml:1:18: the haproxy engine needs `haproxy_template`",
+            "g.toml:1:18: the haproxy engine needs `haproxy_cmd`",
+            "g.toml:1:18: the haproxy engine needs `haproxy_reload_cmd`",
+            "g.toml:3:27: `haproxy_reload_disabled` needs the runtime API mode",
+        ] {
+            assert!(err.contains(needle), "{needle} in\n{err}");
+        }
+        let cfg = check(
+            "proxy_platform = \"haproxy\"\nhaproxy_config = \"h.cfg\"\nhaproxy_template = \"h.tmpl\"\n\
+             haproxy_ignore_check = true\nhaproxy_reload_cmd = \"systemctl reload haproxy\"\n",
+        )
+        .unwrap();
+        let t = cfg.templated.unwrap();
+        assert_eq!((t.check_command, t.reload_command.as_str()), (None, "systemctl reload haproxy"));
+        assert_eq!(check("").unwrap().proxy_platform, ProxyPlatform::Native);
     }
 }

@@ -42,6 +42,16 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         "Listeners": gw.proxy_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "Certificates": certificates,
     });
+    if let Some(engine) = gw.templated() {
+        // drove-gateway's `Config` is the rendered proxy config; a failed Gatehouse reload
+        // still shows first.
+        let engine = engine.status();
+        healthy &= engine.config.healthy && engine.template.healthy;
+        if status.healthy {
+            body["Config"] = json!(engine.config);
+        }
+        body["Template"] = json!(engine.template);
+    }
     if let Some(drove) = gw.drove() {
         healthy &= drove_health(drove, &mut body);
     }

@@ -7,15 +7,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use gatehouse_config::{Config, ConfigError, ListenerSpec};
+use gatehouse_config::{Config, ConfigError, ListenerSpec, TemplatedSettings};
 use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::ServiceSpec;
 use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
+use gatehouse_templated::RenderingData;
 use serde::Serialize;
 
 use crate::clock::rfc3339;
 use crate::logging::LogHandle;
+use crate::templated::TemplatedEngine;
 
 /// Where the configuration comes from: a file, or text built in (the demo).
 pub enum ConfigSource {
@@ -63,6 +65,8 @@ pub struct Gateway {
     installing: Mutex<()>,
     log: LogHandle,
     drove: OnceLock<DroveSource>,
+    /// The nginx or HAProxy engine, when one carries the traffic.
+    templated: OnceLock<Arc<TemplatedEngine>>,
 }
 
 impl Gateway {
@@ -73,7 +77,9 @@ impl Gateway {
         let snapshot = snapshot(&config, Vec::new(), generation, None, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
-        for (index, l) in config.listeners.iter().enumerate() {
+        // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
+        let native_listeners = if config.templated.is_some() { &[][..] } else { &config.listeners[..] };
+        for (index, l) in native_listeners.iter().enumerate() {
             let tls = if l.tls_certificates.is_empty() {
                 None
             } else {
@@ -86,7 +92,7 @@ impl Gateway {
         }
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone())?;
-        for (spec, bound) in config.listeners.iter().zip(proxy.addresses()) {
+        for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls_certificates.is_empty() { "http" } else { "https" };
             tracing::info!(address = %bound, protocol = tls, "listening");
         }
@@ -96,8 +102,9 @@ impl Gateway {
             message: "configuration loaded".into(),
             last_attempt: rfc3339(SystemTime::now()),
         };
-        let listeners = config.listeners.clone();
+        let listeners = native_listeners.to_vec();
         let drove_settings = config.drove.clone();
+        let templated = config.templated.is_some();
         let gateway = Arc::new(Gateway {
             source,
             metrics,
@@ -109,6 +116,7 @@ impl Gateway {
             installing: Mutex::new(()),
             log,
             drove: OnceLock::new(),
+            templated: OnceLock::new(),
         });
         if !drove_settings.namespaces.is_empty() {
             let weak: Weak<Gateway> = Arc::downgrade(&gateway);
@@ -120,6 +128,9 @@ impl Gateway {
             let _ = gateway.drove.set(source);
             // Routes restored from the state file serve at once.
             gateway.apply_drove(None);
+        }
+        if templated {
+            let _ = gateway.templated.set(TemplatedEngine::start(Arc::downgrade(&gateway)));
         }
         Ok(gateway)
     }
@@ -159,6 +170,9 @@ impl Gateway {
             Ok(next) => {
                 self.proxy.install(next);
                 self.lock().generation = generation;
+                if let Some(engine) = self.templated.get() {
+                    engine.changed();
+                }
                 tracing::debug!(generation, vhosts = changed.map_or(0, <[String]>::len), "Drove routes applied");
             }
             Err(e) => {
@@ -226,6 +240,10 @@ impl Gateway {
         let mut state = self.lock();
         state.config = Arc::new(config);
         state.generation = generation;
+        drop(state);
+        if let Some(engine) = self.templated.get() {
+            engine.reloaded();
+        }
         Ok(generation)
     }
 
@@ -258,6 +276,20 @@ impl Gateway {
     pub fn status(&self) -> (u64, ReloadStatus) {
         let state = self.lock();
         (state.generation, state.status.clone())
+    }
+
+    pub fn templated(&self) -> Option<&Arc<TemplatedEngine>> {
+        self.templated.get()
+    }
+
+    /// What the nginx or HAProxy template sees now.
+    pub fn rendering_data(&self, config: &Config, settings: &TemplatedSettings) -> RenderingData {
+        let namespaces: Vec<_> = self
+            .drove
+            .get()
+            .map(|d| d.namespaces().iter().map(|ns| (&ns.settings, ns.view())).collect())
+            .unwrap_or_default();
+        crate::rendering::rendering_data(config, settings, &xproxy(config), &namespaces)
     }
 
     pub fn routes(&self) -> Arc<Snapshot> {
@@ -322,11 +354,15 @@ fn snapshot(
     if !shadowed.is_empty() {
         tracing::warn!(count = shadowed.len(), first = %shadowed[0], "Drove vhosts also routed by [[services]]: the file's routes win");
     }
-    let xproxy = match &config.xproxy {
+    Ok(Snapshot::new(generation, specs, previous, &xproxy(config), metrics)?)
+}
+
+/// The `X-Proxy` value: the configured one, else the host name.
+pub(crate) fn xproxy(config: &Config) -> String {
+    match &config.xproxy {
         Some(x) => x.clone(),
         None => gethostname::gethostname().to_string_lossy().into_owned(),
-    };
-    Ok(Snapshot::new(generation, specs, previous, &xproxy, metrics)?)
+    }
 }
 
 fn load_certificates(listener: &ListenerSpec) -> anyhow::Result<Certificates> {

@@ -5,6 +5,8 @@ mod clock;
 mod demo;
 mod gateway;
 mod logging;
+mod rendering;
+mod templated;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +57,13 @@ enum Command {
     /// Validate the configuration file; errors are printed as FILE:LINE:COL: message.
     Check,
     /// Run on a built-in configuration with sample backends, until Ctrl-C.
+    /// Print the nginx or HAProxy config for the current routes (synced from the Drove
+    /// controllers, or read from a state file) without applying it.
+    Render {
+        /// A Gatehouse state file to render from instead of asking the controllers.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+    },
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -73,8 +82,9 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
+        (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
-        (Some(Command::Check | Command::Run), None) => {
+        (Some(Command::Check | Command::Run | Command::Render { .. }), None) => {
             eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
             return ExitCode::from(2);
         }
@@ -111,6 +121,54 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn render(path: &std::path::Path, state: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = gatehouse_config::load(path)?;
+    let settings = config
+        .templated
+        .clone()
+        .context("`render` needs an nginx or HAProxy engine (`proxy_platform`, `nginx_template`, ...)")?;
+    let views: Vec<Option<gatehouse_drove::NamespaceView>> = match state {
+        Some(file) => {
+            let mut saved = gatehouse_drove::load_state_file(file)?;
+            config.drove.namespaces.iter().map(|ns| saved.remove(&ns.name)).collect()
+        }
+        None => runtime()?.block_on(sync_once(&config))?,
+    };
+    let namespaces: Vec<_> = config.drove.namespaces.iter().zip(views).collect();
+    let data = rendering::rendering_data(&config, &settings, &gateway::xproxy(&config), &namespaces);
+    let template = gatehouse_templated::Template::load(
+        &settings.template_path,
+        &settings.left_delimiter,
+        &settings.right_delimiter,
+    )?;
+    print!("{}", template.render(&data, &clock::go_time(std::time::SystemTime::now()))?);
+    Ok(())
+}
+
+/// Reads every namespace once from its controllers (no state file), waiting at most the
+/// API timeout plus the first probe round.
+async fn sync_once(config: &gatehouse_config::Config) -> anyhow::Result<Vec<Option<gatehouse_drove::NamespaceView>>> {
+    let mut settings = config.drove.clone();
+    settings.state_path = None;
+    let wait = settings.api_timeout + Duration::from_secs(2);
+    let metrics = gatehouse_metrics::Metrics::new();
+    let source = gatehouse_drove::DroveSource::start(settings, &metrics, |_: &[String]| {});
+    let deadline = tokio::time::Instant::now() + wait;
+    while source.namespaces().iter().any(|ns| !ns.status().synced) {
+        if tokio::time::Instant::now() > deadline {
+            let missing: Vec<_> = source
+                .namespaces()
+                .iter()
+                .filter(|ns| !ns.status().synced)
+                .map(|ns| ns.settings.name.clone())
+                .collect();
+            anyhow::bail!("no sync from the controllers of {} within {wait:?}", missing.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(source.namespaces().iter().map(|ns| ns.view()).collect())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use drove_sim::{AppSpec, Auth, FaultAction, FaultRule, NodeMode, Role, Sim, SimConfig, Timings, User};
 use support::client::get;
-use support::Gatehouse;
+use support::{eventually, Gatehouse};
 
 fn sim_config() -> SimConfig {
     SimConfig {
@@ -29,22 +28,6 @@ fn config(namespaces: &str) -> String {
         "port = 0\nevent_refresh_interval_sec = 0.1\napi_timeout = 1\nstate_path = \"state.json\"\n\
          [[listeners]]\naddress = \"127.0.0.1:0\"\n{namespaces}"
     )
-}
-
-/// Polls `check` until it returns true, for at most 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn body_of(at: SocketAddr, host: &str) -> (u16, String) {

@@ -43,6 +43,12 @@ pub mod names {
         pub const APPS_WITHOUT_ROUTING_TAG: &str = "apps_without_routing_tag_total";
         pub const CONFIGURED_ENDPOINTS: &str = "configured_endpoints_total";
         pub const HEALTHY_ENDPOINTS: &str = "healthy_endpoints_total";
+        pub const RELOADS_SUCCESSFUL: &str = "reloads_successful";
+        pub const RELOADS_FAILED: &str = "reloads_failed";
+        pub const RELOAD_DURATION: &str = "reload_duration";
+        pub const TEMPLATE_RENDER_DURATION_SECONDS: &str = "template_render_duration_seconds";
+        pub const CONFIG_GENERATION_HEALTHY: &str = "config_generation_healthy";
+        pub const TEMPLATE_RENDERING_HEALTHY: &str = "template_rendering_healthy";
     }
 }
 
@@ -113,6 +119,31 @@ pub struct Metrics {
     pub open_websockets: Gauge,
     pub route_table_generation: Gauge,
     drove: DroveFamilies,
+    pub templated: TemplatedMetrics,
+}
+
+/// The nginx and HAProxy engines, under drove-gateway's names (counted once per attempt,
+/// unlike drove-gateway, which counted one failure several times).
+#[derive(Clone)]
+pub struct TemplatedMetrics {
+    /// Configs put in service with a successful reload command.
+    pub reloads_successful: Counter,
+    /// Attempts that failed anywhere: render, check, write or reload.
+    pub reloads_failed: Counter,
+    /// Render, check, write and reload, in seconds.
+    pub reload_duration: Histogram,
+    render: Family<ResultLabels, Histogram, DroveGatewayBuckets>,
+    /// 1 while the last rendered config passed the proxy's check and was written.
+    pub config_healthy: Gauge,
+    /// 1 while the template loads and renders.
+    pub template_healthy: Gauge,
+}
+
+impl TemplatedMetrics {
+    pub fn render_seconds(&self, ok: bool, seconds: f64) {
+        let result = if ok { "success" } else { "error" };
+        self.render.get_or_create(&ResultLabels { result }).observe(seconds);
+    }
 }
 
 struct DroveFamilies {
@@ -269,6 +300,14 @@ impl Metrics {
             "1 while a namespace's routes come from the state file, not a sync",
             drove.stale.clone(),
         );
+        let templated = TemplatedMetrics {
+            reloads_successful: Counter::default(),
+            reloads_failed: Counter::default(),
+            reload_duration: DroveGatewayBuckets.new_metric(),
+            render: Family::new_with_constructor(DroveGatewayBuckets),
+            config_healthy: Gauge::default(),
+            template_healthy: Gauge::default(),
+        };
         {
             use names::drove_gateway as dg;
             let compat = root.sub_registry_with_prefix(dg::PREFIX);
@@ -309,6 +348,36 @@ impl Metrics {
                 "Controllers answering the leader ping",
                 drove.healthy_endpoints.clone(),
             );
+            compat.register(
+                dg::RELOADS_SUCCESSFUL,
+                "nginx/HAProxy configs put in service with a reload",
+                templated.reloads_successful.clone(),
+            );
+            compat.register(
+                dg::RELOADS_FAILED,
+                "nginx/HAProxy config attempts that failed (render, check, write or reload)",
+                templated.reloads_failed.clone(),
+            );
+            compat.register(
+                dg::RELOAD_DURATION,
+                "Render, check, write and reload of an nginx/HAProxy config, in seconds",
+                templated.reload_duration.clone(),
+            );
+            compat.register(
+                dg::TEMPLATE_RENDER_DURATION_SECONDS,
+                "Template rendering, by result",
+                templated.render.clone(),
+            );
+            compat.register(
+                dg::CONFIG_GENERATION_HEALTHY,
+                "1 while the last rendered config passed the proxy's check",
+                templated.config_healthy.clone(),
+            );
+            compat.register(
+                dg::TEMPLATE_RENDERING_HEALTHY,
+                "1 while the template loads and renders",
+                templated.template_healthy.clone(),
+            );
         }
         Metrics {
             drove,
@@ -320,6 +389,7 @@ impl Metrics {
             open_connections,
             open_websockets,
             route_table_generation,
+            templated,
         }
     }
 

@@ -2,10 +2,12 @@
 //! templates (same data, same functions, same output), then checked by the proxy, written
 //! atomically and reloaded.
 
+mod apply;
 mod data;
 mod funcs;
 mod template;
 
+pub use apply::{apply, run, Applied, ApplyError, CommandLine, Deployment, Platform};
 pub use data::{AppData, GroupData, HostData, LeaderData, NamespaceData, RenderingData};
 pub use funcs::host_port;
 pub use template::{Template, TemplateError};

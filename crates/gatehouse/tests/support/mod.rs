@@ -158,6 +158,22 @@ fn address_in(line: &str) -> SocketAddr {
     rest[..end].trim_matches('"').parse().unwrap_or_else(|_| panic!("no address in {line}"))
 }
 
+/// Polls `check` until it returns true, for at most 15 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// A folder holding files for a test (certificates, configs).
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);

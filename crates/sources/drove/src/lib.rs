@@ -18,6 +18,7 @@ use gatehouse_model::ServiceSpec;
 use tokio::sync::watch;
 
 pub use namespace::{EndpointStatus, NamespaceRuntime, NamespaceStatus};
+pub use state_file::{load as load_state_file, StateError};
 pub use view::NamespaceView;
 
 /// Outcome of the last state-file write, for `/v1/health`.

@@ -1,0 +1,193 @@
+//! Runs the nginx or HAProxy engine: after a route change, render the template and put the
+//! result in service (check, atomic write, reload). Changes that arrive while one is being
+//! applied are folded into the next round, and rounds are at least `MIN_INTERVAL` apart, so
+//! a burst of Drove events costs one reload. A failure keeps the live config and is retried.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use gatehouse_config::{Config, ProxyPlatform, TemplatedSettings};
+use gatehouse_templated::{apply, Applied, CommandLine, Deployment, Platform, RenderingData, Template};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::clock::{go_time, rfc3339};
+use crate::gateway::Gateway;
+
+/// At most one reload per this interval (drove-gateway's reload ticker).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Wait before retrying after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest a check or reload command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `/v1/health` section (drove-gateway's `Config` and `Template`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    #[serde(rename = "Healthy")]
+    pub healthy: bool,
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    #[serde(rename = "Config")]
+    pub config: Section,
+    #[serde(rename = "Template")]
+    pub template: Section,
+}
+
+pub struct TemplatedEngine {
+    changed: Notify,
+    /// Render even if the data did not change (the template or settings may have).
+    forced: AtomicBool,
+    status: Mutex<EngineStatus>,
+}
+
+impl TemplatedEngine {
+    pub fn start(gateway: Weak<Gateway>) -> Arc<Self> {
+        let pending = Section { healthy: false, message: "pending first check".into() };
+        let engine = Arc::new(TemplatedEngine {
+            changed: Notify::new(),
+            forced: AtomicBool::new(true),
+            status: Mutex::new(EngineStatus { config: pending.clone(), template: pending }),
+        });
+        engine.changed.notify_one();
+        tokio::spawn(run(engine.clone(), gateway));
+        engine
+    }
+
+    /// Routes changed: render again soon.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// The configuration was reloaded: render again even if the routes did not change.
+    pub fn reloaded(&self) {
+        self.forced.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_status(&self, template: Section, config: Section) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = EngineStatus { config, template };
+    }
+}
+
+fn deployment(config: &Config, settings: &TemplatedSettings) -> Deployment {
+    let platform = match config.proxy_platform {
+        ProxyPlatform::Haproxy => Platform::Haproxy,
+        _ => Platform::Nginx,
+    };
+    let reload = CommandLine::parse(&settings.reload_command);
+    Deployment {
+        platform,
+        config_path: settings.config_path.clone(),
+        check: settings.check_command.as_deref().and_then(CommandLine::parse),
+        reload: Deployment::reload_command(platform, reload.as_ref(), reload.as_ref()),
+        command_timeout: COMMAND_TIMEOUT,
+    }
+}
+
+/// What a round failed at, for the two health sections.
+enum Failure {
+    Template(String),
+    Config(String),
+}
+
+/// Renders and applies once (blocking: it runs the proxy's commands).
+fn render_and_apply(
+    config: &Config,
+    settings: &TemplatedSettings,
+    data: &RenderingData,
+    metrics: &gatehouse_metrics::TemplatedMetrics,
+) -> Result<Applied, Failure> {
+    let started = Instant::now();
+    let rendered = Template::load(&settings.template_path, &settings.left_delimiter, &settings.right_delimiter)
+        .and_then(|t| t.render(data, &go_time(SystemTime::now())));
+    metrics.render_seconds(rendered.is_ok(), started.elapsed().as_secs_f64());
+    let text = rendered.map_err(|e| Failure::Template(e.to_string()))?;
+    apply(&text, &deployment(config, settings)).map_err(|e| Failure::Config(e.to_string()))
+}
+
+async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
+    let mut applied: Option<RenderingData> = None;
+    let mut failing = false;
+    loop {
+        if failing {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY) => {}
+                _ = engine.changed.notified() => {}
+            }
+        } else {
+            engine.changed.notified().await;
+        }
+        let Some(gateway) = gateway.upgrade() else { return };
+        let config = gateway.config();
+        let Some(settings) = config.templated.clone() else { return };
+        let data = gateway.rendering_data(&config, &settings);
+        let forced = engine.forced.swap(false, Ordering::Relaxed);
+        if !forced && !failing && applied.as_ref() == Some(&data) {
+            continue;
+        }
+        let metrics = gateway.metrics.templated.clone();
+        let started = Instant::now();
+        let job_data = data.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || render_and_apply(&config, &settings, &job_data, &metrics)).await;
+        let metrics = &gateway.metrics.templated;
+        let now = rfc3339(SystemTime::now());
+        let ok = |what: &str| Section { healthy: true, message: format!("{what} at {now}") };
+        match outcome {
+            Ok(Ok(result)) => {
+                failing = false;
+                applied = Some(data);
+                metrics.template_healthy.set(1);
+                metrics.config_healthy.set(1);
+                let what = match result {
+                    Applied::Unchanged => "unchanged",
+                    Applied::Written { reloaded: true } => {
+                        metrics.reloads_successful.inc();
+                        metrics.reload_duration.observe(started.elapsed().as_secs_f64());
+                        "written and reloaded"
+                    }
+                    Applied::Written { reloaded: false } => "written",
+                };
+                tracing::info!(
+                    result = what,
+                    vhosts = applied.as_ref().map_or(0, |d| d.apps.len()),
+                    "proxy config applied"
+                );
+                engine.set_status(ok("rendered"), ok(&format!("config {what}")));
+                tokio::time::sleep(MIN_INTERVAL.saturating_sub(started.elapsed())).await;
+            }
+            Ok(Err(failure)) => {
+                failing = true;
+                metrics.reloads_failed.inc();
+                let (template, config) = match failure {
+                    Failure::Template(message) => {
+                        metrics.template_healthy.set(0);
+                        tracing::error!("{message}; the live config is unchanged");
+                        (Section { healthy: false, message }, engine.status().config)
+                    }
+                    Failure::Config(message) => {
+                        metrics.template_healthy.set(1);
+                        metrics.config_healthy.set(0);
+                        tracing::error!("{message}");
+                        (ok("rendered"), Section { healthy: false, message })
+                    }
+                };
+                engine.set_status(template, config);
+            }
+            Err(e) => {
+                failing = true;
+                tracing::error!(error = %e, "the render task failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The nginx engine end to end: the real binary renders `examples/nginx.tmpl` from drove-sim's
+//! cluster, a real nginx checks and reloads it, and requests go through nginx to the
+//! instances' servers.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drove_sim::{AppSpec, Sim, SimConfig, Timings};
+use support::client::get;
+use support::{eventually, Gatehouse};
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).to_string_lossy().into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real nginx with its own prefix folder, stopped on drop.
+struct Nginx {
+    dir: tempfile::TempDir,
+    /// `nginx_cmd`: its own prefix, error log and config (the check's `-c` comes last and wins).
+    command: String,
+}
+
+impl Nginx {
+    /// Starts nginx on a minimal config that already uses the pid file the template writes.
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let command = format!("nginx -p {d} -e {d}/error.log -c {d}/nginx.conf");
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "pid {d}/nginx.pid;\nevents {{}}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port}; return 503; }} }}\n"
+            ),
+        )
+        .unwrap();
+        let status = Command::new("sh").arg("-c").arg(&command).status().unwrap();
+        assert!(status.success(), "nginx did not start");
+        Nginx { dir, command }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").arg("-c").arg(format!("{} -s quit", self.command)).status();
+        // Bounded wait for the master to go, so its folder is not removed under it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.path("nginx.pid").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_follows_the_cluster_through_the_example_template() {
+    let sim = Sim::start(SimConfig {
+        serve_instances: true,
+        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
+    let port = free_port();
+    let nginx = Nginx::start(port);
+    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let template = example("nginx.tmpl");
+    let config = format!(
+        "port = 0\nxproxy = \"edge-test\"\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n\
+         nginx_config = \"{}\"\nnginx_template = \"{template}\"\nnginx_cmd = \"{}\"\n\
+         [[namespaces]]\nname = \"stage\"\ndrove = [{}]\nleader_vhost = \"drove.test\"\n",
+        nginx.path("nginx.conf").display(),
+        nginx.command,
+        urls.join(", ")
+    );
+    let pid = nginx.path("nginx.pid").to_string_lossy().into_owned();
+    let listen = format!("127.0.0.1:{port}");
+    let gh = Gatehouse::start_with(
+        &config,
+        tempfile::tempdir().unwrap(),
+        &[("GATEHOUSE_NGINX_PORT", listen.as_str()), ("GATEHOUSE_NGINX_PID", pid.as_str())],
+    );
+    let at: SocketAddr = listen.parse().unwrap();
+    eventually("web.test routed through nginx", || async {
+        get(at, "web.test", "/").await.body.starts_with("app=web-1")
+    })
+    .await;
+    let reply = get(at, "web.test", "/").await;
+    assert_eq!(reply.header("x-proxy"), "edge-test");
+    assert_eq!(get(at, "unknown.test", "/").await.status, 503);
+    let leader = get(at, "drove.test", "/apis/v1/ping").await;
+    assert_eq!(leader.status, 200, "the leader_vhost reaches the leader controller: {}", leader.body);
+
+    // A scale-up reaches nginx: both instances answer.
+    sim.with(|c| c.scale(&web, 2)).unwrap();
+    eventually("two instances behind nginx", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 2
+    })
+    .await;
+    let health = gh.admin_get("/v1/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(gh.metric("drove_gateway_reloads_successful_total").await >= 2.0);
+
+    // A template nginx rejects: the live file stays, traffic flows, health says why.
+    let live = std::fs::read_to_string(nginx.path("nginx.conf")).unwrap();
+    let broken = gh.dir.path().join("broken.tmpl");
+    std::fs::write(&broken, "events {}\nhttp { server { listen 1 bogus_directive; } }\n").unwrap();
+    gh.write_config(&config.replace(&template, &broken.to_string_lossy()));
+    assert_eq!(gh.admin_post("/v1/reload", None).await.status, 200);
+    eventually("the failed check in /v1/health", || async {
+        let health = gh.admin_get("/v1/health").await;
+        health.status == 500 && health.body.contains("the nginx check rejected the new config")
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(nginx.path("nginx.conf")).unwrap(), live);
+    assert!(get(at, "web.test", "/").await.body.starts_with("app=web-1"));
+    assert!(gh.metric("drove_gateway_reloads_failed_total").await >= 1.0);
+    drop(gh);
+    drop(nginx);
+}
+
+#[test]
+fn render_prints_the_config_for_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = support::write(
+        dir.path(),
+        "state.json",
+        r#"{"version":1,"captured_at_ms":0,"namespaces":{"stage":{"Leader":{"Endpoint":"http://10.0.0.9:4000","Host":"10.0.0.9","Port":4000},
+            "Apps":{"shop.test":{"Vhost":"shop.test","Hosts":[{"Host":"10.0.0.1","Port":31000,"PortType":"http"}],"Tags":{},"Groups":{}}}}}}"#,
+    );
+    let config = support::write(
+        dir.path(),
+        "g.toml",
+        &format!(
+            "xproxy = \"edge\"\nnginx_config = \"nginx.conf\"\nnginx_template = \"{}\"\nnginx_cmd = \"nginx\"\n\
+             [[namespaces]]\nname = \"stage\"\ndrove = [\"http://10.0.0.9:4000\"]\nleader_vhost = \"drove.stage\"\n",
+            example("nginx.tmpl")
+        ),
+    );
+    let out = Command::new(support::binary())
+        .args(["render", "--config", &config.to_string_lossy(), "--state", &state.to_string_lossy()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "upstream shop.test {",
+        "server 10.0.0.1:31000;",
+        "server_name drove.stage;",
+        "add_header X-Proxy edge always;",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+    assert!(!dir.path().join("nginx.conf").exists(), "render applies nothing");
+}
