@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/packages.sh
 # nginx lives in /usr/sbin, which a normal user's PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
-# The tests start every server they need (nginx for the nginx engine's tests); curl is
+# The tests start every server they need (nginx and HAProxy for their engines' tests); curl is
 # used by the README examples.
-need_commands curl:curl nginx:nginx-light
+need_commands curl:curl nginx:nginx-light haproxy:haproxy
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

@@ -169,3 +169,90 @@ fn render_prints_the_config_for_a_state_file() {
     }
     assert!(!dir.path().join("nginx.conf").exists(), "render applies nothing");
 }
+
+/// A real HAProxy in master-worker mode with its own folder, stopped on drop.
+struct Haproxy {
+    dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!("defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\nfrontend f\n    bind 127.0.0.1:{port}\n    http-request deny deny_status 503\n"),
+        )
+        .unwrap();
+        let pid = dir.path().join("haproxy.pid");
+        let status = Command::new("haproxy")
+            .args(["-W", "-D", "-p", &pid.to_string_lossy(), "-f", &cfg.to_string_lossy()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "haproxy did not start");
+        Haproxy { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn master_pid(&self) -> String {
+        std::fs::read_to_string(self.path("haproxy.pid")).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.path("haproxy.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_follows_the_cluster_through_the_example_template() {
+    let sim = Sim::start(SimConfig {
+        serve_instances: true,
+        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
+    let port = free_port();
+    let haproxy = Haproxy::start(port);
+    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let config = format!(
+        "port = 0\nxproxy = \"edge-test\"\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n\
+         proxy_platform = \"haproxy\"\nhaproxy_config = \"{}\"\nhaproxy_template = \"{}\"\nhaproxy_cmd = \"haproxy\"\n\
+         haproxy_reload_cmd = \"kill -USR2 {}\"\n[[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
+        haproxy.path("haproxy.cfg").display(),
+        example("haproxy.tmpl"),
+        haproxy.master_pid(),
+        urls.join(", ")
+    );
+    let bind = format!("127.0.0.1:{port}");
+    let gh = Gatehouse::start_with(&config, tempfile::tempdir().unwrap(), &[("GATEHOUSE_HAPROXY_BIND", bind.as_str())]);
+    let at: SocketAddr = bind.parse().unwrap();
+    eventually("web.test routed through haproxy", || async {
+        get(at, "web.test:80", "/").await.body.starts_with("app=web-1")
+    })
+    .await;
+    assert_eq!(get(at, "web.test", "/").await.header("x-proxy"), "edge-test");
+    assert_eq!(get(at, "unknown.test", "/").await.status, 404);
+    sim.with(|c| c.scale(&web, 2)).unwrap();
+    eventually("two instances behind haproxy", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 2
+    })
+    .await;
+    let cfg = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap();
+    assert!(cfg.contains("server server_127.0.0.1_"), "drove-gateway's server names:\n{cfg}");
+    let health = gh.admin_get("/v1/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    drop(gh);
+}
