@@ -233,8 +233,11 @@ async fn serve(
     Ok(())
 }
 
-/// SIGHUP reloads; SIGTERM and SIGINT return.
+/// SIGHUP reloads; SIGTERM and SIGINT return. SIGUSR1 and SIGUSR2 are what drove-gateway's
+/// systemd drop-ins send around an nginx or HAProxy restart: hold changes back, then catch up.
 async fn wait_for_signals(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
+    let mut restarting = signal(SignalKind::user_defined1())?;
+    let mut restarted = signal(SignalKind::user_defined2())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -243,6 +246,18 @@ async fn wait_for_signals(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = gateway.reload().await;
+            }
+            _ = restarting.recv() => {
+                tracing::warn!("SIGUSR1: the proxy is restarting; changes wait for SIGUSR2");
+                if let Some(engine) = gateway.templated() {
+                    engine.proxy_restarting();
+                }
+            }
+            _ = restarted.recv() => {
+                tracing::info!("SIGUSR2: the proxy is back; reconciling");
+                if let Some(engine) = gateway.templated() {
+                    engine.proxy_restarted();
+                }
             }
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),

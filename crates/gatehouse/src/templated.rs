@@ -21,6 +21,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a check or reload command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a proxy restart announced by SIGUSR1 holds changes back without its SIGUSR2
+/// (drove-gateway's `proxy_control_plane_timeout_sec` default).
+const RESTART_HOLD: Duration = Duration::from_secs(30);
 
 /// One `/v1/health` section (drove-gateway's `Config` and `Template`).
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +46,9 @@ pub struct TemplatedEngine {
     changed: Notify,
     /// Render even if the data did not change (the template or settings may have).
     forced: AtomicBool,
+    /// The proxy is restarting (SIGUSR1 from its systemd drop-in): hold changes back.
+    restarting: AtomicBool,
+    restarted: Notify,
     status: Mutex<EngineStatus>,
 }
 
@@ -52,6 +58,8 @@ impl TemplatedEngine {
         let engine = Arc::new(TemplatedEngine {
             changed: Notify::new(),
             forced: AtomicBool::new(true),
+            restarting: AtomicBool::new(false),
+            restarted: Notify::new(),
             status: Mutex::new(EngineStatus { config: pending.clone(), template: pending }),
         });
         engine.changed.notify_one();
@@ -68,6 +76,29 @@ impl TemplatedEngine {
     pub fn reloaded(&self) {
         self.forced.store(true, Ordering::Relaxed);
         self.changed.notify_one();
+    }
+
+    /// SIGUSR1: the proxy is being restarted; no check or reload runs until
+    /// [`TemplatedEngine::proxy_restarted`] (or [`RESTART_HOLD`]).
+    pub fn proxy_restarting(&self) {
+        self.restarting.store(true, Ordering::Relaxed);
+    }
+
+    /// SIGUSR2: the proxy is back; bring it up to date (a no-op when it already is, so the
+    /// reload -> drop-in -> signal loop ends there).
+    pub fn proxy_restarted(&self) {
+        self.restarting.store(false, Ordering::Relaxed);
+        self.restarted.notify_one();
+        self.changed.notify_one();
+    }
+
+    async fn wait_while_restarting(&self) {
+        if self.restarting.load(Ordering::Relaxed)
+            && tokio::time::timeout(RESTART_HOLD, self.restarted.notified()).await.is_err()
+        {
+            self.restarting.store(false, Ordering::Relaxed);
+            tracing::warn!(waited = ?RESTART_HOLD, "no SIGUSR2 after the proxy restart began (SIGUSR1); applying changes again");
+        }
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -127,6 +158,7 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
         } else {
             engine.changed.notified().await;
         }
+        engine.wait_while_restarting().await;
         let Some(gateway) = gateway.upgrade() else { return };
         let config = gateway.config();
         let Some(settings) = config.templated.clone() else { return };

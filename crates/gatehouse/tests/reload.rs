@@ -188,3 +188,15 @@ async fn sigterm_drains_requests_in_flight() {
     assert!(status.success());
     assert!(tokio::net::TcpStream::connect(at).await.is_err(), "no longer accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drove_gateway_restart_signals_never_stop_the_process() {
+    let main = backend::start("main").await;
+    let gh = Gatehouse::start(&config(&main.url(), "", &main.url()));
+    for signal in ["USR1", "USR2", "USR1", "USR2"] {
+        gh.signal(signal);
+    }
+    assert!(gh.wait_for_log("SIGUSR2"));
+    assert_eq!(get(gh.listener(), "h.test", "/").await.status, 200);
+    assert_eq!(gh.admin_get("/v1/health").await.status, 200);
+}

@@ -103,8 +103,18 @@ async fn nginx_follows_the_cluster_through_the_example_template() {
     let leader = get(at, "drove.test", "/apis/v1/ping").await;
     assert_eq!(leader.status, 200, "the leader_vhost reaches the leader controller: {}", leader.body);
 
-    // A scale-up reaches nginx: both instances answer.
+    // SIGUSR1 (nginx restarting, from drove-gateway's systemd drop-in) holds changes back
+    // without stopping Gatehouse; SIGUSR2 lets the scale-up through to nginx.
+    gh.signal("USR1");
+    assert!(gh.wait_for_log("SIGUSR1"));
     sim.with(|c| c.scale(&web, 2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        seen.insert(get(at, "web.test", "/").await.body);
+    }
+    assert_eq!(seen.len(), 1, "held back while nginx restarts");
+    gh.signal("USR2");
     eventually("two instances behind nginx", || async {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..8 {
@@ -190,7 +200,14 @@ impl Haproxy {
             .status()
             .unwrap();
         assert!(status.success(), "haproxy did not start");
-        Haproxy { dir }
+        let haproxy = Haproxy { dir };
+        // The daemon writes its pid file a moment after the command returns.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while haproxy.master_pid().is_empty() {
+            assert!(Instant::now() < deadline, "haproxy wrote no pid file");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        haproxy
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
@@ -198,7 +215,7 @@ impl Haproxy {
     }
 
     fn master_pid(&self) -> String {
-        std::fs::read_to_string(self.path("haproxy.pid")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.path("haproxy.pid")).unwrap_or_default().trim().to_string()
     }
 }
 
