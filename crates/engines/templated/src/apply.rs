@@ -36,6 +36,11 @@ impl CommandLine {
         (!words.is_empty()).then_some(CommandLine(words))
     }
 
+    /// The program and its arguments.
+    pub fn words(&self) -> Vec<String> {
+        self.0.clone()
+    }
+
     fn with(&self, extra: &[&str]) -> Vec<String> {
         self.0.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
     }
