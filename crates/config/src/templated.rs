@@ -97,7 +97,10 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
             format!("`{name}_reload_disabled` needs the runtime API mode, which this build does not have yet"),
         );
     }
-    let platform_span = file.proxy_platform.as_ref().map(Spanned::span);
+    // A missing key is reported where the platform was chosen: `proxy_platform`, or the
+    // first key of the engine that implied it.
+    let platform_span =
+        file.proxy_platform.as_ref().or(config.as_ref()).or(template.as_ref()).or(check.as_ref()).map(Spanned::span);
     let mut required = |key: &str, value: &Option<Spanned<String>>| match text(value) {
         Some(v) => Some(v.to_string()),
         None => {
