@@ -5,6 +5,7 @@
 mod apply;
 mod data;
 mod funcs;
+pub mod haproxy;
 mod template;
 
 pub use apply::{apply, run, Applied, ApplyError, CommandLine, Deployment, Platform};
