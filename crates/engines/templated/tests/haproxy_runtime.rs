@@ -62,7 +62,7 @@ impl Haproxy {
         assert!(status.success());
         let h = Haproxy { dir };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !(h.path("admin.sock").exists() && !h.pid().is_empty()) {
+        while !h.path("admin.sock").exists() || h.pid().is_empty() {
             assert!(Instant::now() < deadline, "haproxy did not come up");
             std::thread::sleep(Duration::from_millis(10));
         }
