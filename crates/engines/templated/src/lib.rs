@@ -4,11 +4,13 @@
 
 mod apply;
 mod data;
+mod dns;
 mod funcs;
 pub mod haproxy;
 mod template;
 
 pub use apply::{apply, run, Applied, ApplyError, CommandLine, Deployment, Platform};
 pub use data::{AppData, GroupData, HostData, LeaderData, NamespaceData, RenderingData};
+pub use dns::{Resolved, Resolver};
 pub use funcs::host_port;
 pub use template::{Template, TemplateError};

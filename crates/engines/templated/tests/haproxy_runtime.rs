@@ -91,7 +91,7 @@ impl Drop for Haproxy {
 }
 
 fn server(name: &str, port: u16) -> WantedServer {
-    WantedServer { name: name.into(), addr: "127.0.0.1".into(), port, https: false }
+    WantedServer { name: name.into(), addr: Some("127.0.0.1".into()), port, https: false }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

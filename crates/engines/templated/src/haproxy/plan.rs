@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::state::ServerState;
 
-/// A server a backend should have, with its address already resolved to an IP.
+/// A server a backend should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedServer {
     pub name: String,
-    pub addr: String,
+    /// The resolved IP; `None` when its host name cannot be resolved now, so a server of
+    /// that name keeps its address and none is added.
+    pub addr: Option<String>,
     pub port: u16,
     pub https: bool,
 }
@@ -44,14 +46,16 @@ pub fn plan(wanted: &Wanted, current: &[ServerState]) -> (Vec<Step>, Vec<String>
         };
         let names: BTreeSet<&str> = servers.iter().map(|s| s.name.as_str()).collect();
         for server in servers {
-            match have.get(server.name.as_str()) {
-                None => adds.push(Step::Add { backend: backend.clone(), server: server.clone() }),
-                Some(s) => {
-                    if s.addr != server.addr || s.port != server.port {
+            match (have.get(server.name.as_str()), &server.addr) {
+                (None, None) => {}
+                (None, Some(_)) => adds.push(Step::Add { backend: backend.clone(), server: server.clone() }),
+                (Some(s), addr) => {
+                    let addr = addr.as_deref().unwrap_or(&s.addr);
+                    if s.addr != addr || s.port != server.port {
                         others.push(Step::Move {
                             backend: backend.clone(),
                             name: server.name.clone(),
-                            addr: server.addr.clone(),
+                            addr: addr.to_string(),
                             port: server.port,
                         });
                     }
@@ -76,7 +80,7 @@ pub fn plan(wanted: &Wanted, current: &[ServerState]) -> (Vec<Step>, Vec<String>
 pub fn commands(step: &Step, attributes: &str, ssl: &str) -> Vec<String> {
     match step {
         Step::Add { backend, server } => {
-            let at = crate::funcs::host_port(&server.addr, &server.port.to_string());
+            let at = crate::funcs::host_port(server.addr.as_deref().unwrap_or_default(), &server.port.to_string());
             let mut add = format!("add server {backend}/{} {at}", server.name);
             for extra in [attributes, if server.https { ssl } else { "" }] {
                 if !extra.trim().is_empty() {
@@ -109,7 +113,7 @@ mod tests {
     }
 
     fn want(name: &str, addr: &str, port: u16) -> WantedServer {
-        WantedServer { name: name.into(), addr: addr.into(), port, https: false }
+        WantedServer { name: name.into(), addr: Some(addr.into()), port, https: false }
     }
 
     #[test]
@@ -148,6 +152,12 @@ mod tests {
         );
         let (steps, _) = plan(&wanted, &[have("a", "s1", "10.0.0.1", 1, 0)]);
         assert_eq!(steps.len(), 3);
+        let unresolved = Wanted::from([(
+            "a".to_string(),
+            vec![WantedServer { addr: None, ..want("s1", "", 1) }, WantedServer { addr: None, ..want("s9", "", 9) }],
+        )]);
+        let (steps, _) = plan(&unresolved, &[have("a", "s1", "10.0.0.1", 1, 0)]);
+        assert!(steps.is_empty(), "a DNS failure neither moves nor removes a live server, nor adds one: {steps:?}");
     }
 
     #[test]
