@@ -20,6 +20,7 @@ pub struct TemplatedSettings {
     /// Command prefix for the check (`nginx_cmd` / `haproxy_cmd`); `None` skips the check.
     pub check_command: Option<String>,
     /// nginx: `nginx_cmd` (` -s reload` is appended); HAProxy: `haproxy_reload_cmd` as written.
+    /// With `haproxysocketaddr`, HAProxy reloads only when the set of backends changes.
     pub reload_command: String,
     pub left_delimiter: String,
     pub right_delimiter: String,
@@ -126,12 +127,6 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
     } else {
         command
     };
-    if platform == ProxyPlatform::Haproxy && text(&file.haproxysocketaddr).is_some() {
-        c.warn(
-            file.haproxysocketaddr.as_ref().map(Spanned::span),
-            "`haproxysocketaddr`: the runtime API mode is not in this build yet; every change is a reload (templates still see `.HaproxySocketAddr`)",
-        );
-    }
     let alias = |c: &mut Checker<'_>, old: &str, new: &str, span| {
         c.warn(Some(span), format!("`{old}` is deprecated, please use `{new}` instead (it overrides `{new}`)"));
     };

@@ -46,11 +46,12 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         // drove-gateway's `Config` is the rendered proxy config; a failed Gatehouse reload
         // still shows first.
         let engine = engine.status();
-        healthy &= engine.config.healthy && engine.template.healthy;
+        healthy &= engine.config.healthy && engine.template.healthy && engine.runtime_api.healthy;
         if status.healthy {
             body["Config"] = json!(engine.config);
         }
         body["Template"] = json!(engine.template);
+        body["UpstreamUpdatesViaAPI"] = json!(engine.runtime_api);
     }
     if let Some(drove) = gw.drove() {
         healthy &= drove_health(drove, &mut body);

@@ -8,7 +8,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use gatehouse_config::{Config, ProxyPlatform, TemplatedSettings};
-use gatehouse_templated::{apply, Applied, CommandLine, Deployment, Platform, RenderingData, Template};
+use std::collections::BTreeSet;
+
+use gatehouse_templated::haproxy::{self, SocketAddress};
+use gatehouse_templated::{
+    apply, Applied, CommandLine, Deployment, Platform, RenderingData, Resolved, Resolver, Template,
+};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -21,6 +26,10 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a check or reload command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// drove-gateway's `dns_resolution_timeout_sec` default.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A removed server's sessions may run this long before they are cut.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a proxy restart announced by SIGUSR1 holds changes back without its SIGUSR2
 /// (drove-gateway's `proxy_control_plane_timeout_sec` default).
 const RESTART_HOLD: Duration = Duration::from_secs(30);
@@ -40,6 +49,8 @@ pub struct EngineStatus {
     pub config: Section,
     #[serde(rename = "Template")]
     pub template: Section,
+    #[serde(rename = "UpstreamUpdatesViaAPI")]
+    pub runtime_api: Section,
 }
 
 pub struct TemplatedEngine {
@@ -55,12 +66,13 @@ pub struct TemplatedEngine {
 impl TemplatedEngine {
     pub fn start(gateway: Weak<Gateway>) -> Arc<Self> {
         let pending = Section { healthy: false, message: "pending first check".into() };
+        let runtime_api = Section { healthy: true, message: "OK: not in use, every change is a reload".into() };
         let engine = Arc::new(TemplatedEngine {
             changed: Notify::new(),
             forced: AtomicBool::new(true),
             restarting: AtomicBool::new(false),
             restarted: Notify::new(),
-            status: Mutex::new(EngineStatus { config: pending.clone(), template: pending }),
+            status: Mutex::new(EngineStatus { config: pending.clone(), template: pending, runtime_api }),
         });
         engine.changed.notify_one();
         tokio::spawn(run(engine.clone(), gateway));
@@ -105,22 +117,23 @@ impl TemplatedEngine {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_status(&self, template: Section, config: Section) {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = EngineStatus { config, template };
+    fn update_status(&self, change: impl FnOnce(&mut EngineStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
-fn deployment(config: &Config, settings: &TemplatedSettings) -> Deployment {
+/// `reload: false` writes the file for the next restart without reloading (runtime API mode).
+fn deployment(config: &Config, settings: &TemplatedSettings, reload: bool) -> Deployment {
     let platform = match config.proxy_platform {
         ProxyPlatform::Haproxy => Platform::Haproxy,
         _ => Platform::Nginx,
     };
-    let reload = CommandLine::parse(&settings.reload_command);
+    let command = CommandLine::parse(&settings.reload_command);
     Deployment {
         platform,
         config_path: settings.config_path.clone(),
         check: settings.check_command.as_deref().and_then(CommandLine::parse),
-        reload: Deployment::reload_command(platform, reload.as_ref(), reload.as_ref()),
+        reload: Deployment::reload_command(platform, command.as_ref(), command.as_ref()).filter(|_| reload),
         command_timeout: COMMAND_TIMEOUT,
     }
 }
@@ -136,6 +149,7 @@ fn render_and_apply(
     config: &Config,
     settings: &TemplatedSettings,
     data: &RenderingData,
+    reload: bool,
     metrics: &gatehouse_metrics::TemplatedMetrics,
 ) -> Result<Applied, Failure> {
     let started = Instant::now();
@@ -143,11 +157,56 @@ fn render_and_apply(
         .and_then(|t| t.render(data, &go_time(SystemTime::now())));
     metrics.render_seconds(rendered.is_ok(), started.elapsed().as_secs_f64());
     let text = rendered.map_err(|e| Failure::Template(e.to_string()))?;
-    apply(&text, &deployment(config, settings)).map_err(|e| Failure::Config(e.to_string()))
+    apply(&text, &deployment(config, settings, reload)).map_err(|e| Failure::Config(e.to_string()))
+}
+
+/// HAProxy's stats socket, when membership changes go through the runtime API.
+fn runtime_socket(config: &Config, settings: &TemplatedSettings) -> Option<SocketAddress> {
+    let socket = settings.haproxy.socket_addr.trim();
+    (config.proxy_platform == ProxyPlatform::Haproxy && !socket.is_empty()).then(|| SocketAddress::parse(socket))
+}
+
+/// Brings HAProxy's servers to `data` through the runtime API; drained servers are deleted
+/// in the background once their sessions end.
+async fn reconcile_servers(
+    socket: &SocketAddress,
+    data: &RenderingData,
+    resolver: &Resolver,
+) -> Result<haproxy::Reconciled, haproxy::RuntimeError> {
+    let mut addresses = std::collections::HashMap::new();
+    for host in data.apps.values().flat_map(|a| a.hosts.iter()) {
+        if !addresses.contains_key(&host.host) {
+            let resolved = resolver.resolve(&host.host, DNS_TIMEOUT).await;
+            if !matches!(resolved, Resolved::Fresh(_)) {
+                tracing::warn!(host = %host.host, ?resolved, "DNS lookup failed; the server keeps its last address");
+            }
+            addresses.insert(host.host.clone(), resolved.address().map(|ip| ip.to_string()));
+        }
+    }
+    let wanted = haproxy::wanted(data, |host| addresses.get(host).cloned().flatten());
+    let done = haproxy::reconcile(
+        socket,
+        &wanted,
+        &data.haproxy_add_server_attributes_string,
+        &data.haproxy_add_server_ssl_attributes_string,
+    )
+    .await?;
+    if !done.draining.is_empty() {
+        let (socket, draining) = (socket.clone(), done.draining.clone());
+        tokio::spawn(async move {
+            if let Err(e) = haproxy::finish_drains(&socket, &draining, DRAIN_TIMEOUT).await {
+                tracing::warn!(error = %e, "removing drained HAProxy servers failed; the next change retries");
+            }
+        });
+    }
+    Ok(done)
 }
 
 async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
     let mut applied: Option<RenderingData> = None;
+    // Backend names in the live config: while they stay, the runtime API suffices.
+    let mut live_backends: Option<BTreeSet<String>> = None;
+    let resolver = Resolver::default();
     let mut failing = false;
     loop {
         if failing {
@@ -169,16 +228,48 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
         }
         let metrics = gateway.metrics.templated.clone();
         let started = Instant::now();
-        let job_data = data.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || render_and_apply(&config, &settings, &job_data, &metrics)).await;
-        let metrics = &gateway.metrics.templated;
         let now = rfc3339(SystemTime::now());
         let ok = |what: &str| Section { healthy: true, message: format!("{what} at {now}") };
+        let backends = haproxy::backend_names(&data);
+        let socket = runtime_socket(&config, &settings);
+        // Membership only: the runtime API, then the file rewritten for the next restart.
+        let mut reload = true;
+        if let Some(socket) = socket.as_ref().filter(|_| !forced && live_backends.as_ref() == Some(&backends)) {
+            match reconcile_servers(socket, &data, &resolver).await {
+                Ok(done) => {
+                    tracing::info!(
+                        added = done.added,
+                        moved = done.moved,
+                        draining = done.draining.len(),
+                        "HAProxy servers updated through the runtime API"
+                    );
+                    engine.update_status(|s| s.runtime_api = ok("servers reconciled"));
+                    reload = false;
+                }
+                Err(haproxy::RuntimeError::MissingBackends(missing)) => {
+                    tracing::info!(?missing, "HAProxy lacks some backends; reloading");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "HAProxy runtime API update failed; retrying");
+                    engine.update_status(|s| s.runtime_api = Section { healthy: false, message: e.to_string() });
+                    metrics.reloads_failed.inc();
+                    failing = true;
+                    continue;
+                }
+            }
+        }
+        let job_data = data.clone();
+        let job_config = config.clone();
+        let job_metrics = metrics.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            render_and_apply(&job_config, &settings, &job_data, reload, &job_metrics)
+        })
+        .await;
         match outcome {
             Ok(Ok(result)) => {
                 failing = false;
                 applied = Some(data);
+                live_backends = Some(backends);
                 metrics.template_healthy.set(1);
                 metrics.config_healthy.set(1);
                 let what = match result {
@@ -195,26 +286,33 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
                     vhosts = applied.as_ref().map_or(0, |d| d.apps.len()),
                     "proxy config applied"
                 );
-                engine.set_status(ok("rendered"), ok(&format!("config {what}")));
-                tokio::time::sleep(MIN_INTERVAL.saturating_sub(started.elapsed())).await;
+                engine.update_status(|s| {
+                    s.template = ok("rendered");
+                    s.config = ok(&format!("config {what}"));
+                });
+                if reload {
+                    tokio::time::sleep(MIN_INTERVAL.saturating_sub(started.elapsed())).await;
+                }
             }
             Ok(Err(failure)) => {
                 failing = true;
                 metrics.reloads_failed.inc();
-                let (template, config) = match failure {
+                match failure {
                     Failure::Template(message) => {
                         metrics.template_healthy.set(0);
                         tracing::error!("{message}; the live config is unchanged");
-                        (Section { healthy: false, message }, engine.status().config)
+                        engine.update_status(|s| s.template = Section { healthy: false, message });
                     }
                     Failure::Config(message) => {
                         metrics.template_healthy.set(1);
                         metrics.config_healthy.set(0);
                         tracing::error!("{message}");
-                        (ok("rendered"), Section { healthy: false, message })
+                        engine.update_status(|s| {
+                            s.template = ok("rendered");
+                            s.config = Section { healthy: false, message };
+                        });
                     }
-                };
-                engine.set_status(template, config);
+                }
             }
             Err(e) => {
                 failing = true;

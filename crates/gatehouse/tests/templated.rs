@@ -17,6 +17,19 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).to_string_lossy().into_owned()
 }
 
+/// drove-sim with real instance servers and one app, `web.test`, at one instance.
+async fn cluster_with_web() -> (Sim, String) {
+    let sim = Sim::start(SimConfig {
+        serve_instances: true,
+        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
+    (sim, web)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -65,14 +78,7 @@ impl Drop for Nginx {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_follows_the_cluster_through_the_example_template() {
-    let sim = Sim::start(SimConfig {
-        serve_instances: true,
-        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
+    let (sim, web) = cluster_with_web().await;
     let port = free_port();
     let nginx = Nginx::start(port);
     let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
@@ -186,12 +192,19 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(port: u16) -> Self {
+    /// With `socket`, the starting config already has the admin stats socket the template
+    /// will keep.
+    fn start(port: u16, socket: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("haproxy.cfg");
+        let global = if socket {
+            format!("global\n    stats socket {}/admin.sock mode 600 level admin\n", dir.path().display())
+        } else {
+            String::new()
+        };
         std::fs::write(
             &cfg,
-            format!("defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\nfrontend f\n    bind 127.0.0.1:{port}\n    http-request deny deny_status 503\n"),
+            format!("{global}defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\nfrontend f\n    bind 127.0.0.1:{port}\n    http-request deny deny_status 503\n"),
         )
         .unwrap();
         let pid = dir.path().join("haproxy.pid");
@@ -214,6 +227,27 @@ impl Haproxy {
         self.dir.path().join(name)
     }
 
+    /// The worker's pid: a reload replaces it.
+    fn worker_pid(&self) -> String {
+        let out = Command::new("pgrep").args(["-P", &self.master_pid()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Gatehouse driving this HAProxy from `sim` with the example template; `extra` adds
+    /// top-level keys.
+    fn gatehouse_config(&self, sim: &Sim, extra: &str) -> String {
+        let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "port = 0\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n{extra}\
+             proxy_platform = \"haproxy\"\nhaproxy_config = \"{}\"\nhaproxy_template = \"{}\"\nhaproxy_cmd = \"haproxy\"\n\
+             haproxy_reload_cmd = \"kill -USR2 {}\"\n[[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
+            self.path("haproxy.cfg").display(),
+            example("haproxy.tmpl"),
+            self.master_pid(),
+            urls.join(", ")
+        )
+    }
+
     fn master_pid(&self) -> String {
         std::fs::read_to_string(self.path("haproxy.pid")).unwrap_or_default().trim().to_string()
     }
@@ -229,26 +263,10 @@ impl Drop for Haproxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_follows_the_cluster_through_the_example_template() {
-    let sim = Sim::start(SimConfig {
-        serve_instances: true,
-        timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
+    let (sim, web) = cluster_with_web().await;
     let port = free_port();
-    let haproxy = Haproxy::start(port);
-    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let config = format!(
-        "port = 0\nxproxy = \"edge-test\"\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n\
-         proxy_platform = \"haproxy\"\nhaproxy_config = \"{}\"\nhaproxy_template = \"{}\"\nhaproxy_cmd = \"haproxy\"\n\
-         haproxy_reload_cmd = \"kill -USR2 {}\"\n[[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
-        haproxy.path("haproxy.cfg").display(),
-        example("haproxy.tmpl"),
-        haproxy.master_pid(),
-        urls.join(", ")
-    );
+    let haproxy = Haproxy::start(port, false);
+    let config = haproxy.gatehouse_config(&sim, "xproxy = \"edge-test\"\n");
     let bind = format!("127.0.0.1:{port}");
     let gh = Gatehouse::start_with(&config, tempfile::tempdir().unwrap(), &[("GATEHOUSE_HAPROXY_BIND", bind.as_str())]);
     let at: SocketAddr = bind.parse().unwrap();
@@ -271,5 +289,55 @@ async fn haproxy_follows_the_cluster_through_the_example_template() {
     assert!(cfg.contains("server server_127.0.0.1_"), "drove-gateway's server names:\n{cfg}");
     let health = gh.admin_get("/v1/health").await;
     assert_eq!(health.status, 200, "{}", health.body);
+    drop(gh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_membership_changes_go_through_the_runtime_api_without_reloads() {
+    let (sim, web) = cluster_with_web().await;
+    let port = free_port();
+    let haproxy = Haproxy::start(port, true);
+    let socket = format!("haproxysocketaddr = \"{}\"\n", haproxy.path("admin.sock").display());
+    let config = haproxy.gatehouse_config(&sim, &socket);
+    let bind = format!("127.0.0.1:{port}");
+    let gh = Gatehouse::start_with(&config, tempfile::tempdir().unwrap(), &[("GATEHOUSE_HAPROXY_BIND", bind.as_str())]);
+    let at: SocketAddr = bind.parse().unwrap();
+    eventually("web.test routed through haproxy", || async {
+        get(at, "web.test", "/").await.body.starts_with("app=web-1")
+    })
+    .await;
+    // The first config (new backend web.test) took a reload; wait for it to settle.
+    eventually("one worker after the reload", || async { !haproxy.worker_pid().contains('\n') }).await;
+    let worker = haproxy.worker_pid();
+    let reloads = gh.metric("drove_gateway_reloads_successful_total").await;
+
+    sim.with(|c| c.scale(&web, 3)).unwrap();
+    eventually("three instances behind haproxy", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..12 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 3
+    })
+    .await;
+    sim.with(|c| c.scale(&web, 1)).unwrap();
+    eventually("back to one instance", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 1
+    })
+    .await;
+    assert_eq!(haproxy.worker_pid(), worker, "membership changes did not reload HAProxy");
+    assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, reloads);
+    let health = gh.admin_get("/v1/health").await;
+    assert!(health.status == 200 && health.body.contains("servers reconciled"), "{}", health.body);
+    // The file on disk follows the API changes, so a restart loads the current servers.
+    eventually("haproxy.cfg rewritten without a reload", || async {
+        let cfg = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap_or_default();
+        cfg.matches("    server server_").count() == 1
+    })
+    .await;
     drop(gh);
 }
