@@ -166,13 +166,15 @@ fn runtime_socket(config: &Config, settings: &TemplatedSettings) -> Option<Socke
     (config.proxy_platform == ProxyPlatform::Haproxy && !socket.is_empty()).then(|| SocketAddress::parse(socket))
 }
 
-/// Brings HAProxy's servers to `data` through the runtime API; drained servers are deleted
-/// in the background once their sessions end.
+/// Brings HAProxy's servers to `data` through the runtime API (only the backends that differ
+/// from `previous`, when given); drained servers are deleted in the background once their
+/// sessions end. Returns what was applied, for the next call's `previous`.
 async fn reconcile_servers(
     socket: &SocketAddress,
     data: &RenderingData,
     resolver: &Resolver,
-) -> Result<haproxy::Reconciled, haproxy::RuntimeError> {
+    previous: Option<&haproxy::Wanted>,
+) -> Result<(haproxy::Reconciled, haproxy::Wanted), haproxy::RuntimeError> {
     let mut addresses = std::collections::HashMap::new();
     for host in data.apps.values().flat_map(|a| a.hosts.iter()) {
         if !addresses.contains_key(&host.host) {
@@ -187,6 +189,7 @@ async fn reconcile_servers(
     let done = haproxy::reconcile(
         socket,
         &wanted,
+        previous,
         &data.haproxy_add_server_attributes_string,
         &data.haproxy_add_server_ssl_attributes_string,
     )
@@ -199,13 +202,15 @@ async fn reconcile_servers(
             }
         });
     }
-    Ok(done)
+    Ok((done, wanted))
 }
 
 async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
     let mut applied: Option<RenderingData> = None;
     // Backend names in the live config: while they stay, the runtime API suffices.
     let mut live_backends: Option<BTreeSet<String>> = None;
+    // What the last runtime update applied; `None` after a reload (read everything again).
+    let mut reconciled: Option<haproxy::Wanted> = None;
     let resolver = Resolver::default();
     let mut failing = false;
     loop {
@@ -235,8 +240,9 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
         // Membership only: the runtime API, then the file rewritten for the next restart.
         let mut reload = true;
         if let Some(socket) = socket.as_ref().filter(|_| !forced && live_backends.as_ref() == Some(&backends)) {
-            match reconcile_servers(socket, &data, &resolver).await {
-                Ok(done) => {
+            match reconcile_servers(socket, &data, &resolver, reconciled.as_ref()).await {
+                Ok((done, applied_servers)) => {
+                    reconciled = Some(applied_servers);
                     tracing::info!(
                         added = done.added,
                         moved = done.moved,
@@ -250,6 +256,7 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
                     tracing::info!(?missing, "HAProxy lacks some backends; reloading");
                 }
                 Err(e) => {
+                    reconciled = None;
                     tracing::error!(error = %e, "HAProxy runtime API update failed; retrying");
                     engine.update_status(|s| s.runtime_api = Section { healthy: false, message: e.to_string() });
                     metrics.reloads_failed.inc();
@@ -270,6 +277,9 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
                 failing = false;
                 applied = Some(data);
                 live_backends = Some(backends);
+                if reload {
+                    reconciled = None;
+                }
                 metrics.template_healthy.set(1);
                 metrics.config_healthy.set(1);
                 let what = match result {

@@ -104,28 +104,29 @@ async fn membership_changes_without_a_reload() {
     assert_eq!(ask(front).await, "one");
 
     let wanted = Wanted::from([("a.test".to_string(), vec![server("one", one), server("two", two)])]);
-    let done = reconcile(&socket, &wanted, "", "ssl verify none").await.unwrap();
+    let done = reconcile(&socket, &wanted, None, "", "ssl verify none").await.unwrap();
     assert_eq!((done.added, done.draining.len()), (1, 0));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
         seen.insert(ask(front).await);
     }
     assert_eq!(seen.len(), 2, "both servers take traffic: {seen:?}");
-    let again = reconcile(&socket, &wanted, "", "").await.unwrap();
+    let again = reconcile(&socket, &wanted, None, "", "").await.unwrap();
     assert_eq!(again, Default::default(), "an unchanged backend costs one read and no command");
+    let previous = wanted.clone();
 
     let wanted = Wanted::from([("a.test".to_string(), vec![server("two", two)])]);
-    let done = reconcile(&socket, &wanted, "", "").await.unwrap();
-    assert_eq!(done.draining, [("a.test".to_string(), "one".to_string())]);
+    let done = reconcile(&socket, &wanted, Some(&previous), "", "").await.unwrap();
+    assert_eq!(done.draining, [("a.test".to_string(), "one".to_string())], "only the changed backend is read");
     assert_eq!(finish_drains(&socket, &done.draining, Duration::from_secs(5)).await.unwrap(), 1);
     for _ in 0..4 {
         assert_eq!(ask(front).await, "two");
     }
-    let left: Vec<String> = servers(&socket).await.unwrap().into_iter().map(|s| s.name).collect();
+    let left: Vec<String> = servers(&socket).await.unwrap().1.into_iter().map(|s| s.name).collect();
     assert_eq!(left, ["two"], "the drained server is deleted");
     assert_eq!(haproxy.worker(), worker, "no reload: the same worker served throughout");
 
     let missing = Wanted::from([("b.test".to_string(), vec![server("x", two)])]);
-    let err = reconcile(&socket, &missing, "", "").await.unwrap_err().to_string();
-    assert!(err.contains("no backend [\"b.test\"]"), "{err}");
+    let err = reconcile(&socket, &missing, Some(&previous), "", "").await.unwrap_err().to_string();
+    assert!(err.contains("lacks 1 backend(s) the routes need (b.test)"), "{err}");
 }

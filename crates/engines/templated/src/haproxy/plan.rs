@@ -32,9 +32,11 @@ pub enum Step {
 }
 
 /// The steps, adds first so a replacement takes traffic before the old server drains, and
-/// the backends HAProxy does not have (those need a config reload).
-pub fn plan(wanted: &Wanted, current: &[ServerState]) -> (Vec<Step>, Vec<String>) {
-    let mut by_backend: BTreeMap<&str, BTreeMap<&str, &ServerState>> = BTreeMap::new();
+/// the wanted backends HAProxy does not have (`backends` are those it has; they need a
+/// config reload).
+pub fn plan(wanted: &Wanted, current: &[ServerState], backends: &BTreeSet<String>) -> (Vec<Step>, Vec<String>) {
+    let mut by_backend: BTreeMap<&str, BTreeMap<&str, &ServerState>> =
+        backends.iter().map(|b| (b.as_str(), BTreeMap::new())).collect();
     for s in current {
         by_backend.entry(&s.backend).or_default().insert(&s.name, s);
     }
@@ -138,7 +140,8 @@ mod tests {
             have("a", "old", "10.0.0.6", 6, 0x08),
             have("untouched", "z", "10.0.0.8", 8, 0),
         ];
-        let (steps, missing) = plan(&wanted, &current);
+        let backends = BTreeSet::from(["a".to_string(), "untouched".to_string(), "empty".to_string()]);
+        let (steps, missing) = plan(&wanted, &current, &backends);
         assert_eq!(missing, ["gone-from-haproxy"], "a backend HAProxy lacks needs a reload");
         assert_eq!(
             steps,
@@ -150,13 +153,16 @@ mod tests {
             ],
             "s1 is as wanted; `old` is draining already; other backends are left alone"
         );
-        let (steps, _) = plan(&wanted, &[have("a", "s1", "10.0.0.1", 1, 0)]);
+        let (steps, _) = plan(&wanted, &[have("a", "s1", "10.0.0.1", 1, 0)], &backends);
         assert_eq!(steps.len(), 3);
+        let empty = Wanted::from([("empty".to_string(), vec![want("n", "10.0.0.2", 2)])]);
+        let (steps, missing) = plan(&empty, &[], &backends);
+        assert!(missing.is_empty() && steps.len() == 1, "a backend without servers is still there");
         let unresolved = Wanted::from([(
             "a".to_string(),
             vec![WantedServer { addr: None, ..want("s1", "", 1) }, WantedServer { addr: None, ..want("s9", "", 9) }],
         )]);
-        let (steps, _) = plan(&unresolved, &[have("a", "s1", "10.0.0.1", 1, 0)]);
+        let (steps, _) = plan(&unresolved, &[have("a", "s1", "10.0.0.1", 1, 0)], &backends);
         assert!(steps.is_empty(), "a DNS failure neither moves nor removes a live server, nor adds one: {steps:?}");
     }
 

@@ -2,6 +2,7 @@
 //! `show servers state` read, the planned commands pipelined in batches, and removed servers
 //! drained until their sessions end (or a timeout passes) before they are deleted.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::plan::{commands, plan, Step, Wanted};
@@ -19,7 +20,7 @@ pub enum RuntimeError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("HAProxy has no backend {0:?} yet: the config must be reloaded first")]
+    #[error("HAProxy lacks {} backend(s) the routes need ({}{}): the config must be reloaded first", .0.len(), .0.iter().take(3).cloned().collect::<Vec<_>>().join(", "), if .0.len() > 3 { ", ..." } else { "" })]
     MissingBackends(Vec<String>),
     #[error("HAProxy refused {failed} of {sent} runtime commands; first: `{command}`: {answer}")]
     Refused { sent: usize, failed: usize, command: String, answer: String },
@@ -35,22 +36,64 @@ pub struct Reconciled {
     pub draining: Vec<(String, String)>,
 }
 
-/// Every server HAProxy has, from one `show servers state`.
-pub async fn servers(socket: &SocketAddress) -> Result<Vec<ServerState>, RuntimeError> {
-    let state = run(socket, &["show servers state".to_string()], EXCHANGE_TIMEOUT).await?;
-    Ok(parse(state.first().map_or("", String::as_str))?)
+/// Every backend and every server HAProxy has, from one `show backend` and one aggregated
+/// `show servers state` (a backend without servers is only in the first).
+pub async fn servers(socket: &SocketAddress) -> Result<(BTreeSet<String>, Vec<ServerState>), RuntimeError> {
+    let answers =
+        run(socket, &["show backend".to_string(), "show servers state".to_string()], EXCHANGE_TIMEOUT).await?;
+    let backends =
+        answers[0].lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    Ok((backends, parse(&answers[1])?))
 }
 
-/// Brings HAProxy's servers to `wanted`. `attributes` and `ssl` are drove-gateway's
-/// `haproxy_add_server_attributes_string` and `haproxy_add_server_ssl_attributes_string`.
+/// The servers of some backends, one `show servers state <backend>` each, pipelined; a
+/// backend HAProxy does not know is left out of the returned set.
+async fn servers_of(
+    socket: &SocketAddress,
+    names: &[&String],
+) -> Result<(BTreeSet<String>, Vec<ServerState>), RuntimeError> {
+    let commands: Vec<String> = names.iter().map(|b| format!("show servers state {b}")).collect();
+    let answers = run(socket, &commands, EXCHANGE_TIMEOUT).await?;
+    let (mut backends, mut servers) = (BTreeSet::new(), Vec::new());
+    for (name, answer) in names.iter().zip(answers) {
+        // "Can't find backend." for one HAProxy does not have.
+        if answer.trim_start().starts_with('1') {
+            backends.insert(name.to_string());
+            servers.extend(parse(&answer)?);
+        }
+    }
+    Ok((backends, servers))
+}
+
+/// Brings HAProxy's servers to `wanted`. With `previous` (what the last reconcile applied,
+/// with nothing else changing HAProxy since), only the backends whose servers differ from it
+/// are read and touched: a one-server change costs one small read, not all of them.
+/// `attributes` and `ssl` are drove-gateway's `haproxy_add_server_attributes_string` and
+/// `haproxy_add_server_ssl_attributes_string`.
 pub async fn reconcile(
     socket: &SocketAddress,
     wanted: &Wanted,
+    previous: Option<&Wanted>,
     attributes: &str,
     ssl: &str,
 ) -> Result<Reconciled, RuntimeError> {
-    let current = servers(socket).await?;
-    let (steps, missing) = plan(wanted, &current);
+    let (scope, (backends, current)) = match previous {
+        Some(previous) => {
+            let changed: Wanted = wanted
+                .iter()
+                .filter(|(b, s)| previous.get(*b) != Some(*s))
+                .map(|(b, s)| (b.clone(), s.clone()))
+                .collect();
+            if changed.is_empty() {
+                return Ok(Reconciled::default());
+            }
+            let names: Vec<&String> = changed.keys().collect();
+            let read = servers_of(socket, &names).await?;
+            (changed, read)
+        }
+        None => (wanted.clone(), servers(socket).await?),
+    };
+    let (steps, missing) = plan(&scope, &current, &backends);
     if !missing.is_empty() {
         return Err(RuntimeError::MissingBackends(missing));
     }
@@ -113,34 +156,34 @@ async fn sessions(socket: &SocketAddress, backend: &str, name: &str) -> Result<O
 }
 
 /// Deletes drained servers once their sessions end, or when `timeout` passes (then their
-/// remaining sessions are cut). Returns the servers deleted.
+/// remaining sessions are cut). HAProxy refuses to delete a server while it still holds
+/// idle connections, which it purges shortly after the server enters maintenance; the
+/// delete is retried until then. Returns the servers deleted.
 pub async fn finish_drains(
     socket: &SocketAddress,
     draining: &[(String, String)],
     timeout: Duration,
 ) -> Result<usize, RuntimeError> {
     let deadline = Instant::now() + timeout;
-    let mut left: Vec<&(String, String)> = draining.iter().collect();
     let mut deleted = 0;
-    while !left.is_empty() {
-        let mut still = Vec::new();
-        for server in left {
-            let (backend, name) = server;
-            let idle = matches!(sessions(socket, backend, name).await?, Some(0) | None);
-            if idle || Instant::now() >= deadline {
-                let script = [
-                    format!("set server {backend}/{name} state maint"),
-                    format!("shutdown sessions server {backend}/{name}"),
-                    format!("del server {backend}/{name}"),
-                ];
-                execute(socket, &script).await?;
-                deleted += 1;
-            } else {
-                still.push(server);
-            }
+    for (backend, name) in draining {
+        while Instant::now() < deadline && !matches!(sessions(socket, backend, name).await?, Some(0) | None) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        left = still;
-        if !left.is_empty() {
+        let stop =
+            [format!("set server {backend}/{name} state maint"), format!("shutdown sessions server {backend}/{name}")];
+        execute(socket, &stop).await?;
+        let delete = format!("del server {backend}/{name}");
+        let give_up = Instant::now().max(deadline) + Duration::from_secs(10);
+        loop {
+            let answer = run(socket, std::slice::from_ref(&delete), EXCHANGE_TIMEOUT).await?.remove(0);
+            if accepted(&delete, &answer) {
+                deleted += 1;
+                break;
+            }
+            if Instant::now() >= give_up {
+                return Err(RuntimeError::Refused { sent: 1, failed: 1, command: delete, answer });
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
