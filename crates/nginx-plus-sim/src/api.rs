@@ -119,8 +119,8 @@ fn upstream(method: &Method, name: &str, rest: &[&str], body: &[u8], state: &mut
         ["servers"] if method == Method::POST => {
             let id = upstream.next_id;
             let mut server = Server::new(id, String::new());
-            if let Err(e) = apply(&mut server, body, true) {
-                return e;
+            if let Err((code, text)) = apply(&mut server, body, true) {
+                return error(400, &text, code);
             }
             upstream.next_id += 1;
             upstream.servers.push(server.clone());
@@ -135,8 +135,8 @@ fn upstream(method: &Method, name: &str, rest: &[&str], body: &[u8], state: &mut
                 Method::GET => reply(200, &json!(upstream.servers[index])),
                 Method::PATCH => {
                     let mut server = upstream.servers[index].clone();
-                    if let Err(e) = apply(&mut server, body, false) {
-                        return e;
+                    if let Err((code, text)) = apply(&mut server, body, false) {
+                        return error(400, &text, code);
                     }
                     upstream.servers[index] = server.clone();
                     reply(200, &json!(server))
@@ -152,9 +152,12 @@ fn upstream(method: &Method, name: &str, rest: &[&str], body: &[u8], state: &mut
     }
 }
 
+/// A 400's error code and text.
+type Invalid = (&'static str, String);
+
 /// Applies a POST or PATCH body to `server`, validating as the reference lists.
-fn apply(server: &mut Server, body: &[u8], creating: bool) -> Result<(), Reply> {
-    let bad = |code: &str, text: String| error(400, &text, code);
+fn apply(server: &mut Server, body: &[u8], creating: bool) -> Result<(), Invalid> {
+    let bad = |code: &'static str, text: String| (code, text);
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         return Err(bad("UpstreamConfFormatError", "error while parsing".into()));
     };
@@ -165,8 +168,8 @@ fn apply(server: &mut Server, body: &[u8], creating: bool) -> Result<(), Reply> 
         if value.is_object() || value.is_array() {
             return Err(bad("UpstreamConfFormatError", "nested object or list".into()));
         }
-        let number = |code: &str| value.as_u64().ok_or_else(|| bad(code, format!("invalid \"{key}\"")));
-        let duration = |code: &str| match value.as_str() {
+        let number = |code: &'static str| value.as_u64().ok_or_else(|| bad(code, format!("invalid \"{key}\"")));
+        let duration = |code: &'static str| match value.as_str() {
             Some(v) if v.strip_suffix('s').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) => {
                 Ok(v.to_string())
             }
