@@ -43,6 +43,7 @@ pub(crate) struct FileConfig {
     pub failtimeoutupstream: Option<Spanned<String>>,
     pub slowstartupstream: Option<Spanned<String>>,
     pub haproxysocketaddr: Option<Spanned<String>>,
+    pub nginxplusapiaddr: Option<Spanned<String>>,
     pub haproxy_config: Option<Spanned<String>>,
     pub haproxy_template: Option<Spanned<String>>,
     pub haproxy_cmd: Option<Spanned<String>>,

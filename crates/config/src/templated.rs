@@ -27,6 +27,8 @@ pub struct TemplatedSettings {
     pub nginx_max_fails: i64,
     pub nginx_fail_timeout: String,
     pub nginx_slow_start: String,
+    /// `nginxplusapiaddr` (`host:port`): membership changes through the NGINX Plus API.
+    pub nginx_plus_api: Option<std::net::SocketAddr>,
     pub haproxy: HaproxyNaming,
 }
 
@@ -149,6 +151,25 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         }
         None => seconds(c, "nginx_slow_start", file.nginx_slow_start.as_ref()),
     };
+    let nginx_plus_api = match (&file.nginxplusapiaddr, platform) {
+        (Some(addr), ProxyPlatform::Nginx) if !addr.get_ref().trim().is_empty() => {
+            match addr.get_ref().trim().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.error(
+                        Some(addr.span()),
+                        "`nginxplusapiaddr` must be an IP address and port, such as \"127.0.0.1:8080\"",
+                    );
+                    None
+                }
+            }
+        }
+        (Some(addr), _) => {
+            c.warn(Some(addr.span()), "`nginxplusapiaddr` only applies to the nginx engine; ignored");
+            None
+        }
+        (None, _) => None,
+    };
     let or = |value: &Option<String>, default: &str| value.clone().unwrap_or_else(|| default.to_string());
     let haproxy = HaproxyNaming {
         socket_addr: text(&file.haproxysocketaddr).unwrap_or_default().to_string(),
@@ -169,6 +190,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         nginx_max_fails: max_fails,
         nginx_fail_timeout: fail_timeout,
         nginx_slow_start: slow_start,
+        nginx_plus_api,
         haproxy,
     })
 }

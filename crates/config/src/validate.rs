@@ -397,10 +397,12 @@ retries = 1
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg = check("nginxplusapiaddr = \"127.0.0.1:8080\"\nstartup_controller_sync_tries = 2\n").unwrap();
+        let cfg = check("haproxy_manage_global_server_state_file = true\nstartup_controller_sync_tries = 2\n").unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(
-            w.iter().any(|w| w.starts_with("g.toml:1:1: `nginxplusapiaddr` belongs to the NGINX Plus API mode")),
+            w.iter().any(|w| w.starts_with(
+                "g.toml:1:1: `haproxy_manage_global_server_state_file` belongs to HAProxy server-state-file management"
+            )),
             "{w:?}"
         );
         assert!(
@@ -535,7 +537,8 @@ connect_timeout = "5 fortnights"
     fn a_drove_gateway_nginx_file_selects_the_nginx_engine() {
         let cfg = check(
             "nginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"nginx.tmpl\"\nnginx_cmd = \"docker exec nginx nginx\"\n\
-             left_delimiter = \"[[\"\nright_delimiter = \"]]\"\nmaxfailsupstream = 3\nnginx_fail_timeout = \"10\"\n",
+             left_delimiter = \"[[\"\nright_delimiter = \"]]\"\nmaxfailsupstream = 3\nnginx_fail_timeout = \"10\"\n\
+             nginxplusapiaddr = \"127.0.0.1:8080\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -552,6 +555,7 @@ connect_timeout = "5 fortnights"
         );
         assert_eq!((t.left_delimiter.as_str(), t.nginx_max_fails, t.nginx_fail_timeout.as_str()), ("[[", 3, "0s"));
         assert_eq!(t.haproxy.add_server_ssl_attributes, "ssl verify none");
+        assert_eq!(t.nginx_plus_api, Some("127.0.0.1:8080".parse().unwrap()));
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(w.iter().any(|w| w.contains("`maxfailsupstream` is deprecated")), "{w:?}");
         assert!(w.iter().any(|w| w.starts_with("g.toml:7:22: `nginx_fail_timeout` must be whole seconds")), "{w:?}");

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 
 use gatehouse_templated::haproxy::{self, SocketAddress};
 use gatehouse_templated::{
-    apply, Applied, CommandLine, Deployment, Platform, RenderingData, Resolved, Resolver, Template,
+    apply, plus_wanted, reconcile_plus, Applied, CommandLine, Deployment, Platform, PlusError, PlusWanted,
+    RenderingData, Resolved, Resolver, ServerParams, Template,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -160,57 +161,123 @@ fn render_and_apply(
     apply(&text, &deployment(config, settings, reload)).map_err(|e| Failure::Config(e.to_string()))
 }
 
-/// HAProxy's stats socket, when membership changes go through the runtime API.
-fn runtime_socket(config: &Config, settings: &TemplatedSettings) -> Option<SocketAddress> {
-    let socket = settings.haproxy.socket_addr.trim();
-    (config.proxy_platform == ProxyPlatform::Haproxy && !socket.is_empty()).then(|| SocketAddress::parse(socket))
+/// Where membership changes go without a reload, when the file names one.
+enum RuntimeApi {
+    Haproxy(SocketAddress),
+    NginxPlus(std::net::SocketAddr),
 }
 
-/// Brings HAProxy's servers to `data` through the runtime API (only the backends that differ
-/// from `previous`, when given); drained servers are deleted in the background once their
-/// sessions end. Returns what was applied, for the next call's `previous`.
-async fn reconcile_servers(
-    socket: &SocketAddress,
-    data: &RenderingData,
-    resolver: &Resolver,
-    previous: Option<&haproxy::Wanted>,
-) -> Result<(haproxy::Reconciled, haproxy::Wanted), haproxy::RuntimeError> {
-    let mut addresses = std::collections::HashMap::new();
-    for host in data.apps.values().flat_map(|a| a.hosts.iter()) {
-        if !addresses.contains_key(&host.host) {
-            let resolved = resolver.resolve(&host.host, DNS_TIMEOUT).await;
-            if !matches!(resolved, Resolved::Fresh(_)) {
-                tracing::warn!(host = %host.host, ?resolved, "DNS lookup failed; the server keeps its last address");
-            }
-            addresses.insert(host.host.clone(), resolved.address().map(|ip| ip.to_string()));
+/// What the last runtime update applied, so the next one touches only what differs.
+enum AppliedMembers {
+    Haproxy(haproxy::Wanted),
+    NginxPlus(PlusWanted),
+}
+
+/// Why a runtime update did not happen.
+enum MembersError {
+    /// The config lacks a backend or upstream the routes need: reload instead.
+    NeedsReload(String),
+    Failed(String),
+}
+
+impl RuntimeApi {
+    fn of(config: &Config, settings: &TemplatedSettings) -> Option<Self> {
+        let socket = settings.haproxy.socket_addr.trim();
+        match config.proxy_platform {
+            ProxyPlatform::Haproxy if !socket.is_empty() => Some(RuntimeApi::Haproxy(SocketAddress::parse(socket))),
+            ProxyPlatform::Nginx => settings.nginx_plus_api.map(RuntimeApi::NginxPlus),
+            _ => None,
         }
     }
-    let wanted = haproxy::wanted(data, |host| addresses.get(host).cloned().flatten());
-    let done = haproxy::reconcile(
-        socket,
-        &wanted,
-        previous,
-        &data.haproxy_add_server_attributes_string,
-        &data.haproxy_add_server_ssl_attributes_string,
-    )
-    .await?;
-    if !done.draining.is_empty() {
-        let (socket, draining) = (socket.clone(), done.draining.clone());
-        tokio::spawn(async move {
-            if let Err(e) = haproxy::finish_drains(&socket, &draining, DRAIN_TIMEOUT).await {
-                tracing::warn!(error = %e, "removing drained HAProxy servers failed; the next change retries");
-            }
-        });
+
+    /// The backend (HAProxy) or upstream (nginx) names a config for `data` declares; while
+    /// they stay the same, the API suffices.
+    fn names(&self, data: &RenderingData) -> BTreeSet<String> {
+        match self {
+            RuntimeApi::Haproxy(_) => haproxy::backend_names(data),
+            RuntimeApi::NginxPlus(_) => data.apps.keys().cloned().collect(),
+        }
     }
-    Ok((done, wanted))
+
+    /// Brings the proxy's servers to `data` (only what differs from `previous`, when it is
+    /// the same kind). HAProxy's drained servers are deleted in the background once their
+    /// sessions end.
+    async fn update(
+        &self,
+        data: &RenderingData,
+        settings: &TemplatedSettings,
+        resolver: &Resolver,
+        previous: Option<&AppliedMembers>,
+    ) -> Result<(String, AppliedMembers), MembersError> {
+        let mut addresses = std::collections::HashMap::new();
+        for host in data.apps.values().flat_map(|a| a.hosts.iter()) {
+            if !addresses.contains_key(&host.host) {
+                let resolved = resolver.resolve(&host.host, DNS_TIMEOUT).await;
+                if !matches!(resolved, Resolved::Fresh(_)) {
+                    tracing::warn!(host = %host.host, ?resolved, "DNS lookup failed; the server keeps its last address");
+                }
+                addresses.insert(host.host.clone(), resolved.address().map(|ip| ip.to_string()));
+            }
+        }
+        let address = |host: &str| addresses.get(host).cloned().flatten();
+        match self {
+            RuntimeApi::Haproxy(socket) => {
+                let wanted = haproxy::wanted(data, address);
+                let previous = match previous {
+                    Some(AppliedMembers::Haproxy(w)) => Some(w),
+                    _ => None,
+                };
+                let done = haproxy::reconcile(
+                    socket,
+                    &wanted,
+                    previous,
+                    &data.haproxy_add_server_attributes_string,
+                    &data.haproxy_add_server_ssl_attributes_string,
+                )
+                .await
+                .map_err(|e| match e {
+                    haproxy::RuntimeError::MissingBackends(_) => MembersError::NeedsReload(e.to_string()),
+                    other => MembersError::Failed(other.to_string()),
+                })?;
+                if !done.draining.is_empty() {
+                    let (socket, draining) = (socket.clone(), done.draining.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = haproxy::finish_drains(&socket, &draining, DRAIN_TIMEOUT).await {
+                            tracing::warn!(error = %e, "removing drained HAProxy servers failed; the next change retries");
+                        }
+                    });
+                }
+                let summary = format!("added {}, moved {}, draining {}", done.added, done.moved, done.draining.len());
+                Ok((summary, AppliedMembers::Haproxy(wanted)))
+            }
+            RuntimeApi::NginxPlus(api) => {
+                let wanted = plus_wanted(data, address);
+                let previous = match previous {
+                    Some(AppliedMembers::NginxPlus(w)) => Some(w),
+                    _ => None,
+                };
+                let params = ServerParams {
+                    max_fails: settings.nginx_max_fails,
+                    fail_timeout: settings.nginx_fail_timeout.clone(),
+                    slow_start: settings.nginx_slow_start.clone(),
+                };
+                let done = reconcile_plus(*api, &wanted, previous, &params).await.map_err(|e| match e {
+                    PlusError::MissingUpstreams(_) => MembersError::NeedsReload(e.to_string()),
+                    other => MembersError::Failed(other.to_string()),
+                })?;
+                let summary = format!("added {}, updated {}, deleted {}", done.added, done.updated, done.deleted);
+                Ok((summary, AppliedMembers::NginxPlus(wanted)))
+            }
+        }
+    }
 }
 
 async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
     let mut applied: Option<RenderingData> = None;
-    // Backend names in the live config: while they stay, the runtime API suffices.
-    let mut live_backends: Option<BTreeSet<String>> = None;
+    // Backend or upstream names in the live config: while they stay, the API suffices.
+    let mut live_names: Option<BTreeSet<String>> = None;
     // What the last runtime update applied; `None` after a reload (read everything again).
-    let mut reconciled: Option<haproxy::Wanted> = None;
+    let mut members: Option<AppliedMembers> = None;
     let resolver = Resolver::default();
     let mut failing = false;
     loop {
@@ -235,30 +302,23 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
         let started = Instant::now();
         let now = rfc3339(SystemTime::now());
         let ok = |what: &str| Section { healthy: true, message: format!("{what} at {now}") };
-        let backends = haproxy::backend_names(&data);
-        let socket = runtime_socket(&config, &settings);
+        let api = RuntimeApi::of(&config, &settings);
+        let names = api.as_ref().map(|api| api.names(&data)).unwrap_or_default();
         // Membership only: the runtime API, then the file rewritten for the next restart.
         let mut reload = true;
-        if let Some(socket) = socket.as_ref().filter(|_| !forced && live_backends.as_ref() == Some(&backends)) {
-            match reconcile_servers(socket, &data, &resolver, reconciled.as_ref()).await {
-                Ok((done, applied_servers)) => {
-                    reconciled = Some(applied_servers);
-                    tracing::info!(
-                        added = done.added,
-                        moved = done.moved,
-                        draining = done.draining.len(),
-                        "HAProxy servers updated through the runtime API"
-                    );
+        if let Some(api) = api.as_ref().filter(|_| !forced && live_names.as_ref() == Some(&names)) {
+            match api.update(&data, &settings, &resolver, members.as_ref()).await {
+                Ok((summary, applied_members)) => {
+                    members = Some(applied_members);
+                    tracing::info!(changes = %summary, "servers updated through the runtime API");
                     engine.update_status(|s| s.runtime_api = ok("servers reconciled"));
                     reload = false;
                 }
-                Err(haproxy::RuntimeError::MissingBackends(missing)) => {
-                    tracing::info!(?missing, "HAProxy lacks some backends; reloading");
-                }
-                Err(e) => {
-                    reconciled = None;
-                    tracing::error!(error = %e, "HAProxy runtime API update failed; retrying");
-                    engine.update_status(|s| s.runtime_api = Section { healthy: false, message: e.to_string() });
+                Err(MembersError::NeedsReload(why)) => tracing::info!("{why}"),
+                Err(MembersError::Failed(message)) => {
+                    members = None;
+                    tracing::error!("runtime API update failed, retrying: {message}");
+                    engine.update_status(|s| s.runtime_api = Section { healthy: false, message });
                     metrics.reloads_failed.inc();
                     failing = true;
                     continue;
@@ -276,9 +336,9 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
             Ok(Ok(result)) => {
                 failing = false;
                 applied = Some(data);
-                live_backends = Some(backends);
+                live_names = Some(names);
                 if reload {
-                    reconciled = None;
+                    members = None;
                 }
                 metrics.template_healthy.set(1);
                 metrics.config_healthy.set(1);

@@ -29,12 +29,17 @@ fn check_accepts_good_files_and_points_at_mistakes() {
     assert_eq!(code, 1);
     assert!(stderr.starts_with(&format!("{}:2:1: unknown field `listen`", bad.display())), "{stderr}");
 
-    let nixy_text = "address = \"127.0.0.1\"\nport = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"/etc/nixy/nginx.tmpl\"\nnginx_cmd = \"nginx\"\nnginxplusapiaddr = \"127.0.0.1:8080\"\n[[namespaces]]\nname = \"stage\"\ndrove = [\"http://ctrl:4000\"]\n";
+    let nixy_text = "address = \"127.0.0.1\"\nport = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"/etc/nixy/nginx.tmpl\"\nnginx_cmd = \"nginx\"\nstartup_controller_sync_tries = 2\n[[namespaces]]\nname = \"stage\"\ndrove = [\"http://ctrl:4000\"]\n";
     let nixy = write(dir.path(), "nixy.toml", nixy_text);
     let (code, stdout, stderr) = run(&["check", "-f", nixy.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("OK"));
-    assert!(stderr.contains("nixy.toml:6:1: `nginxplusapiaddr` belongs to the NGINX Plus API mode"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "nixy.toml:6:1: `startup_controller_sync_tries` belongs to drove-gateway's blocking startup sync"
+        ),
+        "{stderr}"
+    );
     let partial = write(dir.path(), "partial.toml", "port = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\n");
     let (code, _, stderr) = run(&["check", "-f", partial.to_str().unwrap()]);
     assert_eq!(code, 1);

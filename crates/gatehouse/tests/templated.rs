@@ -63,6 +63,39 @@ impl Nginx {
     fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Gatehouse driving this nginx from `sim` with an example template; `extra` adds
+    /// top-level keys.
+    fn gatehouse_config(&self, sim: &Sim, template: &str, extra: &str) -> String {
+        let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "port = 0\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n{extra}\
+             nginx_config = \"{}\"\nnginx_template = \"{}\"\nnginx_cmd = \"{}\"\n\
+             [[namespaces]]\nname = \"stage\"\ndrove = [{}]\nleader_vhost = \"drove.test\"\n",
+            self.path("nginx.conf").display(),
+            example(template),
+            self.command,
+            urls.join(", ")
+        )
+    }
+
+    /// Starts Gatehouse on `config` with the template's port and pid variables, and waits
+    /// until nginx routes `web.test`. Returns it and nginx's listening address.
+    async fn gatehouse(&self, config: &str, port: u16) -> (Gatehouse, SocketAddr) {
+        let pid = self.path("nginx.pid").to_string_lossy().into_owned();
+        let listen = format!("127.0.0.1:{port}");
+        let gh = Gatehouse::start_with(
+            config,
+            tempfile::tempdir().unwrap(),
+            &[("GATEHOUSE_NGINX_PORT", listen.as_str()), ("GATEHOUSE_NGINX_PID", pid.as_str())],
+        );
+        let at: SocketAddr = listen.parse().unwrap();
+        eventually("web.test routed through nginx", || async {
+            get(at, "web.test", "/").await.body.starts_with("app=web-1")
+        })
+        .await;
+        (gh, at)
+    }
 }
 
 impl Drop for Nginx {
@@ -81,28 +114,8 @@ async fn nginx_follows_the_cluster_through_the_example_template() {
     let (sim, web) = cluster_with_web().await;
     let port = free_port();
     let nginx = Nginx::start(port);
-    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let template = example("nginx.tmpl");
-    let config = format!(
-        "port = 0\nxproxy = \"edge-test\"\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\n\
-         nginx_config = \"{}\"\nnginx_template = \"{template}\"\nnginx_cmd = \"{}\"\n\
-         [[namespaces]]\nname = \"stage\"\ndrove = [{}]\nleader_vhost = \"drove.test\"\n",
-        nginx.path("nginx.conf").display(),
-        nginx.command,
-        urls.join(", ")
-    );
-    let pid = nginx.path("nginx.pid").to_string_lossy().into_owned();
-    let listen = format!("127.0.0.1:{port}");
-    let gh = Gatehouse::start_with(
-        &config,
-        tempfile::tempdir().unwrap(),
-        &[("GATEHOUSE_NGINX_PORT", listen.as_str()), ("GATEHOUSE_NGINX_PID", pid.as_str())],
-    );
-    let at: SocketAddr = listen.parse().unwrap();
-    eventually("web.test routed through nginx", || async {
-        get(at, "web.test", "/").await.body.starts_with("app=web-1")
-    })
-    .await;
+    let config = nginx.gatehouse_config(&sim, "nginx.tmpl", "xproxy = \"edge-test\"\n");
+    let (gh, at) = nginx.gatehouse(&config, port).await;
     let reply = get(at, "web.test", "/").await;
     assert_eq!(reply.header("x-proxy"), "edge-test");
     assert_eq!(get(at, "unknown.test", "/").await.status, 503);
@@ -137,7 +150,7 @@ async fn nginx_follows_the_cluster_through_the_example_template() {
     let live = std::fs::read_to_string(nginx.path("nginx.conf")).unwrap();
     let broken = gh.dir.path().join("broken.tmpl");
     std::fs::write(&broken, "events {}\nhttp { server { listen 1 bogus_directive; } }\n").unwrap();
-    gh.write_config(&config.replace(&template, &broken.to_string_lossy()));
+    gh.write_config(&config.replace(&example("nginx.tmpl"), &broken.to_string_lossy()));
     assert_eq!(gh.admin_post("/v1/reload", None).await.status, 200);
     eventually("the failed check in /v1/health", || async {
         let health = gh.admin_get("/v1/health").await;
@@ -339,5 +352,37 @@ async fn haproxy_membership_changes_go_through_the_runtime_api_without_reloads()
         cfg.matches("    server server_").count() == 1
     })
     .await;
+    drop(gh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_plus_membership_changes_go_through_the_api_without_reloads() {
+    let (sim, web) = cluster_with_web().await;
+    // NGINX Plus cannot run here: nginx OSS checks, reloads and serves the zoned template,
+    // and the API fake stands for NGINX Plus's API, with the upstream the config declares.
+    let plus = nginx_plus_sim::NginxPlusSim::start(&[("web.test", true)]).await.unwrap();
+    let port = free_port();
+    let nginx = Nginx::start(port);
+    let extra =
+        format!("nginxplusapiaddr = \"{}\"\nnginx_max_fails = 2\nnginx_fail_timeout = \"5s\"\n", plus.address());
+    let config = nginx.gatehouse_config(&sim, "nginx-plus.tmpl", &extra);
+    let (gh, _) = nginx.gatehouse(&config, port).await;
+    let reloads = gh.metric("drove_gateway_reloads_successful_total").await;
+    sim.with(|c| c.scale(&web, 2)).unwrap();
+    eventually("both instances in the NGINX Plus upstream", || async { plus.servers("web.test").len() == 2 }).await;
+    let upstream = plus.upstream("web.test").unwrap();
+    assert!(upstream.servers.iter().all(|s| s.max_fails == 2 && s.fail_timeout == "5s"), "{upstream:?}");
+    assert!(upstream.servers.iter().all(|s| s.server.starts_with("127.0.0.1:")));
+    sim.with(|c| c.scale(&web, 1)).unwrap();
+    eventually("back to one server", || async { plus.servers("web.test").len() == 1 }).await;
+    assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, reloads, "membership changes did not reload");
+    eventually("nginx.conf follows for the next restart", || async {
+        let conf = std::fs::read_to_string(nginx.path("nginx.conf")).unwrap_or_default();
+        let web = conf.split("upstream web.test {").nth(1).and_then(|rest| rest.split('}').next()).unwrap_or("");
+        web.contains("zone web.test 64k;") && web.matches("server 127.0.0.1:").count() == 1
+    })
+    .await;
+    let health = gh.admin_get("/v1/health").await;
+    assert!(health.status == 200 && health.body.contains("servers reconciled"), "{}", health.body);
     drop(gh);
 }

@@ -7,10 +7,12 @@ mod data;
 mod dns;
 mod funcs;
 pub mod haproxy;
+mod nginx_plus;
 mod template;
 
 pub use apply::{apply, run, Applied, ApplyError, CommandLine, Deployment, Platform};
 pub use data::{AppData, GroupData, HostData, LeaderData, NamespaceData, RenderingData};
 pub use dns::{Resolved, Resolver};
 pub use funcs::host_port;
+pub use nginx_plus::{plus_wanted, reconcile_plus, PlusError, PlusReconciled, PlusServer, PlusWanted, ServerParams};
 pub use template::{Template, TemplateError};
