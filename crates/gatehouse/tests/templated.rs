@@ -17,15 +17,20 @@ fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).to_string_lossy().into_owned()
 }
 
-/// drove-sim with real instance servers and one app, `web.test`, at one instance.
-async fn cluster_with_web() -> (Sim, String) {
-    let sim = Sim::start(SimConfig {
+/// drove-sim with real instance servers, whose steps happen at once.
+async fn cluster() -> Sim {
+    Sim::start(SimConfig {
         serve_instances: true,
         timings: Timings { step_ms: 0, monitor_ms: 0, ..Timings::default() },
         ..SimConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// [`cluster`] with one app, `web.test`, at one instance.
+async fn cluster_with_web() -> (Sim, String) {
+    let sim = cluster().await;
     let web = sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test"), 1)).unwrap();
     (sim, web)
 }
@@ -385,4 +390,38 @@ async fn nginx_plus_membership_changes_go_through_the_api_without_reloads() {
     let health = gh.admin_get("/v1/health").await;
     assert!(health.status == 200 && health.body.contains("servers reconciled"), "{}", health.body);
     drop(gh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_routes_by_header_through_the_header_routing_example() {
+    let sim = cluster().await;
+    sim.with(|c| c.add_app(AppSpec::web("web", "1", "web.test").with_tags(&[("env", "Blue")]), 1)).unwrap();
+    sim.with(|c| c.add_app(AppSpec::web("web", "2", "web.test").with_tags(&[("env", "green")]), 1)).unwrap();
+    sim.with(|c| c.add_app(AppSpec::web("web", "3", "web.test"), 1)).unwrap();
+    let port = free_port();
+    let haproxy = Haproxy::start(port, false);
+    let extra = "haproxy_backend_include_routing_tag_suffix = true\nhaproxy_backend_name_separator = \"__\"\n";
+    let config = haproxy
+        .gatehouse_config(&sim, extra)
+        .replace(&example("haproxy.tmpl"), &example("haproxy-header-routing.tmpl"))
+        .replace("drove = [", "routing_tag = \"env\"\ndrove = [");
+    let bind = format!("127.0.0.1:{port}");
+    let _gh =
+        Gatehouse::start_with(&config, tempfile::tempdir().unwrap(), &[("GATEHOUSE_HAPROXY_BIND", bind.as_str())]);
+    let at: SocketAddr = bind.parse().unwrap();
+    let with_env = |env: &'static str| async move {
+        let req = http::Request::get("/")
+            .header("host", "web.test")
+            .header("x-request-env", env)
+            .body(bytes::Bytes::new())
+            .unwrap();
+        support::client::send(at, req).await
+    };
+    eventually("green requests reach the green app", || async {
+        with_env("GREEN").await.body.starts_with("app=web-2")
+    })
+    .await;
+    assert!(with_env("blue").await.body.starts_with("app=web-1"), "tag values match lowercased");
+    assert!(get(at, "web.test", "/").await.body.starts_with("app=web-3"), "no header: the untagged instances");
+    assert_eq!(with_env("red").await.status, 404, "an unknown group goes to no-match");
 }
