@@ -35,6 +35,21 @@ async fn cluster_with_web() -> (Sim, String) {
     (sim, web)
 }
 
+/// Successful reloads so far, once the count has held still for longer than the engine's
+/// one-second spacing of reloads (it moves just after the proxy has the new config).
+async fn recorded_reloads(gh: &Gatehouse) -> f64 {
+    let mut last = gh.metric("drove_gateway_reloads_successful_total").await;
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let now = gh.metric("drove_gateway_reloads_successful_total").await;
+        if now == last && now > 0.0 {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the reload count never settled");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -327,7 +342,7 @@ async fn haproxy_membership_changes_go_through_the_runtime_api_without_reloads()
     // The first config (new backend web.test) took a reload; wait for it to settle.
     eventually("one worker after the reload", || async { !haproxy.worker_pid().contains('\n') }).await;
     let worker = haproxy.worker_pid();
-    let reloads = gh.metric("drove_gateway_reloads_successful_total").await;
+    let reloads = recorded_reloads(&gh).await;
 
     sim.with(|c| c.scale(&web, 3)).unwrap();
     eventually("three instances behind haproxy", || async {
@@ -372,7 +387,7 @@ async fn nginx_plus_membership_changes_go_through_the_api_without_reloads() {
         format!("nginxplusapiaddr = \"{}\"\nnginx_max_fails = 2\nnginx_fail_timeout = \"5s\"\n", plus.address());
     let config = nginx.gatehouse_config(&sim, "nginx-plus.tmpl", &extra);
     let (gh, _) = nginx.gatehouse(&config, port).await;
-    let reloads = gh.metric("drove_gateway_reloads_successful_total").await;
+    let reloads = recorded_reloads(&gh).await;
     sim.with(|c| c.scale(&web, 2)).unwrap();
     eventually("both instances in the NGINX Plus upstream", || async { plus.servers("web.test").len() == 2 }).await;
     let upstream = plus.upstream("web.test").unwrap();
