@@ -14,14 +14,9 @@ use crate::ProxyPlatform;
 /// Everything the nginx or HAProxy engine needs from the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplatedSettings {
-    /// The live config file the proxy reads.
-    pub config_path: PathBuf,
-    pub template_path: PathBuf,
-    /// Command prefix for the check (`nginx_cmd` / `haproxy_cmd`); `None` skips the check.
-    pub check_command: Option<String>,
-    /// nginx: `nginx_cmd` (` -s reload` is appended); HAProxy: `haproxy_reload_cmd` as written.
-    /// With `haproxysocketaddr`, HAProxy reloads only when the set of backends changes.
-    pub reload_command: String,
+    /// The rendered config; `None` with `*_reload_disabled`, where the runtime API does
+    /// everything and nothing is rendered or reloaded.
+    pub files: Option<ConfigFiles>,
     pub left_delimiter: String,
     pub right_delimiter: String,
     pub nginx_max_fails: i64,
@@ -30,6 +25,19 @@ pub struct TemplatedSettings {
     /// `nginxplusapiaddr` (`host:port`): membership changes through the NGINX Plus API.
     pub nginx_plus_api: Option<std::net::SocketAddr>,
     pub haproxy: HaproxyNaming,
+}
+
+/// Where the rendered config goes and how the proxy checks and reloads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigFiles {
+    /// The live config file the proxy reads.
+    pub config_path: PathBuf,
+    pub template_path: PathBuf,
+    /// Command prefix for the check (`nginx_cmd` / `haproxy_cmd`); `None` skips the check.
+    pub check_command: Option<String>,
+    /// nginx: `nginx_cmd` (` -s reload` is appended); HAProxy: `haproxy_reload_cmd` as written.
+    /// With a runtime API, a reload happens only when the set of vhosts or backends changes.
+    pub reload_command: String,
 }
 
 /// drove-gateway's HAProxy keys that templates read.
@@ -42,6 +50,53 @@ pub struct HaproxyNaming {
     pub server_name_host_port_separator: String,
     pub backend_name_separator: String,
     pub backend_include_routing_tag_suffix: bool,
+}
+
+type Keys<'a> = (&'a Option<Spanned<String>>, &'a Option<Spanned<String>>, &'a Option<Spanned<String>>, Option<bool>);
+
+/// The config file, template and commands; `None` (with errors recorded) when one is missing.
+fn config_files(
+    c: &mut Checker<'_>,
+    file: &FileConfig,
+    platform: ProxyPlatform,
+    name: &str,
+    (config, template, check, ignore_check): Keys<'_>,
+) -> Option<ConfigFiles> {
+    // A missing key is reported where the platform was chosen: `proxy_platform`, or the
+    // first key of the engine that implied it.
+    let platform_span =
+        file.proxy_platform.as_ref().or(config.as_ref()).or(template.as_ref()).or(check.as_ref()).map(Spanned::span);
+    let mut required = |key: &str, value: &Option<Spanned<String>>| match text(value) {
+        Some(v) => Some(v.to_string()),
+        None => {
+            let span = value.as_ref().map(Spanned::span).or_else(|| platform_span.clone());
+            c.error(span, format!("the {name} engine needs `{key}`"));
+            None
+        }
+    };
+    let config_path = required(&format!("{name}_config"), config);
+    let template_path = required(&format!("{name}_template"), template);
+    let ignore_check = ignore_check.unwrap_or(false);
+    // nginx checks and reloads with `nginx_cmd`; HAProxy checks with `haproxy_cmd` and
+    // reloads with `haproxy_reload_cmd`.
+    let command =
+        if platform == ProxyPlatform::Nginx || !ignore_check { required(&format!("{name}_cmd"), check) } else { None };
+    let reload_command = match platform {
+        ProxyPlatform::Nginx => command.clone(),
+        _ => required("haproxy_reload_cmd", &file.haproxy_reload_cmd),
+    };
+    let check_command = if ignore_check {
+        c.warn(None, format!("`{name}_ignore_check` is set: rendered configs go live without `{name}` checking them"));
+        None
+    } else {
+        command
+    };
+    Some(ConfigFiles {
+        config_path: c.resolve(&config_path?),
+        template_path: c.resolve(&template_path?),
+        check_command,
+        reload_command: reload_command?,
+    })
 }
 
 fn text(value: &Option<Spanned<String>>) -> Option<&str> {
@@ -94,40 +149,26 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         ProxyPlatform::Nginx => "nginx",
         _ => "haproxy",
     };
-    if let Some(flag) = reload_disabled.as_ref().filter(|f| *f.get_ref()) {
+    let api_only = reload_disabled.as_ref().filter(|f| *f.get_ref());
+    let has_api = match platform {
+        ProxyPlatform::Nginx => text(&file.nginxplusapiaddr).is_some(),
+        _ => text(&file.haproxysocketaddr).is_some(),
+    };
+    if let Some(flag) = api_only.filter(|_| !has_api) {
+        let api = if platform == ProxyPlatform::Nginx { "nginxplusapiaddr" } else { "haproxysocketaddr" };
         c.error(
             Some(flag.span()),
-            format!("`{name}_reload_disabled` needs the runtime API mode, which this build does not have yet"),
+            format!("`{name}_reload_disabled` needs `{api}`: without reloads only the runtime API can change servers"),
         );
     }
-    // A missing key is reported where the platform was chosen: `proxy_platform`, or the
-    // first key of the engine that implied it.
-    let platform_span =
-        file.proxy_platform.as_ref().or(config.as_ref()).or(template.as_ref()).or(check.as_ref()).map(Spanned::span);
-    let mut required = |key: &str, value: &Option<Spanned<String>>| match text(value) {
-        Some(v) => Some(v.to_string()),
-        None => {
-            let span = value.as_ref().map(Spanned::span).or_else(|| platform_span.clone());
-            c.error(span, format!("the {name} engine needs `{key}`"));
-            None
-        }
-    };
-    let config_path = required(&format!("{name}_config"), config);
-    let template_path = required(&format!("{name}_template"), template);
-    let ignore_check = ignore_check.unwrap_or(false);
-    // nginx checks and reloads with `nginx_cmd`; HAProxy checks with `haproxy_cmd` and
-    // reloads with `haproxy_reload_cmd`.
-    let command =
-        if platform == ProxyPlatform::Nginx || !ignore_check { required(&format!("{name}_cmd"), check) } else { None };
-    let reload_command = match platform {
-        ProxyPlatform::Nginx => command.clone(),
-        _ => required("haproxy_reload_cmd", &file.haproxy_reload_cmd),
-    };
-    let check_command = if ignore_check {
-        c.warn(None, format!("`{name}_ignore_check` is set: rendered configs go live without `{name}` checking them"));
+    let files = if api_only.is_some() {
+        c.warn(
+            api_only.map(Spanned::span),
+            format!("`{name}_reload_disabled`: nothing is rendered or reloaded; a new vhost needs the proxy's config changed by hand"),
+        );
         None
     } else {
-        command
+        config_files(c, file, platform, name, (config, template, check, ignore_check))
     };
     let alias = |c: &mut Checker<'_>, old: &str, new: &str, span| {
         c.warn(Some(span), format!("`{old}` is deprecated, please use `{new}` instead (it overrides `{new}`)"));
@@ -181,10 +222,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         backend_include_routing_tag_suffix: file.haproxy_backend_include_routing_tag_suffix.unwrap_or(false),
     };
     Some(TemplatedSettings {
-        config_path: c.resolve(&config_path?),
-        template_path: c.resolve(&template_path?),
-        check_command,
-        reload_command: reload_command?,
+        files,
         left_delimiter: or(&file.left_delimiter, "{{"),
         right_delimiter: or(&file.right_delimiter, "}}"),
         nginx_max_fails: max_fails,

@@ -547,10 +547,11 @@ connect_timeout = "5 fortnights"
             "nginx keys and no proxy_platform: nginx, as drove-gateway"
         );
         let t = cfg.templated.unwrap();
-        assert_eq!(t.config_path, Path::new("/etc/nginx/nginx.conf"));
-        assert_eq!(t.template_path, Path::new("nginx.tmpl"), "relative to the file's folder");
+        let f = t.files.as_ref().unwrap();
+        assert_eq!(f.config_path, Path::new("/etc/nginx/nginx.conf"));
+        assert_eq!(f.template_path, Path::new("nginx.tmpl"), "relative to the file's folder");
         assert_eq!(
-            (t.check_command.as_deref(), t.reload_command.as_str()),
+            (f.check_command.as_deref(), f.reload_command.as_str()),
             (Some("docker exec nginx nginx"), "docker exec nginx nginx")
         );
         assert_eq!((t.left_delimiter.as_str(), t.nginx_max_fails, t.nginx_fail_timeout.as_str()), ("[[", 3, "0s"));
@@ -563,23 +564,28 @@ connect_timeout = "5 fortnights"
 
     #[test]
     fn templated_engines_say_what_they_miss() {
-        let err = check("proxy_platform = \"haproxy\"\nhaproxy_config = \"h.cfg\"\nhaproxy_reload_disabled = true\n")
-            .unwrap_err();
+        let err = check("proxy_platform = \"haproxy\"\nhaproxy_config = \"h.cfg\"\n").unwrap_err();
         for needle in [
             "g.toml:1:18: the haproxy engine needs `haproxy_template`",
             "g.toml:1:18: the haproxy engine needs `haproxy_cmd`",
             "g.toml:1:18: the haproxy engine needs `haproxy_reload_cmd`",
-            "g.toml:3:27: `haproxy_reload_disabled` needs the runtime API mode",
         ] {
             assert!(err.contains(needle), "{needle} in\n{err}");
         }
+        let err = check("proxy_platform = \"haproxy\"\nhaproxy_reload_disabled = true\n").unwrap_err();
+        assert!(err.contains("g.toml:2:27: `haproxy_reload_disabled` needs `haproxysocketaddr`"), "{err}");
         let cfg = check(
             "proxy_platform = \"haproxy\"\nhaproxy_config = \"h.cfg\"\nhaproxy_template = \"h.tmpl\"\n\
              haproxy_ignore_check = true\nhaproxy_reload_cmd = \"systemctl reload haproxy\"\n",
         )
         .unwrap();
-        let t = cfg.templated.unwrap();
-        assert_eq!((t.check_command, t.reload_command.as_str()), (None, "systemctl reload haproxy"));
+        let f = cfg.templated.unwrap().files.unwrap();
+        assert_eq!((f.check_command, f.reload_command.as_str()), (None, "systemctl reload haproxy"));
+        let api_only = check(
+            "proxy_platform = \"haproxy\"\nhaproxysocketaddr = \"/run/haproxy.sock\"\nhaproxy_reload_disabled = true\n",
+        )
+        .unwrap();
+        assert_eq!(api_only.templated.unwrap().files, None, "no file, template or command needed");
         assert_eq!(check("").unwrap().proxy_platform, ProxyPlatform::Native);
     }
 }

@@ -138,11 +138,9 @@ fn render(path: &std::path::Path, state: Option<&std::path::Path>) -> anyhow::Re
     };
     let namespaces: Vec<_> = config.drove.namespaces.iter().zip(views).collect();
     let data = rendering::rendering_data(&config, &settings, &gateway::xproxy(&config), &namespaces);
-    let template = gatehouse_templated::Template::load(
-        &settings.template_path,
-        &settings.left_delimiter,
-        &settings.right_delimiter,
-    )?;
+    let files = settings.files.as_ref().context("`render` needs a template; reloads are disabled, so there is none")?;
+    let template =
+        gatehouse_templated::Template::load(&files.template_path, &settings.left_delimiter, &settings.right_delimiter)?;
     print!("{}", template.render(&data, &clock::go_time(std::time::SystemTime::now()))?);
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use gatehouse_config::{Config, ProxyPlatform, TemplatedSettings};
+use gatehouse_config::{Config, ConfigFiles, ProxyPlatform, TemplatedSettings};
 use std::collections::BTreeSet;
 
 use gatehouse_templated::haproxy::{self, SocketAddress};
@@ -65,8 +65,13 @@ pub struct TemplatedEngine {
 }
 
 impl TemplatedEngine {
-    pub fn start(gateway: Weak<Gateway>) -> Arc<Self> {
-        let pending = Section { healthy: false, message: "pending first check".into() };
+    /// `api_only`: reloads are disabled (`*_reload_disabled`), so nothing is rendered.
+    pub fn start(gateway: Weak<Gateway>, api_only: bool) -> Arc<Self> {
+        let pending = if api_only {
+            Section { healthy: true, message: "OK: reloads are disabled; the runtime API does everything".into() }
+        } else {
+            Section { healthy: false, message: "pending first check".into() }
+        };
         let runtime_api = Section { healthy: true, message: "OK: not in use, every change is a reload".into() };
         let engine = Arc::new(TemplatedEngine {
             changed: Notify::new(),
@@ -124,16 +129,16 @@ impl TemplatedEngine {
 }
 
 /// `reload: false` writes the file for the next restart without reloading (runtime API mode).
-fn deployment(config: &Config, settings: &TemplatedSettings, reload: bool) -> Deployment {
+fn deployment(config: &Config, files: &ConfigFiles, reload: bool) -> Deployment {
     let platform = match config.proxy_platform {
         ProxyPlatform::Haproxy => Platform::Haproxy,
         _ => Platform::Nginx,
     };
-    let command = CommandLine::parse(&settings.reload_command);
+    let command = CommandLine::parse(&files.reload_command);
     Deployment {
         platform,
-        config_path: settings.config_path.clone(),
-        check: settings.check_command.as_deref().and_then(CommandLine::parse),
+        config_path: files.config_path.clone(),
+        check: files.check_command.as_deref().and_then(CommandLine::parse),
         reload: Deployment::reload_command(platform, command.as_ref(), command.as_ref()).filter(|_| reload),
         command_timeout: COMMAND_TIMEOUT,
     }
@@ -149,16 +154,17 @@ enum Failure {
 fn render_and_apply(
     config: &Config,
     settings: &TemplatedSettings,
+    files: &ConfigFiles,
     data: &RenderingData,
     reload: bool,
     metrics: &gatehouse_metrics::TemplatedMetrics,
 ) -> Result<Applied, Failure> {
     let started = Instant::now();
-    let rendered = Template::load(&settings.template_path, &settings.left_delimiter, &settings.right_delimiter)
+    let rendered = Template::load(&files.template_path, &settings.left_delimiter, &settings.right_delimiter)
         .and_then(|t| t.render(data, &go_time(SystemTime::now())));
     metrics.render_seconds(rendered.is_ok(), started.elapsed().as_secs_f64());
     let text = rendered.map_err(|e| Failure::Template(e.to_string()))?;
-    apply(&text, &deployment(config, settings, reload)).map_err(|e| Failure::Config(e.to_string()))
+    apply(&text, &deployment(config, files, reload)).map_err(|e| Failure::Config(e.to_string()))
 }
 
 /// Where membership changes go without a reload, when the file names one.
@@ -304,15 +310,29 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
         let ok = |what: &str| Section { healthy: true, message: format!("{what} at {now}") };
         let api = RuntimeApi::of(&config, &settings);
         let names = api.as_ref().map(|api| api.names(&data)).unwrap_or_default();
+        // Without files (`*_reload_disabled`) the API is all there is.
+        let api_only = settings.files.is_none();
         // Membership only: the runtime API, then the file rewritten for the next restart.
         let mut reload = true;
-        if let Some(api) = api.as_ref().filter(|_| !forced && live_names.as_ref() == Some(&names)) {
+        if let Some(api) = api.as_ref().filter(|_| api_only || (!forced && live_names.as_ref() == Some(&names))) {
             match api.update(&data, &settings, &resolver, members.as_ref()).await {
                 Ok((summary, applied_members)) => {
                     members = Some(applied_members);
                     tracing::info!(changes = %summary, "servers updated through the runtime API");
                     engine.update_status(|s| s.runtime_api = ok("servers reconciled"));
                     reload = false;
+                    if api_only {
+                        failing = false;
+                        applied = Some(data);
+                        continue;
+                    }
+                }
+                Err(MembersError::NeedsReload(why)) if api_only => {
+                    let message = format!("{why}, and reloads are disabled: add it to the proxy's config by hand");
+                    tracing::error!("{message}");
+                    engine.update_status(|s| s.runtime_api = Section { healthy: false, message });
+                    failing = true;
+                    continue;
                 }
                 Err(MembersError::NeedsReload(why)) => tracing::info!("{why}"),
                 Err(MembersError::Failed(message)) => {
@@ -325,11 +345,12 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
                 }
             }
         }
+        let Some(files) = settings.files.clone() else { continue };
         let job_data = data.clone();
         let job_config = config.clone();
         let job_metrics = metrics.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            render_and_apply(&job_config, &settings, &job_data, reload, &job_metrics)
+            render_and_apply(&job_config, &settings, &files, &job_data, reload, &job_metrics)
         })
         .await;
         match outcome {

@@ -247,10 +247,11 @@ impl Haproxy {
             .unwrap();
         assert!(status.success(), "haproxy did not start");
         let haproxy = Haproxy { dir };
-        // The daemon writes its pid file a moment after the command returns.
+        // The daemon writes its pid file a moment after the command returns, and catches
+        // SIGUSR2 (reload) a moment later still; before that, SIGUSR2 would kill it.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while haproxy.master_pid().is_empty() {
-            assert!(Instant::now() < deadline, "haproxy wrote no pid file");
+        while !haproxy.catches_reload() {
+            assert!(Instant::now() < deadline, "haproxy's master never got ready for reloads");
             std::thread::sleep(Duration::from_millis(10));
         }
         haproxy
@@ -279,6 +280,13 @@ impl Haproxy {
             self.master_pid(),
             urls.join(", ")
         )
+    }
+
+    /// Whether the master process has its SIGUSR2 handler (bit 11 of `SigCgt`).
+    fn catches_reload(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.master_pid())).unwrap_or_default();
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+        u64::from_str_radix(caught, 16).is_ok_and(|mask| mask & (1 << 11) != 0)
     }
 
     fn master_pid(&self) -> String {
@@ -439,4 +447,49 @@ async fn haproxy_routes_by_header_through_the_header_routing_example() {
     assert!(with_env("blue").await.body.starts_with("app=web-1"), "tag values match lowercased");
     assert!(get(at, "web.test", "/").await.body.starts_with("app=web-3"), "no header: the untagged instances");
     assert_eq!(with_env("red").await.status, 404, "an unknown group goes to no-match");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
+    let (sim, web) = cluster_with_web().await;
+    let port = free_port();
+    let haproxy = Haproxy::start(port, true);
+    let socket = gatehouse_templated::haproxy::SocketAddress::parse(&haproxy.path("admin.sock").to_string_lossy());
+    let has_web = || async {
+        gatehouse_templated::haproxy::servers(&socket).await.is_ok_and(|(backends, _)| backends.contains("web.test"))
+    };
+    // The operator's own config already routes web.test to an empty backend.
+    let cfg = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap().replace(
+        "    http-request deny deny_status 503\n",
+        "    use_backend %[req.hdr(host),lower,word(1,:)]\nbackend web.test\n    balance roundrobin\n",
+    );
+    std::fs::write(haproxy.path("haproxy.cfg"), &cfg).unwrap();
+    Command::new("kill").args(["-USR2", &haproxy.master_pid()]).status().unwrap();
+    eventually("haproxy reloaded the operator's config", has_web).await;
+    let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let config = format!(
+        "port = 0\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\nproxy_platform = \"haproxy\"\n\
+         haproxy_reload_disabled = true\nhaproxysocketaddr = \"{}\"\n[[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
+        haproxy.path("admin.sock").display(),
+        urls.join(", ")
+    );
+    let gh = Gatehouse::start(&config);
+    let at = SocketAddr::from(([127, 0, 0, 1], port));
+    eventually("web.test served through servers added by the API", || async {
+        get(at, "web.test", "/").await.body.starts_with("app=web-1")
+    })
+    .await;
+    sim.with(|c| c.scale(&web, 2)).unwrap();
+    eventually("two servers", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 2
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap(), cfg, "nothing rendered");
+    assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, 0.0);
+    let health = gh.admin_get("/v1/health").await;
+    assert!(health.status == 200 && health.body.contains("reloads are disabled"), "{}", health.body);
 }
