@@ -12,8 +12,6 @@ pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
     ("port_tls_certfile", "admin API TLS"),
     ("port_tls_keyfile", "admin API TLS"),
     ("haproxy_disable_large_backend_count_optimisation", "drove-gateway's per-backend state reads (Gatehouse reads only the backends that changed)"),
-    ("haproxy_manage_global_server_state_file", "HAProxy server-state-file management"),
-    ("haproxy_global_server_state_file_path", "HAProxy server-state-file management"),
     // Keys drove-gateway 2.1 itself ignores (single-cluster and Marathon eras).
     ("drove", "drove-gateway's single-cluster era (use [[namespaces]])"),
     ("user", "drove-gateway's single-cluster era (use [[namespaces]])"),

@@ -56,6 +56,8 @@ pub(crate) struct FileConfig {
     pub haproxy_backend_include_routing_tag_suffix: Option<bool>,
     pub haproxy_add_server_attributes_string: Option<String>,
     pub haproxy_add_server_ssl_attributes_string: Option<String>,
+    pub haproxy_manage_global_server_state_file: Option<Spanned<bool>>,
+    pub haproxy_global_server_state_file_path: Option<Spanned<String>>,
 }
 
 /// drove-gateway 2.1's `[[namespaces]]` table.

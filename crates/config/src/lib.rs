@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use drove::{ControllerUrl, Credentials, DroveSettings, Environment, NamespaceSettings};
-pub use templated::{ConfigFiles, HaproxyNaming, TemplatedSettings};
+pub use templated::{ConfigFiles, HaproxyNaming, HaproxyStateFile, TemplatedSettings};
 
 /// Which engine carries the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

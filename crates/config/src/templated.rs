@@ -24,6 +24,10 @@ pub struct TemplatedSettings {
     pub nginx_slow_start: String,
     /// `nginxplusapiaddr` (`host:port`): membership changes through the NGINX Plus API.
     pub nginx_plus_api: Option<std::net::SocketAddr>,
+    /// `haproxy_manage_global_server_state_file`: where the servers are saved after each
+    /// runtime update, and the config whose `#DROVE-SERVERS-BEGIN` blocks
+    /// `gatehouse sync-haproxy-state-config` fills from it.
+    pub haproxy_state_file: Option<HaproxyStateFile>,
     pub haproxy: HaproxyNaming,
 }
 
@@ -38,6 +42,13 @@ pub struct ConfigFiles {
     /// nginx: `nginx_cmd` (` -s reload` is appended); HAProxy: `haproxy_reload_cmd` as written.
     /// With a runtime API, a reload happens only when the set of vhosts or backends changes.
     pub reload_command: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaproxyStateFile {
+    pub path: PathBuf,
+    /// `haproxy_config`, the operator's file with the managed blocks.
+    pub config_path: Option<PathBuf>,
 }
 
 /// drove-gateway's HAProxy keys that templates read.
@@ -211,6 +222,23 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         }
         (None, _) => None,
     };
+    let haproxy_state_file = match &file.haproxy_manage_global_server_state_file {
+        Some(flag) if *flag.get_ref() => match (platform, text(&file.haproxy_global_server_state_file_path)) {
+            (ProxyPlatform::Haproxy, Some(path)) => Some(HaproxyStateFile {
+                path: c.resolve(path),
+                config_path: text(&file.haproxy_config).map(|p| c.resolve(p)),
+            }),
+            (ProxyPlatform::Haproxy, None) => {
+                c.error(
+                    Some(flag.span()),
+                    "`haproxy_manage_global_server_state_file` needs `haproxy_global_server_state_file_path` (HAProxy's `server-state-file`)",
+                );
+                None
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     let or = |value: &Option<String>, default: &str| value.clone().unwrap_or_else(|| default.to_string());
     let haproxy = HaproxyNaming {
         socket_addr: text(&file.haproxysocketaddr).unwrap_or_default().to_string(),
@@ -229,6 +257,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         nginx_fail_timeout: fail_timeout,
         nginx_slow_start: slow_start,
         nginx_plus_api,
+        haproxy_state_file,
         haproxy,
     })
 }

@@ -397,11 +397,12 @@ retries = 1
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg = check("haproxy_manage_global_server_state_file = true\nstartup_controller_sync_tries = 2\n").unwrap();
+        let cfg = check("haproxy_disable_large_backend_count_optimisation = true\nstartup_controller_sync_tries = 2\n")
+            .unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(
             w.iter().any(|w| w.starts_with(
-                "g.toml:1:1: `haproxy_manage_global_server_state_file` belongs to HAProxy server-state-file management"
+                "g.toml:1:1: `haproxy_disable_large_backend_count_optimisation` belongs to drove-gateway's per-backend"
             )),
             "{w:?}"
         );
@@ -586,6 +587,13 @@ connect_timeout = "5 fortnights"
         )
         .unwrap();
         assert_eq!(api_only.templated.unwrap().files, None, "no file, template or command needed");
+        let err = check("proxy_platform = \"haproxy\"\nhaproxysocketaddr = \"/s\"\nhaproxy_reload_disabled = true\nhaproxy_manage_global_server_state_file = true\n").unwrap_err();
+        assert!(
+            err.contains(
+                "g.toml:4:43: `haproxy_manage_global_server_state_file` needs `haproxy_global_server_state_file_path`"
+            ),
+            "{err}"
+        );
         assert_eq!(check("").unwrap().proxy_platform, ProxyPlatform::Native);
     }
 }

@@ -46,12 +46,14 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         // drove-gateway's `Config` is the rendered proxy config; a failed Gatehouse reload
         // still shows first.
         let engine = engine.status();
-        healthy &= engine.config.healthy && engine.template.healthy && engine.runtime_api.healthy;
+        healthy &=
+            engine.config.healthy && engine.template.healthy && engine.runtime_api.healthy && engine.state_file.healthy;
         if status.healthy {
             body["Config"] = json!(engine.config);
         }
         body["Template"] = json!(engine.template);
         body["UpstreamUpdatesViaAPI"] = json!(engine.runtime_api);
+        body["ServerStateFileUpdate"] = json!(engine.state_file);
     }
     if let Some(drove) = gw.drove() {
         healthy &= drove_health(drove, &mut body);

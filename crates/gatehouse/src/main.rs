@@ -64,6 +64,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
     },
+    /// Fill the `#DROVE-SERVERS-BEGIN <backend>` blocks of `haproxy_config` from the saved
+    /// server state, before HAProxy starts or reloads (drove-gateway's
+    /// `-sync-haproxy-state-config`, which works too).
+    SyncHaproxyStateConfig,
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -78,13 +82,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // drove-gateway's systemd drop-ins call `nixy -sync-haproxy-state-config -f FILE`.
+    let args =
+        std::env::args()
+            .map(|a| if a == "-sync-haproxy-state-config" { "sync-haproxy-state-config".into() } else { a });
+    let cli = Cli::parse_from(args);
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
         (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
+        (Some(Command::SyncHaproxyStateConfig), Some(path)) => sync_haproxy_state_config(&path),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
-        (Some(Command::Check | Command::Run | Command::Render { .. }), None) => {
+        (Some(Command::Check | Command::Run | Command::Render { .. } | Command::SyncHaproxyStateConfig), None) => {
             eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
             return ExitCode::from(2);
         }
@@ -142,6 +151,43 @@ fn render(path: &std::path::Path, state: Option<&std::path::Path>) -> anyhow::Re
     let template =
         gatehouse_templated::Template::load(&files.template_path, &settings.left_delimiter, &settings.right_delimiter)?;
     print!("{}", template.render(&data, &clock::go_time(std::time::SystemTime::now()))?);
+    Ok(())
+}
+
+fn sync_haproxy_state_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = gatehouse_config::load(path)?;
+    let settings =
+        config.templated.as_ref().filter(|_| config.proxy_platform == gatehouse_config::ProxyPlatform::Haproxy);
+    let state = settings
+        .and_then(|t| t.haproxy_state_file.clone())
+        .context("needs proxy_platform = \"haproxy\" and haproxy_manage_global_server_state_file = true")?;
+    let target = state.config_path.context("needs `haproxy_config`: the file with the #DROVE-SERVERS-BEGIN blocks")?;
+    let text = std::fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
+    anyhow::ensure!(!text.contains('\0'), "{} has NUL bytes", target.display());
+    let saved = match std::fs::read_to_string(&state.path) {
+        Ok(saved) => Some(gatehouse_templated::haproxy::saved_servers(&saved)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("gatehouse: {} does not exist yet; the managed blocks are emptied", state.path.display());
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", state.path.display())),
+    };
+    let naming = settings.map(|t| &t.haproxy);
+    let rewritten = gatehouse_templated::haproxy::rewrite_blocks(
+        &text,
+        saved.as_ref(),
+        naming.map_or("", |h| &h.add_server_attributes),
+        naming.map_or("", |h| &h.add_server_ssl_attributes),
+    )
+    .with_context(|| format!("{}", target.display()))?;
+    if rewritten == text {
+        println!("{}: servers already current", target.display());
+    } else {
+        gatehouse_files::replace(&target, rewritten.as_bytes())
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        let servers = saved.as_ref().map_or(0, |s| s.values().map(Vec::len).sum::<usize>());
+        println!("{}: managed blocks rewritten ({servers} saved servers)", target.display());
+    }
     Ok(())
 }
 

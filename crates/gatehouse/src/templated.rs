@@ -52,6 +52,8 @@ pub struct EngineStatus {
     pub template: Section,
     #[serde(rename = "UpstreamUpdatesViaAPI")]
     pub runtime_api: Section,
+    #[serde(rename = "ServerStateFileUpdate")]
+    pub state_file: Section,
 }
 
 pub struct TemplatedEngine {
@@ -78,7 +80,12 @@ impl TemplatedEngine {
             forced: AtomicBool::new(true),
             restarting: AtomicBool::new(false),
             restarted: Notify::new(),
-            status: Mutex::new(EngineStatus { config: pending.clone(), template: pending, runtime_api }),
+            status: Mutex::new(EngineStatus {
+                config: pending.clone(),
+                template: pending,
+                runtime_api,
+                state_file: Section { healthy: true, message: "server state file management disabled".into() },
+            }),
         });
         engine.changed.notify_one();
         tokio::spawn(run(engine.clone(), gateway));
@@ -278,6 +285,19 @@ impl RuntimeApi {
     }
 }
 
+/// With `haproxy_manage_global_server_state_file`, saves HAProxy's servers after a change.
+async fn save_server_state(engine: &TemplatedEngine, api: &RuntimeApi, settings: &TemplatedSettings) {
+    let (RuntimeApi::Haproxy(socket), Some(state)) = (api, &settings.haproxy_state_file) else { return };
+    let section = match haproxy::save_state(socket, &state.path).await {
+        Ok(()) => Section { healthy: true, message: format!("saved to {}", state.path.display()) },
+        Err(message) => {
+            tracing::error!("HAProxy server state not saved: {message}");
+            Section { healthy: false, message }
+        }
+    };
+    engine.update_status(|s| s.state_file = section);
+}
+
 async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
     let mut applied: Option<RenderingData> = None;
     // Backend or upstream names in the live config: while they stay, the API suffices.
@@ -320,6 +340,7 @@ async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
                     members = Some(applied_members);
                     tracing::info!(changes = %summary, "servers updated through the runtime API");
                     engine.update_status(|s| s.runtime_api = ok("servers reconciled"));
+                    save_server_state(&engine, api, &settings).await;
                     reload = false;
                     if api_only {
                         failing = false;

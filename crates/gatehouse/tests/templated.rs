@@ -461,7 +461,8 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
     // The operator's own config already routes web.test to an empty backend.
     let cfg = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap().replace(
         "    http-request deny deny_status 503\n",
-        "    use_backend %[req.hdr(host),lower,word(1,:)]\nbackend web.test\n    balance roundrobin\n",
+        "    use_backend %[req.hdr(host),lower,word(1,:)]\nbackend web.test\n    balance roundrobin\n    \
+         #DROVE-SERVERS-BEGIN web.test\n    #DROVE-SERVERS-END\n",
     );
     std::fs::write(haproxy.path("haproxy.cfg"), &cfg).unwrap();
     Command::new("kill").args(["-USR2", &haproxy.master_pid()]).status().unwrap();
@@ -469,8 +470,12 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
     let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let config = format!(
         "port = 0\nevent_refresh_interval_sec = 0.1\nstate_persistence_enabled = false\nproxy_platform = \"haproxy\"\n\
-         haproxy_reload_disabled = true\nhaproxysocketaddr = \"{}\"\n[[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
+         haproxy_reload_disabled = true\nhaproxysocketaddr = \"{}\"\nhaproxy_config = \"{}\"\n\
+         haproxy_manage_global_server_state_file = true\nhaproxy_global_server_state_file_path = \"{}\"\n\
+         [[namespaces]]\nname = \"stage\"\ndrove = [{}]\n",
         haproxy.path("admin.sock").display(),
+        haproxy.path("haproxy.cfg").display(),
+        haproxy.path("server-state").display(),
         urls.join(", ")
     );
     let gh = Gatehouse::start(&config);
@@ -492,4 +497,34 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
     assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, 0.0);
     let health = gh.admin_get("/v1/health").await;
     assert!(health.status == 200 && health.body.contains("reloads are disabled"), "{}", health.body);
+    eventually("both servers saved", || async {
+        std::fs::read_to_string(haproxy.path("server-state")).unwrap_or_default().matches(" web.test ").count() == 2
+    })
+    .await;
+
+    // Before a restart, drove-gateway's drop-in fills the managed block from the saved state;
+    // the restarted HAProxy then has the servers without Gatehouse.
+    let out = Command::new(support::binary())
+        .args(["-sync-haproxy-state-config", "-f", &gh.config_path.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let synced = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap();
+    assert_eq!(synced.matches("    server server_127.0.0.1_").count(), 2, "{synced}");
+    drop(gh);
+    let worker = haproxy.worker_pid();
+    Command::new("kill").args(["-USR2", &haproxy.master_pid()]).status().unwrap();
+    eventually("a new worker on the synced config", || async {
+        let now = haproxy.worker_pid();
+        !now.is_empty() && !now.contains('\n') && now != worker
+    })
+    .await;
+    eventually("the restarted config serves both instances", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(get(at, "web.test", "/").await.body);
+        }
+        seen.len() == 2
+    })
+    .await;
 }

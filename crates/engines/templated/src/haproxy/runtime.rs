@@ -36,6 +36,17 @@ pub struct Reconciled {
     pub draining: Vec<(String, String)>,
 }
 
+/// Saves `show servers state` (what HAProxy's `server-state-file` holds) to `path`,
+/// atomically, for `load-server-state-from-file` and the managed blocks after a restart.
+pub async fn save_state(socket: &SocketAddress, path: &std::path::Path) -> Result<(), String> {
+    let mut state =
+        run(socket, &["show servers state".to_string()], EXCHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let mut text = state.remove(0);
+    parse(&text).map_err(|e| e.to_string())?;
+    text.push('\n');
+    gatehouse_files::replace(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Every backend and every server HAProxy has, from one `show backend` and one aggregated
 /// `show servers state` (a backend without servers is only in the first).
 pub async fn servers(socket: &SocketAddress) -> Result<(BTreeSet<String>, Vec<ServerState>), RuntimeError> {
