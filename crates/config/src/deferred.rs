@@ -6,8 +6,6 @@ pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
     ("startup_controller_sync_tries", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
     ("startup_controller_sync_retry_delay_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
     ("disk_io_timeout_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
-    ("dns_resolution_timeout_sec", "a configurable DNS timeout (Gatehouse uses 2 s, drove-gateway's default)"),
-    ("proxy_control_plane_timeout_sec", "a configurable restart hold (Gatehouse waits 30 s for SIGUSR2, drove-gateway's default)"),
     ("port_use_tls", "admin API TLS"),
     ("port_tls_certfile", "admin API TLS"),
     ("port_tls_keyfile", "admin API TLS"),

@@ -57,6 +57,8 @@ pub(crate) struct FileConfig {
     pub haproxy_add_server_attributes_string: Option<String>,
     pub haproxy_add_server_ssl_attributes_string: Option<String>,
     pub haproxy_manage_global_server_state_file: Option<Spanned<bool>>,
+    pub dns_resolution_timeout_sec: Option<Spanned<NumberOrText>>,
+    pub proxy_control_plane_timeout_sec: Option<Spanned<NumberOrText>>,
     pub haproxy_global_server_state_file_path: Option<Spanned<String>>,
 }
 

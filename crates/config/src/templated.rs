@@ -28,6 +28,11 @@ pub struct TemplatedSettings {
     /// runtime update, and the config whose `#DROVE-SERVERS-BEGIN` blocks
     /// `gatehouse sync-haproxy-state-config` fills from it.
     pub haproxy_state_file: Option<HaproxyStateFile>,
+    /// `dns_resolution_timeout_sec` (default 2 s): one lookup for the runtime APIs.
+    pub dns_timeout: std::time::Duration,
+    /// `proxy_control_plane_timeout_sec` (default 30 s): how long a proxy restart announced
+    /// by SIGUSR1 holds changes back without its SIGUSR2.
+    pub restart_hold: std::time::Duration,
     pub haproxy: HaproxyNaming,
 }
 
@@ -239,6 +244,18 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         },
         _ => None,
     };
+    let mut seconds_key = |key: &str, value: &Option<Spanned<crate::file::NumberOrText>>, default: u64| {
+        let Some(v) = value else { return std::time::Duration::from_secs(default) };
+        match crate::validate::duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                c.warn(Some(v.span()), format!("`{key}` must be a positive number of seconds; using {default}"));
+                std::time::Duration::from_secs(default)
+            }
+        }
+    };
+    let dns_timeout = seconds_key("dns_resolution_timeout_sec", &file.dns_resolution_timeout_sec, 2);
+    let restart_hold = seconds_key("proxy_control_plane_timeout_sec", &file.proxy_control_plane_timeout_sec, 30);
     let or = |value: &Option<String>, default: &str| value.clone().unwrap_or_else(|| default.to_string());
     let haproxy = HaproxyNaming {
         socket_addr: text(&file.haproxysocketaddr).unwrap_or_default().to_string(),
@@ -258,6 +275,8 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         nginx_slow_start: slow_start,
         nginx_plus_api,
         haproxy_state_file,
+        dns_timeout,
+        restart_hold,
         haproxy,
     })
 }

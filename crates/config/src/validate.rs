@@ -278,7 +278,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
     specs
 }
 
-fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
+pub(crate) fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
     match value {
         NumberOrText::Number(n) => {
             std::time::Duration::try_from_secs_f64(*n).map_err(|_| format!("duration {n} is out of range"))
@@ -539,7 +539,7 @@ connect_timeout = "5 fortnights"
         let cfg = check(
             "nginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"nginx.tmpl\"\nnginx_cmd = \"docker exec nginx nginx\"\n\
              left_delimiter = \"[[\"\nright_delimiter = \"]]\"\nmaxfailsupstream = 3\nnginx_fail_timeout = \"10\"\n\
-             nginxplusapiaddr = \"127.0.0.1:8080\"\n",
+             nginxplusapiaddr = \"127.0.0.1:8080\"\ndns_resolution_timeout_sec = 5\n",
         )
         .unwrap();
         assert_eq!(
@@ -558,6 +558,7 @@ connect_timeout = "5 fortnights"
         assert_eq!((t.left_delimiter.as_str(), t.nginx_max_fails, t.nginx_fail_timeout.as_str()), ("[[", 3, "0s"));
         assert_eq!(t.haproxy.add_server_ssl_attributes, "ssl verify none");
         assert_eq!(t.nginx_plus_api, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!((t.dns_timeout.as_secs(), t.restart_hold.as_secs()), (5, 30));
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(w.iter().any(|w| w.contains("`maxfailsupstream` is deprecated")), "{w:?}");
         assert!(w.iter().any(|w| w.starts_with("g.toml:7:22: `nginx_fail_timeout` must be whole seconds")), "{w:?}");

@@ -104,7 +104,7 @@ impl Gateway {
         };
         let listeners = native_listeners.to_vec();
         let drove_settings = config.drove.clone();
-        let templated = config.templated.as_ref().map(|t| t.files.is_none());
+        let templated = config.templated.as_ref().map(|t| (t.files.is_none(), t.restart_hold));
         let gateway = Arc::new(Gateway {
             source,
             metrics,
@@ -129,8 +129,8 @@ impl Gateway {
             // Routes restored from the state file serve at once.
             gateway.apply_drove(None);
         }
-        if let Some(api_only) = templated {
-            let _ = gateway.templated.set(TemplatedEngine::start(Arc::downgrade(&gateway), api_only));
+        if let Some((api_only, restart_hold)) = templated {
+            let _ = gateway.templated.set(TemplatedEngine::start(Arc::downgrade(&gateway), api_only, restart_hold));
         }
         Ok(gateway)
     }

@@ -27,13 +27,8 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a check or reload command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// drove-gateway's `dns_resolution_timeout_sec` default.
-const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A removed server's sessions may run this long before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a proxy restart announced by SIGUSR1 holds changes back without its SIGUSR2
-/// (drove-gateway's `proxy_control_plane_timeout_sec` default).
-const RESTART_HOLD: Duration = Duration::from_secs(30);
 
 /// One `/v1/health` section (drove-gateway's `Config` and `Template`).
 #[derive(Debug, Clone, Serialize)]
@@ -63,12 +58,14 @@ pub struct TemplatedEngine {
     /// The proxy is restarting (SIGUSR1 from its systemd drop-in): hold changes back.
     restarting: AtomicBool,
     restarted: Notify,
+    /// `proxy_control_plane_timeout_sec`: the longest such a hold lasts without SIGUSR2.
+    restart_hold: Duration,
     status: Mutex<EngineStatus>,
 }
 
 impl TemplatedEngine {
     /// `api_only`: reloads are disabled (`*_reload_disabled`), so nothing is rendered.
-    pub fn start(gateway: Weak<Gateway>, api_only: bool) -> Arc<Self> {
+    pub fn start(gateway: Weak<Gateway>, api_only: bool, restart_hold: Duration) -> Arc<Self> {
         let pending = if api_only {
             Section { healthy: true, message: "OK: reloads are disabled; the runtime API does everything".into() }
         } else {
@@ -80,6 +77,7 @@ impl TemplatedEngine {
             forced: AtomicBool::new(true),
             restarting: AtomicBool::new(false),
             restarted: Notify::new(),
+            restart_hold,
             status: Mutex::new(EngineStatus {
                 config: pending.clone(),
                 template: pending,
@@ -104,7 +102,7 @@ impl TemplatedEngine {
     }
 
     /// SIGUSR1: the proxy is being restarted; no check or reload runs until
-    /// [`TemplatedEngine::proxy_restarted`] (or [`RESTART_HOLD`]).
+    /// [`TemplatedEngine::proxy_restarted`] (or `proxy_control_plane_timeout_sec`).
     pub fn proxy_restarting(&self) {
         self.restarting.store(true, Ordering::Relaxed);
     }
@@ -119,10 +117,10 @@ impl TemplatedEngine {
 
     async fn wait_while_restarting(&self) {
         if self.restarting.load(Ordering::Relaxed)
-            && tokio::time::timeout(RESTART_HOLD, self.restarted.notified()).await.is_err()
+            && tokio::time::timeout(self.restart_hold, self.restarted.notified()).await.is_err()
         {
             self.restarting.store(false, Ordering::Relaxed);
-            tracing::warn!(waited = ?RESTART_HOLD, "no SIGUSR2 after the proxy restart began (SIGUSR1); applying changes again");
+            tracing::warn!(waited = ?self.restart_hold, "no SIGUSR2 after the proxy restart began (SIGUSR1); applying changes again");
         }
     }
 
@@ -225,7 +223,7 @@ impl RuntimeApi {
         let mut addresses = std::collections::HashMap::new();
         for host in data.apps.values().flat_map(|a| a.hosts.iter()) {
             if !addresses.contains_key(&host.host) {
-                let resolved = resolver.resolve(&host.host, DNS_TIMEOUT).await;
+                let resolved = resolver.resolve(&host.host, settings.dns_timeout).await;
                 if !matches!(resolved, Resolved::Fresh(_)) {
                     tracing::warn!(host = %host.host, ?resolved, "DNS lookup failed; the server keeps its last address");
                 }
