@@ -11,6 +11,9 @@ pub(crate) struct FileConfig {
     /// Admin API port; drove-gateway writes it as a string.
     pub port: Option<Spanned<NumberOrText>>,
     pub loglevel: Option<Spanned<String>>,
+    pub port_use_tls: Option<Spanned<bool>>,
+    pub port_tls_certfile: Option<Spanned<String>>,
+    pub port_tls_keyfile: Option<Spanned<String>>,
     pub xproxy: Option<String>,
     pub proxy_platform: Option<Spanned<String>>,
     pub admin_token: Option<String>,

@@ -60,6 +60,8 @@ pub struct AdminSettings {
     pub address: SocketAddr,
     /// Bearer token required by mutating endpoints.
     pub token: Option<Secret>,
+    /// `port_use_tls` with `port_tls_certfile` and `port_tls_keyfile`: HTTPS (HTTP/1.1 only).
+    pub tls: Option<CertificatePaths>,
 }
 
 /// A value never printed or returned: `Debug` and `Serialize` show it redacted.

@@ -125,6 +125,21 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
     });
     let templated = crate::templated::convert(c, &file, proxy_platform);
     let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
+    let admin_tls = match &file.port_use_tls {
+        Some(flag) if *flag.get_ref() => {
+            let path = |c: &mut Checker<'_>, key: &str, value: &Option<Spanned<String>>| match value {
+                Some(v) if !v.get_ref().trim().is_empty() => Some(c.resolve(v.get_ref().trim())),
+                _ => {
+                    c.error(Some(flag.span()), format!("`port_use_tls` needs `{key}`"));
+                    None
+                }
+            };
+            let cert = path(c, "port_tls_certfile", &file.port_tls_certfile);
+            let key = path(c, "port_tls_keyfile", &file.port_tls_keyfile);
+            cert.zip(key).map(|(cert, key)| CertificatePaths { cert, key })
+        }
+        _ => None,
+    };
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
     if templated.is_some() && !listeners.is_empty() {
@@ -137,7 +152,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
     }
     Config {
         origin: c.origin.to_path_buf(),
-        admin: AdminSettings { address: SocketAddr::new(admin_ip, admin_port), token },
+        admin: AdminSettings { address: SocketAddr::new(admin_ip, admin_port), token, tls: admin_tls },
         log_level,
         xproxy: file.xproxy.filter(|x| !x.is_empty()),
         proxy_platform,

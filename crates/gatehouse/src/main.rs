@@ -1,6 +1,7 @@
 //! Gatehouse: one binary that puts HTTP traffic in front of applications.
 
 mod admin;
+mod admin_tls;
 mod clock;
 mod demo;
 mod gateway;
@@ -258,11 +259,28 @@ async fn serve(
     let admin = tokio::net::TcpListener::bind(admin_address)
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)"))?;
+    let admin_tls = match &config.admin.tls {
+        Some(paths) => {
+            let certs = gatehouse_native::Certificates::load(&[(paths.cert.clone(), paths.key.clone())])
+                .context("admin API TLS (port_tls_certfile, port_tls_keyfile)")?;
+            let store = Arc::new(gatehouse_native::CertStore::new(certs));
+            Some(gatehouse_native::server_config(store, &[b"http/1.1"]).context("admin API TLS")?)
+        }
+        None => None,
+    };
     let gateway = Gateway::start(source, config, log)?;
-    tracing::info!(address = %admin.local_addr()?, "admin API listening");
+    let scheme = if admin_tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %admin.local_addr()?, scheme, "admin API listening");
     let router = admin::router(gateway.clone());
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, router).await {
+        let served = match admin_tls {
+            Some(tls) => match admin_tls::TlsListener::new(admin, tls) {
+                Ok(listener) => axum::serve(listener, router).await,
+                Err(e) => Err(e),
+            },
+            None => axum::serve(admin, router).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "admin API stopped");
         }
     });

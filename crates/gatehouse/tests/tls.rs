@@ -131,3 +131,34 @@ async fn grpc_style_http2_end_to_end_keeps_te_and_trailers() {
     assert_eq!(seen.version, http::Version::HTTP_2);
     assert_eq!(seen.headers["te"], "trailers", "TE: trailers reaches an HTTP/2 target");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_speaks_https_with_drove_gateway_keys() {
+    let ca = Ca::new();
+    let admin = ca.leaf(&["admin.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "admin", &admin);
+    let config = "port = 0\nport_use_tls = true\nport_tls_certfile = \"admin.pem\"\nport_tls_keyfile = \"admin.key\"\n";
+    let gh = Gatehouse::start_with(config, dir, &[]);
+    let r = tls_get(gh.admin, &ca.pem(), "admin.test", true, &[b"h2", b"http/1.1"], "/v1/health").await.unwrap();
+    assert_eq!(r.leaf, der(&admin));
+    assert_eq!(r.alpn.as_deref(), Some(&b"http/1.1"[..]), "HTTP/1.1 only, as drove-gateway");
+    assert_eq!(r.reply.status, 200);
+    assert!(r.reply.body.contains("RouteTableGeneration"), "{}", r.reply.body);
+    let plain = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gh.admin).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    };
+    let plain = tokio::time::timeout(std::time::Duration::from_secs(12), plain).await.unwrap_or_default();
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "no plain HTTP on the TLS port");
+
+    let missing = tempfile::tempdir().unwrap();
+    let path = write(missing.path(), "g.toml", "port_use_tls = true\nport_tls_certfile = \"a.pem\"\n");
+    let out =
+        std::process::Command::new(support::binary()).args(["check", "-c", &path.to_string_lossy()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("g.toml:1:16: `port_use_tls` needs `port_tls_keyfile`"));
+}

@@ -19,4 +19,4 @@ mod upstream;
 
 pub use listen::{EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
-pub use tls::{CertError, CertStore, Certificates};
+pub use tls::{server_config, CertError, CertStore, Certificates};

@@ -79,8 +79,8 @@ impl NativeProxy {
             let tls = match l.tls {
                 None => None,
                 Some(store) => {
-                    let config =
-                        tls::server_config(store).map_err(|source| EngineError::Tls { address: l.address, source })?;
+                    let config = tls::server_config(store, &[b"h2", b"http/1.1"])
+                        .map_err(|source| EngineError::Tls { address: l.address, source })?;
                     Some(TlsAcceptor::from(Arc::new(config)))
                 }
             };

@@ -130,12 +130,13 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The rustls server configuration of a TLS listener: ALPN offers h2 and http/1.1.
-pub(crate) fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, rustls::Error> {
+/// The rustls server configuration of a TLS listener (TLS 1.2 and 1.3, safe defaults),
+/// offering `alpn` in order: h2 and http/1.1 for the proxy, http/1.1 for the admin API.
+pub fn server_config(store: Arc<CertStore>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(store);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
