@@ -19,7 +19,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/", get(version))
         .route("/v1/health", get(health))
         .route("/v1/config", get(config))
-        .route("/v1/reload", post(reload))
+        // drove-gateway answers any method here; scripts written for it use GET.
+        .route("/v1/reload", post(reload).get(reload))
         .route("/v1/metrics", get(metrics))
         .route("/v1/routes", get(routes))
         .with_state(gateway)

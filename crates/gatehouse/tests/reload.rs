@@ -147,6 +147,7 @@ async fn admin_api_reports_and_guards() {
 
     assert_eq!(gh.admin_post("/v1/reload", None).await.status, 401);
     assert_eq!(gh.admin_post("/v1/reload", Some("wrong")).await.status, 401);
+    assert_eq!(gh.admin_get("/v1/reload").await.status, 401, "drove-gateway's GET works too, behind the token");
     let ok = gh.admin_post("/v1/reload", Some("let-me-in")).await;
     assert_eq!(ok.status, 200);
     assert!(ok.body.contains("\"generation\":2"), "{}", ok.body);
