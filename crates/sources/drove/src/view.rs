@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ExposedApp;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Host {
     #[serde(rename = "Host")]
     pub host: String,
@@ -38,7 +38,9 @@ pub struct HostGroup {
 pub struct App {
     #[serde(rename = "Vhost")]
     pub vhost: String,
-    /// Sorted, without duplicates, so that a reordered reply is not a change.
+    /// In drove-gateway's order (each later app's hosts before the earlier ones', the
+    /// controller's order within an app), without repeats, so templates render as they did
+    /// there. [`App::same_routes`] compares them as a set.
     #[serde(rename = "Hosts")]
     pub hosts: Vec<Host>,
     #[serde(rename = "Tags")]
@@ -46,6 +48,43 @@ pub struct App {
     /// Keyed by the routing tag's value (lowercased), or by the vhost for untagged apps.
     #[serde(rename = "Groups")]
     pub groups: BTreeMap<String, HostGroup>,
+}
+
+fn sorted(hosts: &[Host]) -> Vec<&Host> {
+    let mut v: Vec<&Host> = hosts.iter().collect();
+    v.sort_unstable();
+    v
+}
+
+impl App {
+    /// Equal but for the order of hosts: a controller listing the same instances in another
+    /// order changes nothing (drove-gateway reloaded for it).
+    pub fn same_routes(&self, other: &App) -> bool {
+        self.vhost == other.vhost
+            && self.tags == other.tags
+            && sorted(&self.hosts) == sorted(&other.hosts)
+            && self.groups.len() == other.groups.len()
+            && self
+                .groups
+                .iter()
+                .zip(&other.groups)
+                .all(|((n1, g1), (n2, g2))| n1 == n2 && g1.tags == g2.tags && sorted(&g1.hosts) == sorted(&g2.hosts))
+    }
+}
+
+/// Both absent, or present with the same routes.
+fn same_app(a: Option<&App>, b: Option<&App>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b || a.same_routes(b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Keeps the first of each host, in order.
+fn without_repeats(hosts: &mut Vec<Host>) {
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.clone()));
 }
 
 /// The leader controller a namespace follows.
@@ -164,21 +203,22 @@ fn build_app<'a>(vhost: &str, entries: impl Iterator<Item = &'a ExposedApp>, set
             None => vhost.to_string(),
         };
         let group = app.groups.entry(group_name).or_default();
-        for h in &entry.hosts {
-            let host = Host { host: h.host.clone(), port: h.port, port_type: h.port_type.to_ascii_lowercase() };
-            group.hosts.push(host.clone());
-            app.hosts.push(host);
-        }
+        let fresh: Vec<Host> = entry
+            .hosts
+            .iter()
+            .map(|h| Host { host: h.host.clone(), port: h.port, port_type: h.port_type.to_ascii_lowercase() })
+            .collect();
+        // drove-gateway puts each later app's hosts first.
+        group.hosts.splice(0..0, fresh.iter().cloned());
+        app.hosts.splice(0..0, fresh);
         for (k, v) in entry.tags.iter().flatten() {
             app.tags.entry(k.clone()).or_insert_with(|| v.clone());
             group.tags.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-    app.hosts.sort();
-    app.hosts.dedup();
+    without_repeats(&mut app.hosts);
     for group in app.groups.values_mut() {
-        group.hosts.sort();
-        group.hosts.dedup();
+        without_repeats(&mut group.hosts);
     }
     app
 }
@@ -272,10 +312,20 @@ impl NamespaceState {
         let old = std::mem::replace(&mut self.view, fresh);
         let leader_vhost = settings.leader_vhost.as_deref();
         let mut changed: Vec<String> = Vec::new();
+        let mut reordered = Vec::new();
         for (vhost, app) in self.view.apps.iter() {
             let leader_moved = leader_changed && leader_vhost == Some(vhost);
-            if leader_moved || old.apps.get(vhost) != Some(app) {
+            let before = old.apps.get(vhost);
+            if leader_moved || !same_app(before, Some(app)) {
                 changed.push(vhost.to_string());
+            } else if before != Some(app) {
+                reordered.push(vhost.to_string());
+            }
+        }
+        // Only the order differs: keep the old one, so nothing downstream sees a change.
+        for vhost in reordered {
+            if let Some(app) = old.apps.get(&vhost) {
+                self.view.apps.insert(vhost, app.clone());
             }
         }
         for (vhost, _) in old.apps.iter() {
@@ -302,7 +352,7 @@ impl NamespaceState {
     ) -> Vec<String> {
         let mut changed = Vec::new();
         for (vhost, app) in updates {
-            let app_changed = app.as_ref() != self.view.apps.get(&vhost);
+            let app_changed = !same_app(app.as_ref(), self.view.apps.get(&vhost));
             match app {
                 Some(app) if app_changed => self.view.apps.insert(vhost.clone(), app),
                 None => self.view.apps.remove(&vhost),
@@ -434,7 +484,7 @@ mod tests {
         let apps = build_apps(&entries, &settings());
         let orders = apps.get("orders.local").unwrap();
         let hosts: Vec<_> = orders.hosts.iter().map(|h| (h.host.as_str(), h.port_type.as_str())).collect();
-        assert_eq!(hosts, [("h1", "http"), ("h2", "http"), ("h3", "https")]);
+        assert_eq!(hosts, [("h3", "https"), ("h1", "http"), ("h2", "http")], "drove-gateway's order, without repeats");
         assert_eq!(orders.tags["v"], "7", "the first app's tags win");
         assert_eq!(orders.tags["new"], "x");
         assert_eq!(orders.groups.keys().collect::<Vec<_>>(), ["orders.local"]);
@@ -527,6 +577,23 @@ mod tests {
         assert_eq!(specs[1].targets[0].url(), "http://c1:4000");
         assert!(Arc::ptr_eq(&specs[1], n1.services.get("drove.stage").unwrap()), "one namespace's spec is used as is");
         assert_eq!(merge_vhost("nope", [&n1.services, &n2.services]), None);
+    }
+
+    #[test]
+    fn a_reordered_reply_changes_nothing() {
+        let s = settings();
+        let read = |hosts: &[(&str, u16, &str)]| build_apps(&[entry("a-1", "a", hosts, &[])], &s);
+        let mut state = NamespaceState::new(
+            &s,
+            NamespaceView { leader: None, apps: read(&[("h1", 1, "HTTP"), ("h2", 2, "HTTP")]) },
+        );
+        let before = state.view.apps.get("a").unwrap().clone();
+        let reordered = NamespaceView { leader: None, apps: read(&[("h2", 2, "HTTP"), ("h1", 1, "HTTP")]) };
+        assert!(state.replace(&s, reordered).is_empty());
+        assert_eq!(state.view.apps.get("a"), Some(&before), "the old order is kept");
+        let app = read(&[("h2", 2, "HTTP"), ("h1", 1, "HTTP")]).get("a").cloned();
+        assert!(state.set_apps(&s, [("a".to_string(), app)]).is_empty());
+        assert_eq!(state.view.apps.get("a"), Some(&before));
     }
 
     #[test]
