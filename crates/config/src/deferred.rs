@@ -3,9 +3,7 @@
 
 /// `(key, what it belongs to)`.
 pub(crate) const DEFERRED_KEYS: &[(&str, &str)] = &[
-    ("startup_controller_sync_tries", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
-    ("startup_controller_sync_retry_delay_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
-    ("disk_io_timeout_sec", "drove-gateway's blocking startup sync (Gatehouse serves the last known state at once and syncs in the background)"),
+    ("disk_io_timeout_sec", "drove-gateway's blocking state-file reads (Gatehouse writes the state in the background and never waits on it)"),
     ("haproxy_disable_large_backend_count_optimisation", "drove-gateway's per-backend state reads (Gatehouse reads only the backends that changed)"),
     // Keys drove-gateway 2.1 itself ignores (single-cluster and Marathon eras).
     ("drove", "drove-gateway's single-cluster era (use [[namespaces]])"),

@@ -26,6 +26,11 @@ pub struct DroveSettings {
     pub failover_grace: Duration,
     /// Where the last known view is kept across restarts; `None` keeps it in memory only.
     pub state_path: Option<PathBuf>,
+    /// How long the nginx and HAProxy engines wait at startup for every namespace's first
+    /// view (a sync, or the state file) before rendering what they have:
+    /// `startup_controller_sync_tries` x (`api_timeout` + `startup_controller_sync_retry_delay_sec`),
+    /// drove-gateway's worst case, without blocking anything else.
+    pub startup_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,6 +185,20 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
     if !namespaces.is_empty() && state_path.is_none() && file.state_persistence_enabled != Some(false) {
         c.warn(None, "no `state_path`: the last known Drove view is kept in memory only and lost on restart");
     }
+    let api_timeout = seconds(c, &file.api_timeout, "api_timeout", Duration::from_secs(10));
+    let tries = match &file.startup_controller_sync_tries {
+        None => 2,
+        Some(t) => u32::try_from(*t.get_ref()).ok().filter(|n| *n > 0).unwrap_or_else(|| {
+            c.warn(Some(t.span()), "`startup_controller_sync_tries` must be at least 1; using 2");
+            2
+        }),
+    };
+    let retry_delay = seconds(
+        c,
+        &file.startup_controller_sync_retry_delay_sec,
+        "startup_controller_sync_retry_delay_sec",
+        Duration::from_secs(1),
+    );
     DroveSettings {
         namespaces,
         poll_interval: seconds(
@@ -188,7 +207,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
             "event_refresh_interval_sec",
             Duration::from_secs(1),
         ),
-        api_timeout: seconds(c, &file.api_timeout, "api_timeout", Duration::from_secs(10)),
+        api_timeout,
         resync_interval: seconds(
             c,
             &file.drove_resync_interval_sec,
@@ -197,6 +216,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
         ),
         failover_grace: seconds(c, &file.drove_failover_grace_sec, "drove_failover_grace_sec", Duration::from_secs(30)),
         state_path,
+        startup_wait: (api_timeout + retry_delay) * tries,
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct FileConfig {
     pub state_path: Option<Spanned<String>>,
     pub state_persistence_enabled: Option<bool>,
     pub state_persistence_dir: Option<Spanned<String>>,
+    pub startup_controller_sync_tries: Option<Spanned<i64>>,
+    pub startup_controller_sync_retry_delay_sec: Option<Spanned<NumberOrText>>,
     // The nginx and HAProxy engines (drove-gateway's keys).
     pub left_delimiter: Option<String>,
     pub right_delimiter: Option<String>,

@@ -412,8 +412,7 @@ retries = 1
 
     #[test]
     fn drove_gateway_keys_are_accepted_with_warnings() {
-        let cfg = check("haproxy_disable_large_backend_count_optimisation = true\nstartup_controller_sync_tries = 2\n")
-            .unwrap();
+        let cfg = check("haproxy_disable_large_backend_count_optimisation = true\ndisk_io_timeout_sec = 2\n").unwrap();
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(
             w.iter().any(|w| w.starts_with(
@@ -421,10 +420,7 @@ retries = 1
             )),
             "{w:?}"
         );
-        assert!(
-            w.iter().any(|w| w.contains("`startup_controller_sync_tries` belongs to drove-gateway's blocking")),
-            "{w:?}"
-        );
+        assert!(w.iter().any(|w| w.contains("`disk_io_timeout_sec` belongs to drove-gateway's blocking")), "{w:?}");
     }
 
     #[test]
@@ -574,6 +570,7 @@ connect_timeout = "5 fortnights"
         assert_eq!(t.haproxy.add_server_ssl_attributes, "ssl verify none");
         assert_eq!(t.nginx_plus_api, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!((t.dns_timeout.as_secs(), t.restart_hold.as_secs()), (5, 30));
+        assert_eq!(cfg.drove.startup_wait.as_secs(), 22, "drove-gateway's worst case: 2 tries x (10 s + 1 s)");
         let w: Vec<_> = cfg.warnings.iter().map(ToString::to_string).collect();
         assert!(w.iter().any(|w| w.contains("`maxfailsupstream` is deprecated")), "{w:?}");
         assert!(w.iter().any(|w| w.starts_with("g.toml:7:22: `nginx_fail_timeout` must be whole seconds")), "{w:?}");

@@ -296,7 +296,33 @@ async fn save_server_state(engine: &TemplatedEngine, api: &RuntimeApi, settings:
     engine.update_status(|s| s.state_file = section);
 }
 
+/// At startup, waits (bounded by `startup_wait`) until every Drove namespace has a view,
+/// from a sync or the state file, so the first config is not rendered without its apps.
+async fn wait_for_first_views(gateway: &Weak<Gateway>) {
+    let Some(wait) = gateway.upgrade().map(|g| g.config().drove.startup_wait) else { return };
+    let deadline = Instant::now() + wait;
+    loop {
+        let Some(gateway) = gateway.upgrade() else { return };
+        let missing: Vec<String> = gateway
+            .drove()
+            .map(|d| {
+                d.namespaces().iter().filter(|ns| ns.view().is_none()).map(|ns| ns.settings.name.clone()).collect()
+            })
+            .unwrap_or_default();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(?missing, waited = ?wait, "no view yet for some Drove namespaces; rendering without their apps");
+            return;
+        }
+        drop(gateway);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn run(engine: Arc<TemplatedEngine>, gateway: Weak<Gateway>) {
+    wait_for_first_views(&gateway).await;
     let mut applied: Option<RenderingData> = None;
     // Backend or upstream names in the live config: while they stay, the API suffices.
     let mut live_names: Option<BTreeSet<String>> = None;

@@ -29,15 +29,13 @@ fn check_accepts_good_files_and_points_at_mistakes() {
     assert_eq!(code, 1);
     assert!(stderr.starts_with(&format!("{}:2:1: unknown field `listen`", bad.display())), "{stderr}");
 
-    let nixy_text = "address = \"127.0.0.1\"\nport = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"/etc/nixy/nginx.tmpl\"\nnginx_cmd = \"nginx\"\nstartup_controller_sync_tries = 2\n[[namespaces]]\nname = \"stage\"\ndrove = [\"http://ctrl:4000\"]\n";
+    let nixy_text = "address = \"127.0.0.1\"\nport = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\nnginx_template = \"/etc/nixy/nginx.tmpl\"\nnginx_cmd = \"nginx\"\ndisk_io_timeout_sec = 2\n[[namespaces]]\nname = \"stage\"\ndrove = [\"http://ctrl:4000\"]\n";
     let nixy = write(dir.path(), "nixy.toml", nixy_text);
     let (code, stdout, stderr) = run(&["check", "-f", nixy.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("OK"));
     assert!(
-        stderr.contains(
-            "nixy.toml:6:1: `startup_controller_sync_tries` belongs to drove-gateway's blocking startup sync"
-        ),
+        stderr.contains("nixy.toml:6:1: `disk_io_timeout_sec` belongs to drove-gateway's blocking state-file reads"),
         "{stderr}"
     );
     let partial = write(dir.path(), "partial.toml", "port = \"6000\"\nnginx_config = \"/etc/nginx/nginx.conf\"\n");

@@ -110,8 +110,14 @@ impl Nginx {
             &[("GATEHOUSE_NGINX_PORT", listen.as_str()), ("GATEHOUSE_NGINX_PID", pid.as_str())],
         );
         let at: SocketAddr = listen.parse().unwrap();
+        // Several in a row: while nginx reloads, its old workers still take some connections.
         eventually("web.test routed through nginx", || async {
-            get(at, "web.test", "/").await.body.starts_with("app=web-1")
+            for _ in 0..5 {
+                if !get(at, "web.test", "/").await.body.starts_with("app=web-1") {
+                    return false;
+                }
+            }
+            true
         })
         .await;
         (gh, at)
@@ -396,6 +402,7 @@ async fn nginx_plus_membership_changes_go_through_the_api_without_reloads() {
     let config = nginx.gatehouse_config(&sim, "nginx-plus.tmpl", &extra);
     let (gh, _) = nginx.gatehouse(&config, port).await;
     let reloads = recorded_reloads(&gh).await;
+    assert_eq!(reloads, 1.0, "the first config waited for the first sync: no empty config went live first");
     sim.with(|c| c.scale(&web, 2)).unwrap();
     eventually("both instances in the NGINX Plus upstream", || async { plus.servers("web.test").len() == 2 }).await;
     let upstream = plus.upstream("web.test").unwrap();
