@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use toml::Spanned;
 
-use crate::file::{FileConfig, FileNamespace, NumberOrText};
-use crate::validate::Checker;
+use crate::file::{FileConfig, FileNamespace};
+use crate::validate::{positive_seconds, Checker};
 use crate::Secret;
 
 /// Everything the Drove source needs to know.
@@ -104,11 +104,7 @@ impl ControllerUrl {
 
     /// `host:port` with brackets around IPv6 literals.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        gatehouse_model::host_port(&self.host, self.port)
     }
 }
 
@@ -121,21 +117,6 @@ impl std::fmt::Display for ControllerUrl {
 
 fn nonempty(v: &Option<Spanned<String>>) -> Option<&Spanned<String>> {
     v.as_ref().filter(|s| !s.get_ref().is_empty())
-}
-
-fn seconds(c: &mut Checker<'_>, value: &Option<Spanned<NumberOrText>>, key: &str, default: Duration) -> Duration {
-    let Some(v) = value else { return default };
-    let parsed = match v.get_ref() {
-        NumberOrText::Number(n) => Duration::try_from_secs_f64(*n).map_err(|_| ()),
-        NumberOrText::Text(t) => crate::units::parse_duration(t).map_err(|_| ()),
-    };
-    match parsed {
-        Ok(d) if !d.is_zero() => d,
-        _ => {
-            c.error(Some(v.span()), format!("`{key}` must be a positive number of seconds"));
-            default
-        }
-    }
 }
 
 /// The container variables of drove-gateway's image, read when the file has no namespaces.
@@ -185,7 +166,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
     if !namespaces.is_empty() && state_path.is_none() && file.state_persistence_enabled != Some(false) {
         c.warn(None, "no `state_path`: the last known Drove view is kept in memory only and lost on restart");
     }
-    let api_timeout = seconds(c, &file.api_timeout, "api_timeout", Duration::from_secs(10));
+    let api_timeout = positive_seconds(c, &file.api_timeout, "api_timeout", Duration::from_secs(10));
     let tries = match &file.startup_controller_sync_tries {
         None => 2,
         Some(t) => u32::try_from(*t.get_ref()).ok().filter(|n| *n > 0).unwrap_or_else(|| {
@@ -193,7 +174,7 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
             2
         }),
     };
-    let retry_delay = seconds(
+    let retry_delay = positive_seconds(
         c,
         &file.startup_controller_sync_retry_delay_sec,
         "startup_controller_sync_retry_delay_sec",
@@ -201,20 +182,25 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, env: &Environment)
     );
     DroveSettings {
         namespaces,
-        poll_interval: seconds(
+        poll_interval: positive_seconds(
             c,
             &file.event_refresh_interval_sec,
             "event_refresh_interval_sec",
             Duration::from_secs(1),
         ),
         api_timeout,
-        resync_interval: seconds(
+        resync_interval: positive_seconds(
             c,
             &file.drove_resync_interval_sec,
             "drove_resync_interval_sec",
             Duration::from_secs(30),
         ),
-        failover_grace: seconds(c, &file.drove_failover_grace_sec, "drove_failover_grace_sec", Duration::from_secs(30)),
+        failover_grace: positive_seconds(
+            c,
+            &file.drove_failover_grace_sec,
+            "drove_failover_grace_sec",
+            Duration::from_secs(30),
+        ),
         state_path,
         startup_wait: (api_timeout + retry_delay) * tries,
     }

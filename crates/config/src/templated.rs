@@ -3,12 +3,13 @@
 //! naming keys, ...).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 use toml::Spanned;
 
 use crate::file::FileConfig;
-use crate::validate::Checker;
+use crate::validate::{positive_seconds, Checker};
 use crate::ProxyPlatform;
 
 /// Everything the nginx or HAProxy engine needs from the file.
@@ -29,10 +30,10 @@ pub struct TemplatedSettings {
     /// `gatehouse sync-haproxy-state-config` fills from it.
     pub haproxy_state_file: Option<HaproxyStateFile>,
     /// `dns_resolution_timeout_sec` (default 2 s): one lookup for the runtime APIs.
-    pub dns_timeout: std::time::Duration,
+    pub dns_timeout: Duration,
     /// `proxy_control_plane_timeout_sec` (default 30 s): how long a proxy restart announced
     /// by SIGUSR1 holds changes back without its SIGUSR2.
-    pub restart_hold: std::time::Duration,
+    pub restart_hold: Duration,
     pub haproxy: HaproxyNaming,
 }
 
@@ -244,18 +245,14 @@ pub(crate) fn convert(c: &mut Checker<'_>, file: &FileConfig, platform: ProxyPla
         },
         _ => None,
     };
-    let mut seconds_key = |key: &str, value: &Option<Spanned<crate::file::NumberOrText>>, default: u64| {
-        let Some(v) = value else { return std::time::Duration::from_secs(default) };
-        match crate::validate::duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                c.warn(Some(v.span()), format!("`{key}` must be a positive number of seconds; using {default}"));
-                std::time::Duration::from_secs(default)
-            }
-        }
-    };
-    let dns_timeout = seconds_key("dns_resolution_timeout_sec", &file.dns_resolution_timeout_sec, 2);
-    let restart_hold = seconds_key("proxy_control_plane_timeout_sec", &file.proxy_control_plane_timeout_sec, 30);
+    let dns_timeout =
+        positive_seconds(c, &file.dns_resolution_timeout_sec, "dns_resolution_timeout_sec", Duration::from_secs(2));
+    let restart_hold = positive_seconds(
+        c,
+        &file.proxy_control_plane_timeout_sec,
+        "proxy_control_plane_timeout_sec",
+        Duration::from_secs(30),
+    );
     let or = |value: &Option<String>, default: &str| value.clone().unwrap_or_else(|| default.to_string());
     let haproxy = HaproxyNaming {
         socket_addr: text(&file.haproxysocketaddr).unwrap_or_default().to_string(),

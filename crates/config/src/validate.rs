@@ -293,7 +293,24 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
     specs
 }
 
-pub(crate) fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
+/// A duration key that must be above zero (`default` when absent; an error when bad).
+pub(crate) fn positive_seconds(
+    c: &mut Checker<'_>,
+    value: &Option<Spanned<NumberOrText>>,
+    key: &str,
+    default: std::time::Duration,
+) -> std::time::Duration {
+    let Some(v) = value else { return default };
+    match duration(v.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            c.error(Some(v.span()), format!("`{key}` must be a positive number of seconds"));
+            default
+        }
+    }
+}
+
+fn duration(value: &NumberOrText) -> Result<std::time::Duration, String> {
     match value {
         NumberOrText::Number(n) => {
             std::time::Duration::try_from_secs_f64(*n).map_err(|_| format!("duration {n} is out of range"))

@@ -10,7 +10,7 @@ use anyhow::Context;
 use gatehouse_config::{Config, ConfigError, ListenerSpec, TemplatedSettings};
 use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::ServiceSpec;
+use gatehouse_model::{HostPattern, ServiceSpec};
 use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
 use gatehouse_templated::RenderingData;
 use serde::Serialize;
@@ -160,11 +160,12 @@ impl Gateway {
         });
         let next = match delta {
             Some(Ok(next)) => Ok(next),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot apply the Drove changes alone; rebuilding the route table");
+            partial_or_none => {
+                if let Some(Err(e)) = partial_or_none {
+                    tracing::warn!(error = %e, "cannot apply the Drove changes alone; rebuilding the route table");
+                }
                 snapshot(&config, drove.services(), generation, Some(&current), &self.metrics)
             }
-            None => snapshot(&config, drove.services(), generation, Some(&current), &self.metrics),
         };
         match next {
             Ok(next) => {
@@ -310,28 +311,46 @@ impl Gateway {
     }
 }
 
-/// Drove vhosts that changed -> services to upsert and names to remove. The file's
-/// `[[services]]` win: a Drove vhost with a file service's name is left alone, and one
-/// whose host a file service routes is removed (it was never installed, so that is a no-op).
+/// What the file's `[[services]]` route: a Drove vhost they already route is left out, so
+/// the file always wins.
+struct FileRoutes<'a> {
+    names: HashSet<&'a str>,
+    hosts: HashSet<&'a HostPattern>,
+}
+
+impl<'a> FileRoutes<'a> {
+    fn of(config: &'a Config) -> Self {
+        FileRoutes {
+            names: config.services.iter().map(|s| s.name.as_str()).collect(),
+            hosts: config.services.iter().flat_map(|s| s.hosts.iter()).collect(),
+        }
+    }
+
+    fn shadow(&self, spec: &ServiceSpec) -> bool {
+        self.names.contains(spec.name.as_str()) || spec.hosts.iter().any(|h| self.hosts.contains(h))
+    }
+}
+
+/// Drove vhosts that changed -> services to upsert and names to remove. A vhost named like a
+/// file service is left alone; one whose host a file service routes is removed (it was
+/// never installed, so that is a no-op).
 fn drove_delta(config: &Config, vhosts: Vec<(&str, Option<Arc<ServiceSpec>>)>) -> (Vec<Arc<ServiceSpec>>, Vec<String>) {
+    let file = FileRoutes::of(config);
     let (mut upserts, mut removals) = (Vec::new(), Vec::new());
     for (vhost, spec) in vhosts {
-        if config.services.iter().any(|s| s.name == vhost) {
+        if file.names.contains(vhost) {
             continue;
         }
-        let shadowed =
-            |spec: &ServiceSpec| spec.hosts.iter().any(|h| config.services.iter().any(|s| s.hosts.contains(h)));
         match spec {
-            Some(spec) if !shadowed(&spec) => upserts.push(spec),
+            Some(spec) if !file.shadow(&spec) => upserts.push(spec),
             _ => removals.push(vhost.to_string()),
         }
     }
     (upserts, removals)
 }
 
-/// The file's services plus the Drove ones. A Drove vhost that a `[[services]]` entry
-/// already routes (same name or host) is left out, so the file always wins. Services equal
-/// to one in `previous` are carried over from it.
+/// The file's services plus the Drove ones the file does not shadow. Services equal to one
+/// in `previous` are carried over from it.
 fn snapshot(
     config: &Config,
     drove: Vec<Arc<ServiceSpec>>,
@@ -339,13 +358,12 @@ fn snapshot(
     previous: Option<&Snapshot>,
     metrics: &Metrics,
 ) -> anyhow::Result<Snapshot> {
-    let names: HashSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-    let hosts: HashSet<_> = config.services.iter().flat_map(|s| s.hosts.iter()).collect();
+    let file = FileRoutes::of(config);
     let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(config.services.len() + drove.len());
     specs.extend(config.services.iter().cloned().map(Arc::new));
     let mut shadowed = Vec::new();
     for spec in drove {
-        if names.contains(spec.name.as_str()) || spec.hosts.iter().any(|h| hosts.contains(h)) {
+        if file.shadow(&spec) {
             shadowed.push(spec.name.clone());
         } else {
             specs.push(spec);

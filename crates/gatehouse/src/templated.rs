@@ -144,7 +144,7 @@ fn deployment(config: &Config, files: &ConfigFiles, reload: bool) -> Deployment 
         platform,
         config_path: files.config_path.clone(),
         check: files.check_command.as_deref().and_then(CommandLine::parse),
-        reload: Deployment::reload_command(platform, command.as_ref(), command.as_ref()).filter(|_| reload),
+        reload: command.filter(|_| reload).map(|c| platform.reload_command(&c)),
         command_timeout: COMMAND_TIMEOUT,
     }
 }

@@ -37,11 +37,8 @@ async fn body_of(at: SocketAddr, host: &str) -> (u16, String) {
 
 /// The `app=...` parts of `requests` answers for `host`.
 async fn apps_answering(at: SocketAddr, host: &str, requests: usize) -> std::collections::HashSet<String> {
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..requests {
-        seen.insert(body_of(at, host).await.1.split(' ').next().unwrap_or("").to_string());
-    }
-    seen
+    let seen = support::client::bodies(at, host, requests).await;
+    seen.iter().map(|body| body.split(' ').next().unwrap_or("").to_string()).collect()
 }
 
 async fn health(gh: &Gatehouse) -> (u16, serde_json::Value) {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drove_sim::{AppSpec, Sim, SimConfig, Timings};
-use support::client::get;
+use support::client::{bodies, get};
 use support::{eventually, Gatehouse};
 
 fn example(name: &str) -> String {
@@ -154,20 +154,9 @@ async fn nginx_follows_the_cluster_through_the_example_template() {
     assert!(gh.wait_for_log("SIGUSR1"));
     sim.with(|c| c.scale(&web, 2)).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..8 {
-        seen.insert(get(at, "web.test", "/").await.body);
-    }
-    assert_eq!(seen.len(), 1, "held back while nginx restarts");
+    assert_eq!(bodies(at, "web.test", 8).await.len(), 1, "held back while nginx restarts");
     gh.signal("USR2");
-    eventually("two instances behind nginx", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 2
-    })
-    .await;
+    eventually("two instances behind nginx", || async { bodies(at, "web.test", 8).await.len() == 2 }).await;
     let health = gh.admin_get("/v1/health").await;
     assert_eq!(health.status, 200, "{}", health.body);
     assert!(gh.metric("drove_gateway_reloads_successful_total").await >= 2.0);
@@ -324,14 +313,7 @@ async fn haproxy_follows_the_cluster_through_the_example_template() {
     assert_eq!(get(at, "web.test", "/").await.header("x-proxy"), "edge-test");
     assert_eq!(get(at, "unknown.test", "/").await.status, 404);
     sim.with(|c| c.scale(&web, 2)).unwrap();
-    eventually("two instances behind haproxy", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 2
-    })
-    .await;
+    eventually("two instances behind haproxy", || async { bodies(at, "web.test", 8).await.len() == 2 }).await;
     let cfg = std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap();
     assert!(cfg.contains("server server_127.0.0.1_"), "drove-gateway's server names:\n{cfg}");
     let health = gh.admin_get("/v1/health").await;
@@ -359,23 +341,9 @@ async fn haproxy_membership_changes_go_through_the_runtime_api_without_reloads()
     let reloads = recorded_reloads(&gh).await;
 
     sim.with(|c| c.scale(&web, 3)).unwrap();
-    eventually("three instances behind haproxy", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..12 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 3
-    })
-    .await;
+    eventually("three instances behind haproxy", || async { bodies(at, "web.test", 12).await.len() == 3 }).await;
     sim.with(|c| c.scale(&web, 1)).unwrap();
-    eventually("back to one instance", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 1
-    })
-    .await;
+    eventually("back to one instance", || async { bodies(at, "web.test", 8).await.len() == 1 }).await;
     assert_eq!(haproxy.worker_pid(), worker, "membership changes did not reload HAProxy");
     assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, reloads);
     let health = gh.admin_get("/v1/health").await;
@@ -492,14 +460,7 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
     })
     .await;
     sim.with(|c| c.scale(&web, 2)).unwrap();
-    eventually("two servers", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 2
-    })
-    .await;
+    eventually("two servers", || async { bodies(at, "web.test", 8).await.len() == 2 }).await;
     assert_eq!(std::fs::read_to_string(haproxy.path("haproxy.cfg")).unwrap(), cfg, "nothing rendered");
     assert_eq!(gh.metric("drove_gateway_reloads_successful_total").await, 0.0);
     let health = gh.admin_get("/v1/health").await;
@@ -526,12 +487,6 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
         !now.is_empty() && !now.contains('\n') && now != worker
     })
     .await;
-    eventually("the restarted config serves both instances", || async {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(get(at, "web.test", "/").await.body);
-        }
-        seen.len() == 2
-    })
-    .await;
+    eventually("the restarted config serves both instances", || async { bodies(at, "web.test", 8).await.len() == 2 })
+        .await;
 }

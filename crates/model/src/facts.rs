@@ -40,11 +40,7 @@ pub struct TargetSpec {
 impl TargetSpec {
     /// `host:port`, with brackets around IPv6 literals: the form of a Host header.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::host::host_port(&self.host, self.port)
     }
 
     pub fn url(&self) -> String {

@@ -64,6 +64,16 @@ impl Serialize for HostPattern {
     }
 }
 
+/// `host:port`, with brackets around an IPv6 literal (Go's `net.JoinHostPort`): the form of
+/// a Host header, an upstream address, a `server` line.
+pub fn host_port(host: &str, port: impl fmt::Display) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The routing key of a Host header or `:authority`: the port and a trailing dot removed,
 /// lower-cased (borrowed when it already is, which is the common case).
 pub fn normalize_host(authority: &str) -> Cow<'_, str> {

@@ -15,5 +15,5 @@ mod table;
 pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{BalancePolicy, Scheme, ServiceSpec, TargetSpec, Timeouts};
-pub use host::{normalize_host, HostPattern, HostPatternError};
+pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
 pub use table::{BuildError, InFlight, Route, RouteTable, Service, Target};

@@ -185,6 +185,28 @@ fn load(
         .collect()
 }
 
+/// Makes `changes` changes, 20 ms apart, while 8 keep-alive clients send requests through
+/// `at`; returns the requests answered 200 and the others.
+async fn changes_under_load(
+    at: std::net::SocketAddr,
+    changes: usize,
+    mut change: impl AsyncFnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, usize)> {
+    let (stop, ok, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients = load(at, stop.clone(), ok.clone(), failed.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..changes {
+        change(i).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await?;
+    }
+    Ok((ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed)))
+}
+
 async fn under_load(args: &Args) -> anyhow::Result<()> {
     let mut ports = Vec::new();
     for i in 0..4 {
@@ -201,12 +223,8 @@ async fn under_load(args: &Args) -> anyhow::Result<()> {
         ports[0], ports[1]
     );
     let (haproxy, socket) = start_haproxy(&dir, &config)?;
-    let (stop, ok, failed) =
-        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients = load(at, stop.clone(), ok.clone(), failed.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut previous = None;
-    for i in 0..args.changes {
+    let (ok, failed) = changes_under_load(at, args.changes, async |i| {
         // Keep s0; the second server alternates between two ports, under new names.
         let port = ports[1 + (i + 1) % 3];
         let wanted = Wanted::from([(
@@ -216,17 +234,12 @@ async fn under_load(args: &Args) -> anyhow::Result<()> {
         let done = reconcile(&socket, &wanted, previous.as_ref(), "", "").await?;
         previous = Some(wanted);
         finish_drains(&socket, &done.draining, Duration::from_secs(5)).await?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await?;
-    }
+        Ok(())
+    })
+    .await?;
     println!(
-        "haproxy_runtime_changes changes={} requests_ok={} requests_failed={} target_failed=0",
-        args.changes,
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        "haproxy_runtime_changes changes={} requests_ok={ok} requests_failed={failed} target_failed=0",
+        args.changes
     );
     drop(haproxy);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -262,25 +275,13 @@ async fn under_load(args: &Args) -> anyhow::Result<()> {
             .collect(),
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (stop, ok, failed) =
-        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients = load(at, stop.clone(), ok.clone(), failed.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for i in 0..args.changes {
+    let (ok, failed) = changes_under_load(at, args.changes, async |i| {
         gatehouse_files::replace(&dir.join("nginx.conf"), nginx_conf(ports[1 + (i + 1) % 3]).as_bytes())?;
         Command::new("nginx").args(&base).args(["-s", "reload"]).status()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await?;
-    }
-    println!(
-        "nginx_oss_reload_changes changes={} requests_ok={} requests_failed={} (contrast)",
-        args.changes,
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
-    );
+        Ok(())
+    })
+    .await?;
+    println!("nginx_oss_reload_changes changes={} requests_ok={ok} requests_failed={failed} (contrast)", args.changes);
     Ok(())
 }
 

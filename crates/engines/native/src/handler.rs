@@ -69,8 +69,9 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, LocalError> {
     let host = request_host(&req)?;
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
-    let service = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?.clone();
-    *routed = Some(service.clone());
+    let found = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?;
+    // Kept for the error path's metrics; the request borrows it from there.
+    let service: &Route<ServiceRuntime> = routed.insert(found.clone());
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
@@ -87,7 +88,7 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let path_and_query = forward_path(&service, &parts.uri);
+    let path_and_query = forward_path(service, &parts.uri);
     // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC needs it to reach the target.
     let te_trailers = spec.upstream_http2 && headers::te_has_trailers(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);

@@ -17,6 +17,15 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// The reload command from the configured one: nginx's `-s reload` after `nginx_cmd`,
+    /// HAProxy's `haproxy_reload_cmd` as written.
+    pub fn reload_command(self, configured: &CommandLine) -> Vec<String> {
+        match self {
+            Platform::Nginx => configured.with(&["-s", "reload"]),
+            Platform::Haproxy => configured.words(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Platform::Nginx => "nginx",
@@ -60,18 +69,6 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// The reload command of a platform: nginx's own `-s reload`, or HAProxy's as written.
-    pub fn reload_command(
-        platform: Platform,
-        nginx_cmd: Option<&CommandLine>,
-        reload_cmd: Option<&CommandLine>,
-    ) -> Option<Vec<String>> {
-        match platform {
-            Platform::Nginx => nginx_cmd.map(|c| c.with(&["-s", "reload"])),
-            Platform::Haproxy => reload_cmd.map(|c| c.0.clone()),
-        }
-    }
-
     fn check_command(&self, staged: &Path) -> Option<Vec<String>> {
         let file = staged.to_string_lossy();
         self.check.as_ref().map(|c| match self.platform {
@@ -205,10 +202,8 @@ mod tests {
         let err = run(&["sleep".into(), "5".into()], Duration::from_millis(100)).unwrap_err().to_string();
         assert!(err.contains("killed"), "{err}");
         assert_eq!(CommandLine::parse("  "), None);
-        let nginx = CommandLine::parse("docker exec nginx nginx");
-        assert_eq!(
-            Deployment::reload_command(Platform::Nginx, nginx.as_ref(), None).unwrap().join(" "),
-            "docker exec nginx nginx -s reload"
-        );
+        let docker = CommandLine::parse("docker exec nginx nginx").unwrap();
+        assert_eq!(Platform::Nginx.reload_command(&docker).join(" "), "docker exec nginx nginx -s reload");
+        assert_eq!(Platform::Haproxy.reload_command(&docker).join(" "), "docker exec nginx nginx");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use gatehouse_model::host_port;
 use gotmpl::{FuncMap, TemplateError, Value};
 
 fn arity(name: &str, args: &[Value], expected: usize) -> Result<(), TemplateError> {
@@ -44,15 +45,6 @@ fn replace(s: &str, old: &str, new: &str, n: i64) -> String {
     match usize::try_from(n) {
         Ok(n) => s.replacen(old, new, n),
         Err(_) => s.replace(old, new),
-    }
-}
-
-/// `net.JoinHostPort(host, fmt.Sprint(port))`.
-pub fn host_port(host: &str, port: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 
@@ -101,7 +93,7 @@ pub fn functions(now: Arc<str>) -> FuncMap {
         "hostport".into(),
         Arc::new(|args: &[Value]| {
             arity("hostport", args, 2)?;
-            Ok(string(host_port(text("hostport", &args[0])?, &args[1].to_string())))
+            Ok(string(host_port(text("hostport", &args[0])?, &args[1])))
         }),
     );
     map.insert(

@@ -13,6 +13,5 @@ mod template;
 pub use apply::{apply, run, Applied, ApplyError, CommandLine, Deployment, Platform};
 pub use data::{AppData, GroupData, HostData, LeaderData, NamespaceData, RenderingData};
 pub use dns::{Resolved, Resolver};
-pub use funcs::host_port;
 pub use nginx_plus::{plus_wanted, reconcile_plus, PlusError, PlusReconciled, PlusServer, PlusWanted, ServerParams};
 pub use template::{Template, TemplateError};

@@ -40,9 +40,7 @@ pub fn plus_wanted(data: &RenderingData, mut address: impl FnMut(&str) -> Option
             let servers = app
                 .hosts
                 .iter()
-                .map(|h| PlusServer {
-                    server: address(&h.host).map(|ip| crate::funcs::host_port(&ip, &h.port.to_string())),
-                })
+                .map(|h| PlusServer { server: address(&h.host).map(|ip| gatehouse_model::host_port(&ip, h.port)) })
                 .collect();
             (app.vhost.clone(), servers)
         })

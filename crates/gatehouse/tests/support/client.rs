@@ -47,6 +47,16 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
 }
 
 /// One request on a new connection.
+/// The distinct bodies of `requests` GETs of `/` for `host`, each on its own connection
+/// (which instances a balanced route reaches).
+pub async fn bodies(addr: SocketAddr, host: &str, requests: usize) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..requests {
+        seen.insert(get(addr, host, "/").await.body);
+    }
+    seen
+}
+
 pub async fn send(addr: SocketAddr, req: Request<Bytes>) -> Reply {
     tokio::time::timeout(LIMIT, async {
         let mut conn = KeepAlive::connect(addr).await;

@@ -82,7 +82,7 @@ pub fn plan(wanted: &Wanted, current: &[ServerState], backends: &BTreeSet<String
 pub fn commands(step: &Step, attributes: &str, ssl: &str) -> Vec<String> {
     match step {
         Step::Add { backend, server } => {
-            let at = crate::funcs::host_port(server.addr.as_deref().unwrap_or_default(), &server.port.to_string());
+            let at = gatehouse_model::host_port(server.addr.as_deref().unwrap_or_default(), server.port);
             let mut add = format!("add server {backend}/{} {at}", server.name);
             for extra in [attributes, if server.https { ssl } else { "" }] {
                 if !extra.trim().is_empty() {

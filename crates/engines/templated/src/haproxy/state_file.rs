@@ -101,7 +101,7 @@ pub fn rewrite_blocks(
             out.push_str(line);
             let indent = &line[..line.len() - line.trim_start().len()];
             for s in servers.and_then(|all| all.get(backend)).into_iter().flatten() {
-                let at = crate::funcs::host_port(&s.addr, &s.port.to_string());
+                let at = gatehouse_model::host_port(&s.addr, s.port);
                 let mut server = format!("{indent}server {} {at}", s.name);
                 for extra in [attributes, if s.ssl { ssl } else { "" }] {
                     if !extra.trim().is_empty() {
