@@ -10,11 +10,51 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use crate::upstream;
+use crate::{h1, upstream};
+
+/// A request body as the client connection delivers it.
+pub(crate) enum ClientBody {
+    Empty,
+    /// Read by Gatehouse's HTTP/1 server.
+    H1(h1::RequestBodyPipe),
+    /// An HTTP/2 stream's body, read by hyper.
+    H2(Incoming),
+}
+
+type ClientError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(pipe) => Pin::new(pipe).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(pipe) => pipe.is_end_stream(),
+            ClientBody::H2(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(pipe) => pipe.size_hint(),
+            ClientBody::H2(incoming) => incoming.size_hint(),
+        }
+    }
+}
 
 /// A client's request body on its way upstream, cut off at the service's size limit.
 pub(crate) struct RequestBody {
-    inner: Option<Incoming>,
+    inner: ClientBody,
     remaining: Option<u64>,
 }
 
@@ -23,16 +63,16 @@ pub(crate) enum RequestBodyError {
     #[error("request body is larger than the service allows")]
     TooLarge,
     #[error("reading the request body: {0}")]
-    Client(#[from] hyper::Error),
+    Client(ClientError),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        RequestBody { inner: Some(inner), remaining: limit }
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> Self {
+        RequestBody { inner, remaining: limit }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, remaining: None }
+        RequestBody { inner: ClientBody::Empty, remaining: None }
     }
 }
 
@@ -42,10 +82,7 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(remaining)) = (frame.data_ref(), this.remaining.as_mut()) {
                     let len = data.len() as u64;
@@ -56,17 +93,17 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or(SizeHint::with_exact(0), Body::size_hint)
+        self.inner.size_hint()
     }
 }
 

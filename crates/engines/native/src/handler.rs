@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use gatehouse_metrics::Metrics;
+use bytes::Bytes;
+use gatehouse_metrics::{Metrics, ServiceMetrics};
 use gatehouse_model::{normalize_host, PickContext, Route, Scheme, Service, ServiceSpec, TargetSpec};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -13,8 +14,9 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::body::{ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{ClientBody, ProxyBody, RequestBody, RequestBodyError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
 use crate::snapshot::{ServiceRuntime, Snapshot};
@@ -45,28 +47,47 @@ impl ConnInfo {
 /// More tries than this per request are never made, whatever `retries` says.
 const MAX_TRIES: usize = 11;
 
-pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+/// A response, and for an HTTP/1.1 upgrade the tunnel to run once it is written.
+pub(crate) type Handled = (Response<ProxyBody>, Option<Tunnel>);
+
+pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo) -> Handled {
     let snap = conn.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     let mut routed = None;
     match proxy(req, conn, &snap, &request_id, &mut routed).await {
-        Ok(resp) => resp,
+        Ok(handled) => handled,
         Err(err) => {
-            conn.shared.metrics.proxy_error(err.kind());
             let metrics = routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
-            metrics.record_status(err.status().as_u16());
-            err.respond(&snap.xproxy, &request_id)
+            (local_error(err, conn, metrics, &snap, &request_id), None)
         }
     }
 }
 
+/// Answers a request that could not even be read (it has no id yet: one is made).
+pub(crate) fn refuse(err: LocalError, conn: &ConnInfo) -> Response<ProxyBody> {
+    let snap = conn.shared.snapshot.load();
+    local_error(err, conn, &snap.unrouted, &snap, &headers::request_id(&http::HeaderMap::new()))
+}
+
+fn local_error(
+    err: LocalError,
+    conn: &ConnInfo,
+    metrics: &ServiceMetrics,
+    snap: &Snapshot,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    conn.shared.metrics.proxy_error(err.kind());
+    metrics.record_status(err.status().as_u16());
+    err.respond(&snap.xproxy, request_id)
+}
+
 async fn proxy(
-    mut req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     snap: &Arc<Snapshot>,
     request_id: &HeaderValue,
     routed: &mut Option<Route<ServiceRuntime>>,
-) -> Result<Response<ProxyBody>, LocalError> {
+) -> Result<Handled, LocalError> {
     let host = request_host(&req)?;
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
     let found = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?;
@@ -85,7 +106,6 @@ async fn proxy(
         }
     }
     let upgrade = wants_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let path_and_query = forward_path(service, &parts.uri);
@@ -156,14 +176,16 @@ async fn proxy(
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
         parts.version = Version::HTTP_11;
-        let body = match (client_upgrade, upstream_upgrade) {
-            (Some(client), Some(upstream)) => {
-                tunnel(client, upstream, conn.shared.metrics.clone(), in_flight);
-                ProxyBody::empty()
+        return Ok(match upstream_upgrade {
+            Some(upstream) => {
+                let tunnel = Tunnel { upstream, metrics: conn.shared.metrics.clone(), _in_flight: in_flight };
+                (Response::from_parts(parts, ProxyBody::empty()), Some(tunnel))
             }
-            _ => ProxyBody::upstream(body, reuse.map(|sender| (key.clone(), sender)), in_flight),
-        };
-        return Ok(Response::from_parts(parts, body));
+            None => {
+                let body = ProxyBody::upstream(body, reuse.map(|sender| (key.clone(), sender)), in_flight);
+                (Response::from_parts(parts, body), None)
+            }
+        });
     }
     Err(LocalError::Unreachable)
 }
@@ -264,34 +286,39 @@ fn classify(runtime: &ServiceRuntime, service: &str, target: &TargetSpec, e: hyp
     }
 }
 
-/// Relays bytes both ways once client and target have both switched protocols.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+/// A target that agreed to switch protocols; the client's side is joined once the `101`
+/// has been written to it.
+pub(crate) struct Tunnel {
     upstream: hyper::upgrade::OnUpgrade,
     metrics: Arc<Metrics>,
-    in_flight: gatehouse_model::InFlight,
-) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+    _in_flight: gatehouse_model::InFlight,
+}
+
+impl Tunnel {
+    /// Relays bytes both ways until either side closes. `early` is what the client sent
+    /// after its upgrade request, before the switch.
+    pub async fn run<IO: AsyncRead + AsyncWrite + Unpin>(self, client: &mut IO, early: Bytes) {
+        let mut upstream = match self.upstream.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
-        metrics.open_websockets.inc();
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+            return;
+        }
+        self.metrics.open_websockets.inc();
+        if let Err(e) = tokio::io::copy_bidirectional(client, &mut upstream).await {
             tracing::debug!(error = %e, "tunnel closed with an error");
         }
-        metrics.open_websockets.dec();
-        drop(in_flight);
-    });
+        self.metrics.open_websockets.dec();
+    }
 }
 
 /// The routing authority: the URI's (HTTP/2 `:authority`, or an absolute-form request
 /// target, which RFC 9112 §3.2.2 says wins over Host), else the single Host header.
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, LocalError> {
+fn request_host(req: &Request<ClientBody>) -> Result<HeaderValue, LocalError> {
     if let Some(authority) = req.uri().authority() {
         if authority.as_str().contains('@') {
             return Err(LocalError::BadRequest("credentials in the request target are not accepted\n"));
@@ -306,12 +333,12 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, LocalError> {
     }
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<ClientBody>) -> Option<u64> {
     req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// An HTTP/1.1 upgrade to anything but h2c (which must never be tunnelled through an edge).
-fn wants_upgrade(req: &Request<Incoming>) -> bool {
+fn wants_upgrade(req: &Request<ClientBody>) -> bool {
     req.version() == Version::HTTP_11
         && headers::connection_has(req.headers(), "upgrade")
         && req.headers().get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))

@@ -7,7 +7,7 @@
 //! listeners or open connections.
 
 mod body;
-mod guard;
+mod h1;
 mod handler;
 mod headers;
 mod listen;

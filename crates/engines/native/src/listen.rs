@@ -9,24 +9,20 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::guard::FramingGuard;
+use crate::body::ClientBody;
+use crate::h1;
 use crate::handler::{self, ConnInfo, Shared};
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore};
 use crate::upstream;
 
-/// Largest request head (request line and headers) accepted; larger gets 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Time a client has to send a complete request head, and how long an idle keep-alive
-/// connection is kept.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// How often each worker drops expired idle upstream connections.
@@ -209,7 +205,7 @@ async fn accept_loop(
                 // Each task is sized for what it runs: plain HTTP/1 tasks do not carry the
                 // TLS handshake's or HTTP/2's state.
                 match &tls {
-                    None => tokio::spawn(serve_h1(FramingGuard::new(stream), conn, stopped.clone(), counted)),
+                    None => tokio::spawn(serve_h1(stream, conn, stopped.clone(), counted)),
                     Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), conn, stopped.clone(), counted)),
                 };
             }
@@ -229,7 +225,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 /// Resolves once the workers are asked to stop.
-async fn stop_requested(stopped: &mut watch::Receiver<Option<Duration>>) {
+pub(crate) async fn stop_requested(stopped: &mut watch::Receiver<Option<Duration>>) {
     // The borrow `wait_for` returns must not live across an await: drop it at once.
     let _ = stopped.wait_for(Option::is_some).await.map(|_| ());
 }
@@ -276,27 +272,17 @@ async fn serve_tls(
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         Box::pin(serve_h2(stream, conn, stopped, counted)).await
     } else {
-        Box::pin(serve_h1(FramingGuard::new(stream), conn, stopped, counted)).await
+        Box::pin(serve_h1(stream, conn, stopped, counted)).await
     }
 }
 
-async fn serve_h1<IO>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let shared = conn.shared.clone();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_header_size(MAX_HEAD_BYTES)
-        .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
-        .keep_alive(true)
-        // One flattened write per response instead of a two-part writev: about 4% less CPU
-        // per small request (bench/), for one extra copy of body bytes.
-        .writev(false);
-    let connection = builder.serve_connection(TokioIo::new(io), proxy_service(conn)).with_upgrades();
-    drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
+async fn serve_h1<IO: h1::Transport>(
+    io: IO,
+    conn: ConnInfo,
+    stopped: watch::Receiver<Option<Duration>>,
+    _counted: OpenConnection,
+) {
+    h1::serve(io, conn, stopped).await
 }
 
 async fn serve_h2<IO>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
@@ -306,12 +292,13 @@ where
     let shared = conn.shared.clone();
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_header_list_size(h1::MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .serve_connection(TokioIo::new(io), proxy_service(conn));
     drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
 }
 
-/// The request handler, for one client connection.
+/// The request handler, for one HTTP/2 client connection.
 fn proxy_service(
     conn: ConnInfo,
 ) -> impl hyper::service::Service<
@@ -324,7 +311,7 @@ fn proxy_service(
         let conn = conn.clone();
         // Boxed so the future hyper keeps for every idle connection is a pointer, not the
         // few kilobytes the request path needs while it runs.
-        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req, &conn)).await) }
+        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req.map(ClientBody::H2), &conn)).await.0) }
     })
 }
 
@@ -351,7 +338,7 @@ async fn drive<C>(
     }
 }
 
-/// Requests hyper rejected before they reached a handler (it answered 400, 431 or 414).
+/// Streams hyper's HTTP/2 server refused before they reached a handler.
 fn count_connection_error(shared: &Shared, e: &hyper::Error) {
     if e.is_parse_too_large() {
         shared.metrics.proxy_error("headers_too_large");

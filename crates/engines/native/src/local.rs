@@ -9,6 +9,10 @@ use crate::body::ProxyBody;
 pub(crate) enum LocalError {
     /// The request cannot be proxied as sent (the text says why).
     BadRequest(&'static str),
+    /// The request is not valid HTTP/1 or its framing is ambiguous; it was never routed.
+    Malformed(&'static str),
+    /// The request head is over the size or field-count limit.
+    HeadersTooLarge,
     NoRoute,
     MethodNotAllowed,
     /// The service is known but has no targets right now.
@@ -25,7 +29,8 @@ pub(crate) enum LocalError {
 impl LocalError {
     pub fn status(self) -> StatusCode {
         match self {
-            LocalError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LocalError::BadRequest(_) | LocalError::Malformed(_) => StatusCode::BAD_REQUEST,
+            LocalError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             LocalError::NoRoute => StatusCode::NOT_FOUND,
             LocalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             LocalError::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
@@ -39,6 +44,8 @@ impl LocalError {
     pub fn kind(self) -> &'static str {
         match self {
             LocalError::BadRequest(_) => "bad_request",
+            LocalError::Malformed(_) => "malformed_request",
+            LocalError::HeadersTooLarge => "headers_too_large",
             LocalError::NoRoute => "no_route",
             LocalError::MethodNotAllowed => "method_not_allowed",
             LocalError::NoTargets => "no_targets",
@@ -51,7 +58,8 @@ impl LocalError {
 
     fn text(self) -> &'static str {
         match self {
-            LocalError::BadRequest(why) => why,
+            LocalError::BadRequest(why) | LocalError::Malformed(why) => why,
+            LocalError::HeadersTooLarge => "request header section too large\n",
             LocalError::NoRoute => "no route for this host and path\n",
             LocalError::MethodNotAllowed => "method not allowed\n",
             LocalError::NoTargets => "no healthy targets for this service\n",
@@ -69,7 +77,13 @@ impl LocalError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(crate::headers::X_PROXY, xproxy.clone());
         h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
-        if matches!(self, LocalError::BadRequest(_) | LocalError::BodyTooLarge) {
+        if matches!(
+            self,
+            LocalError::BadRequest(_)
+                | LocalError::Malformed(_)
+                | LocalError::HeadersTooLarge
+                | LocalError::BodyTooLarge
+        ) {
             // The rest of the request may still be on the wire; do not read it as a new one.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -1,0 +1,232 @@
+//! The chunked transfer coding (RFC 9112 §7.1): a strict decoder for request bodies and the
+//! encoder for response bodies.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_SIZE_LINE: usize = 4096;
+/// Largest trailer section accepted.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a chunk-size line; `digits` counted to refuse overflow.
+    Size {
+        value: u64,
+        digits: u8,
+        part: SizePart,
+        line: usize,
+    },
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+    Done,
+}
+
+/// Where a chunk-size line is: `1f`, then optional blanks, then optional `;extensions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizePart {
+    Digits,
+    Blank,
+    Extension,
+}
+
+const NEXT_SIZE: State = State::Size { value: 0, digits: 0, part: SizePart::Digits, line: 0 };
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    Data(Bytes),
+    /// The last chunk's trailer fields; the body has ended.
+    Trailers(HeaderMap),
+    /// The body has ended (no trailers).
+    End,
+    /// Everything in the buffer is consumed; more bytes are needed.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub(crate) struct ChunkError;
+
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    state: State,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder { state: NEXT_SIZE }
+    }
+}
+
+impl Decoder {
+    /// Consumes framing from the front of `buf` and returns the next piece of the body.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::End),
+                State::Data(remaining) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = remaining.min(buf.len() as u64);
+                    self.state = if take == remaining { State::DataCr } else { State::Data(remaining - take) };
+                    return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+                }
+                State::Trailers => return self.trailers(buf),
+                state => {
+                    let Some(&byte) = buf.first() else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let _ = buf.split_to(1);
+                    self.state = step(state, byte)?;
+                }
+            }
+        }
+    }
+
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        if buf.starts_with(b"\r\n") {
+            let _ = buf.split_to(2);
+            self.state = State::Done;
+            return Ok(Decoded::End);
+        }
+        if buf.len() < 2 {
+            return Ok(Decoded::NeedMore);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete((len, parsed))) if len <= MAX_TRAILERS => {
+                let mut trailers = HeaderMap::with_capacity(parsed.len());
+                for field in parsed {
+                    let name = http::HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError)?;
+                    let value = http::HeaderValue::from_bytes(field.value).map_err(|_| ChunkError)?;
+                    trailers.append(name, value);
+                }
+                let _ = buf.split_to(len);
+                self.state = State::Done;
+                Ok(Decoded::Trailers(trailers))
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => Ok(Decoded::NeedMore),
+            _ => Err(ChunkError),
+        }
+    }
+}
+
+/// One byte of framing outside chunk data.
+fn step(state: State, byte: u8) -> Result<State, ChunkError> {
+    use SizePart::{Blank, Digits, Extension};
+    Ok(match (state, byte) {
+        (State::Size { line, .. }, _) if line >= MAX_SIZE_LINE => return Err(ChunkError),
+        (State::Size { value, digits, part: Digits, line }, b) if b.is_ascii_hexdigit() => {
+            if digits >= 16 {
+                return Err(ChunkError);
+            }
+            let digit = (b as char).to_digit(16).map_or(0, u64::from);
+            State::Size { value: value << 4 | digit, digits: digits + 1, part: Digits, line: line + 1 }
+        }
+        (State::Size { digits: 0, .. }, _) => return Err(ChunkError),
+        (State::Size { value, .. }, b'\r') => State::SizeLf(value),
+        (State::Size { value, digits, part: Digits | Blank, line }, b' ' | b'\t') => {
+            State::Size { value, digits, part: Blank, line: line + 1 }
+        }
+        (State::Size { value, digits, line, .. }, b';') => {
+            State::Size { value, digits, part: Extension, line: line + 1 }
+        }
+        (State::Size { value, digits, part: Extension, line }, b) if b == b'\t' || (b' '..=b'~').contains(&b) => {
+            State::Size { value, digits, part: Extension, line: line + 1 }
+        }
+        (State::SizeLf(0), b'\n') => State::Trailers,
+        (State::SizeLf(size), b'\n') => State::Data(size),
+        (State::DataCr, b'\r') => State::DataLf,
+        (State::DataLf, b'\n') => NEXT_SIZE,
+        _ => return Err(ChunkError),
+    })
+}
+
+/// Appends one chunk carrying `data` (nothing for empty data: that would end the body).
+pub(crate) fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk and the trailer section.
+pub(crate) fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed `step` bytes at a time; returns the body and the trailers.
+    fn decode_in_steps(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>, Bytes), ChunkError> {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = input.chunks(step);
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Trailers(t) => return Ok((body, Some(t), buf.freeze())),
+                Decoded::End => return Ok((body, None, buf.freeze())),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return Err(ChunkError),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_in_any_split() {
+        let input = b"5;name=value\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, input.len()] {
+            let (body, trailers, rest) = decode_in_steps(input, step).unwrap();
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(trailers.unwrap()["x-sum"], "1");
+            assert!(b"NEXT".starts_with(&rest), "bytes after the body are left: {rest:?}");
+        }
+        let (body, trailers, _) = decode_in_steps(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!((body.as_slice(), trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn refuses_malformed_framing() {
+        for bad in
+            [&b"x\r\n"[..], b"\r\n", b"5\nhello\r\n0\r\n\r\n", b"5\r\nhelloX\r\n", b"11111111111111111\r\n", b"5 5\r\n"]
+        {
+            assert_eq!(decode_in_steps(bad, 1).unwrap_err(), ChunkError, "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_SIZE_LINE));
+        assert!(decode_in_steps(long.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn encodes_chunks_and_trailers() {
+        let mut out = Vec::new();
+        encode_chunk(&mut out, b"hello world, sixteen");
+        encode_chunk(&mut out, b"");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        encode_end(&mut out, Some(&trailers));
+        assert_eq!(out, b"14\r\nhello world, sixteen\r\n0\r\ngrpc-status: 0\r\n\r\n");
+        let (body, t, _) = decode_in_steps(&out, 5).unwrap();
+        assert_eq!(body, b"hello world, sixteen");
+        assert_eq!(t.unwrap()["grpc-status"], "0");
+    }
+}

@@ -1,0 +1,464 @@
+//! One client connection: read a head, hand the request to the handler while the body is
+//! read on demand, write the response, and between requests hold no buffer at all.
+//!
+//! An idle keep-alive connection costs its task, its socket registration and a few words of
+//! state: the read buffer is released once a request has been read and its body handed on,
+//! and the write buffer lives only while a response is written (hyper's server kept 16 KB per
+//! connection). The exchange itself runs in a boxed future so the idle task stays small.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, Version};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::chunked::{self, Decoded, Decoder};
+use super::pipe::{self, BodyError};
+use super::request::{self, Framing, Head, HeadError};
+use super::response::{self, After, Encoding, Plan};
+use crate::body::{ClientBody, ProxyBody};
+use crate::handler::{self, ConnInfo};
+use crate::local::LocalError;
+
+/// Time a client has to send a complete request head, counted from the end of the previous
+/// exchange: it is also how long an idle keep-alive connection is kept.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much is read at a time for a head, and for a body.
+const HEAD_READ: usize = 4 * 1024;
+const BODY_READ: usize = 16 * 1024;
+/// A response is written once this much is buffered, or when its body has nothing ready.
+const WRITE_AT: usize = 16 * 1024;
+/// After refusing a request whose body is still arriving, read and drop this much (or for
+/// this long) before closing, so the client sees the answer instead of a reset.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A client stream the HTTP/1 server can run on.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would find bytes, without holding a buffer while waiting. Streams
+    /// that buffer internally (TLS) are always ready and simply read.
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
+/// the worker stops (the request in flight finishes first).
+pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>) {
+    let mut c = Connection { io, buf: BytesMut::new() };
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(HEAD_TIMEOUT, c.read_head()) => read,
+            _ = crate::listen::stop_requested(&mut stopped) => return,
+        };
+        let head = match read {
+            Ok(Ok(Some(head))) => head,
+            // Closed between requests, or reset.
+            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return,
+            Ok(Err(ReadError::Head(e))) => {
+                let refused = match e {
+                    HeadError::Malformed(why) => LocalError::Malformed(why),
+                    HeadError::TooLarge => LocalError::HeadersTooLarge,
+                };
+                return Box::pin(c.refuse(refused, &conn)).await;
+            }
+            Err(_) => {
+                if !c.buf.is_empty() {
+                    conn.shared.metrics.proxy_error("client_timeout");
+                }
+                return;
+            }
+        };
+        match Box::pin(c.exchange(head, &conn, &stopped)).await {
+            After::KeepAlive => {
+                if c.buf.is_empty() {
+                    // Let the buffer go (the request's header values may still share it).
+                    c.buf = BytesMut::new();
+                }
+            }
+            After::Close | After::Upgrade => return,
+        }
+    }
+}
+
+enum ReadError {
+    Head(HeadError),
+    Io,
+}
+
+struct Connection<IO> {
+    io: IO,
+    /// Bytes read and not yet used: part of a head, or body bytes, or a pipelined request.
+    buf: BytesMut,
+}
+
+impl<IO: Transport> Connection<IO> {
+    /// The next request head; `None` when the client closed cleanly before sending one.
+    async fn read_head(&mut self) -> Result<Option<Head>, ReadError> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = request::parse(&mut self.buf).map_err(ReadError::Head)? {
+                    return Ok(Some(head));
+                }
+            } else {
+                poll_fn(|cx| self.io.poll_idle(cx)).await.map_err(|_| ReadError::Io)?;
+            }
+            if self.buf.capacity() - self.buf.len() < HEAD_READ / 4 {
+                self.buf.reserve(HEAD_READ);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) | Err(_) => return Err(ReadError::Io),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answers a request that could not be read, and closes.
+    async fn refuse(&mut self, error: LocalError, conn: &ConnInfo) {
+        let response = handler::refuse(error, conn);
+        let _ = self.respond(response, &Method::GET, Version::HTTP_11, false, &mut None).await;
+        self.close(true).await;
+    }
+
+    /// One request and its response. Returns what the connection does next.
+    async fn exchange(&mut self, head: Head, conn: &ConnInfo, stopped: &watch::Receiver<Option<Duration>>) -> After {
+        let Head { request, framing, keep_alive, expect_continue } = head;
+        let (method, version) = (request.method().clone(), request.version());
+        let (body, mut pump) = match framing {
+            Framing::Empty => (ClientBody::Empty, None),
+            Framing::Length(n) => {
+                let (tx, rx) = pipe::pipe(Some(n));
+                (ClientBody::H1(rx), Some(Pump::new(tx, Decode::Length(n), expect_continue)))
+            }
+            Framing::Chunked => {
+                let (tx, rx) = pipe::pipe(None);
+                (ClientBody::H1(rx), Some(Pump::new(tx, Decode::Chunked(Decoder::default()), expect_continue)))
+            }
+        };
+        let mut handling = pin!(handler::handle(request.map(|()| body), conn));
+        let (response, tunnel) = poll_fn(|cx| {
+            if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
+                return Poll::Ready(handled);
+            }
+            if let Some(pump) = pump.as_mut() {
+                let _ = pump.poll(cx, &mut self.io, &mut self.buf);
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(pump) = pump.as_mut() {
+            // Too late for `100 Continue`: the final response goes out now.
+            pump.continue_sent = CONTINUE.len();
+        }
+        let stopping = stopped.borrow().is_some();
+        let keep_alive = keep_alive && !stopping && pump.as_ref().is_none_or(|p| p.outcome != Some(Outcome::Abandoned));
+        let after = match self.respond(response, &method, version, keep_alive, &mut pump).await {
+            Ok(after) => after,
+            Err(()) => After::Close,
+        };
+        match after {
+            After::Upgrade => {
+                if let Some(tunnel) = tunnel {
+                    let early = std::mem::take(&mut self.buf).freeze();
+                    let mut stopped = stopped.clone();
+                    tokio::select! {
+                        _ = tunnel.run(&mut self.io, early) => {}
+                        _ = crate::listen::stop_requested(&mut stopped) => {}
+                    }
+                }
+                After::Upgrade
+            }
+            After::KeepAlive if self.finish_body(pump).await => After::KeepAlive,
+            After::KeepAlive | After::Close => {
+                self.close(false).await;
+                After::Close
+            }
+        }
+    }
+
+    /// Writes `response` while the request body (if any) keeps flowing upstream.
+    async fn respond(
+        &mut self,
+        response: Response<ProxyBody>,
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+        pump: &mut Option<Pump>,
+    ) -> Result<After, ()> {
+        let (parts, body) = response.into_parts();
+        let plan = response::plan(method, version, parts.status, &parts.headers, body.size_hint(), keep_alive);
+        let mut out = Vec::with_capacity(512);
+        response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
+        drop(parts);
+        let mut writer = Writer { out, sent: 0, body, plan, state: WriteState::Body };
+        poll_fn(|cx| {
+            if let Some(pump) = pump.as_mut() {
+                let _ = pump.poll(cx, &mut self.io, &mut self.buf);
+            }
+            writer.poll(cx, &mut self.io)
+        })
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "writing a response failed"))?;
+        Ok(writer.plan.after)
+    }
+
+    /// Reads what is left of a request body whose response is already out, so the connection
+    /// can carry the next request. False when that cannot be done.
+    async fn finish_body(&mut self, pump: Option<Pump>) -> bool {
+        let Some(mut pump) = pump else {
+            return true;
+        };
+        let finished = tokio::time::timeout(LINGER_TIME, poll_fn(|cx| pump.poll(cx, &mut self.io, &mut self.buf)));
+        finished.await.is_ok() && pump.outcome == Some(Outcome::Complete)
+    }
+
+    /// Ends the connection. With `linger`, first reads and drops what the client is still
+    /// sending (a refused body), so the answer is not lost to a reset.
+    async fn close(&mut self, linger: bool) {
+        let _ = tokio::time::timeout(LINGER_TIME, self.io.shutdown()).await;
+        if linger {
+            let mut seen = 0;
+            let mut scratch = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                while seen < LINGER_BYTES {
+                    match self.io.read(&mut scratch).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen += n,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The whole body went upstream.
+    Complete,
+    /// The client sent a malformed body or went away.
+    Failed,
+    /// Nobody wants the rest of the body (the request was answered without it).
+    Abandoned,
+}
+
+enum Decode {
+    Length(u64),
+    Chunked(Decoder),
+}
+
+/// Moves a request body from the socket into its pipe, a frame at a time, as it is asked for.
+struct Pump {
+    tx: Option<pipe::Sender>,
+    decode: Decode,
+    /// Bytes of `100 Continue` written; all of it when none is due.
+    continue_sent: usize,
+    outcome: Option<Outcome>,
+}
+
+enum Piece {
+    Frame(Frame<Bytes>, bool),
+    End,
+    NeedMore,
+    Malformed,
+}
+
+impl Pump {
+    fn new(tx: pipe::Sender, decode: Decode, expect_continue: bool) -> Self {
+        let continue_sent = if expect_continue { 0 } else { CONTINUE.len() };
+        Pump { tx: Some(tx), decode, continue_sent, outcome: None }
+    }
+
+    fn end(&mut self, outcome: Outcome, error: Option<BodyError>) {
+        if let Some(tx) = self.tx.take() {
+            match error {
+                Some(e) => tx.fail(e),
+                None if outcome == Outcome::Complete => tx.finish(),
+                None => {}
+            }
+        }
+        self.outcome = Some(outcome);
+    }
+
+    /// Ready once the body has ended one way or another (see `outcome`).
+    fn poll<IO: Transport>(&mut self, cx: &mut Context<'_>, io: &mut IO, buf: &mut BytesMut) -> Poll<()> {
+        loop {
+            let Some(tx) = self.tx.as_mut() else {
+                return Poll::Ready(());
+            };
+            if ready!(tx.poll_ready(cx)).is_err() {
+                self.end(Outcome::Abandoned, None);
+                continue;
+            }
+            if self.continue_sent < CONTINUE.len() {
+                match Pin::new(&mut *io).poll_write(cx, &CONTINUE[self.continue_sent..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => self.continue_sent += n,
+                    Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                if self.continue_sent == CONTINUE.len() {
+                    let _ = Pin::new(&mut *io).poll_flush(cx);
+                }
+                continue;
+            }
+            match self.next_piece(buf) {
+                Piece::Frame(frame, last) => {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.send(frame);
+                    }
+                    if last {
+                        self.end(Outcome::Complete, None);
+                    }
+                }
+                Piece::End => self.end(Outcome::Complete, None),
+                Piece::Malformed => self.end(Outcome::Failed, Some(BodyError::Malformed)),
+                Piece::NeedMore => {
+                    if buf.capacity() - buf.len() < BODY_READ / 4 {
+                        buf.reserve(BODY_READ);
+                    }
+                    match pin!(io.read_buf(buf)).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(n)) if n > 0 => {}
+                        Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_piece(&mut self, buf: &mut BytesMut) -> Piece {
+        match &mut self.decode {
+            Decode::Length(0) => Piece::End,
+            Decode::Length(_) if buf.is_empty() => Piece::NeedMore,
+            Decode::Length(remaining) => {
+                let take = (*remaining).min(buf.len() as u64);
+                *remaining -= take;
+                Piece::Frame(Frame::data(buf.split_to(take as usize).freeze()), *remaining == 0)
+            }
+            Decode::Chunked(decoder) => match decoder.decode(buf) {
+                Ok(Decoded::Data(data)) => Piece::Frame(Frame::data(data), false),
+                Ok(Decoded::Trailers(fields)) => Piece::Frame(Frame::trailers(fields), true),
+                Ok(Decoded::End) => Piece::End,
+                Ok(Decoded::NeedMore) => Piece::NeedMore,
+                Err(_) => Piece::Malformed,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Body,
+    /// The body is complete and encoded; what is buffered is the last of it.
+    Done,
+}
+
+/// A response on its way out: the encoded bytes not yet written, and the body to encode.
+struct Writer {
+    out: Vec<u8>,
+    sent: usize,
+    body: ProxyBody,
+    plan: Plan,
+    state: WriteState,
+}
+
+impl Writer {
+    fn poll<IO: Transport>(&mut self, cx: &mut Context<'_>, io: &mut IO) -> Poll<io::Result<()>> {
+        loop {
+            let mut body_waiting = false;
+            while self.state == WriteState::Body && self.out.len() - self.sent < WRITE_AT {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_waiting = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => self.encode(frame)?,
+                }
+            }
+            if self.sent < self.out.len() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.sent += n;
+                if self.sent == self.out.len() {
+                    self.out.clear();
+                    self.sent = 0;
+                }
+                continue;
+            }
+            // Everything encoded so far is written: push it out of any buffering layer (TLS)
+            // before waiting for more of the body, or before the next request.
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            if self.state == WriteState::Done {
+                return Poll::Ready(Ok(()));
+            }
+            if body_waiting {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Encodes one frame of the body (or its end). A body that breaks off, or says more or
+    /// less than its declared length, ends the connection: the client must not take a short
+    /// body for a whole one.
+    fn encode(&mut self, frame: Option<Result<Frame<Bytes>, hyper::Error>>) -> io::Result<()> {
+        let broken = |what: &str| io::Error::other(format!("response body {what}"));
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => match &mut self.plan.encoding {
+                    Encoding::Length(remaining) => {
+                        if data.len() as u64 > *remaining {
+                            return Err(broken("longer than its Content-Length"));
+                        }
+                        *remaining -= data.len() as u64;
+                        self.out.extend_from_slice(&data);
+                        if *remaining == 0 && self.body.is_end_stream() {
+                            self.state = WriteState::Done;
+                        }
+                    }
+                    Encoding::Chunked => chunked::encode_chunk(&mut self.out, &data),
+                    Encoding::UntilClose => self.out.extend_from_slice(&data),
+                    // HEAD, 204, 304: a body the target should not have sent is dropped.
+                    Encoding::None => {}
+                },
+                Err(frame) => {
+                    if let (Encoding::Chunked, Ok(trailers)) = (self.plan.encoding, frame.into_trailers()) {
+                        chunked::encode_end(&mut self.out, Some(&trailers));
+                        self.state = WriteState::Done;
+                    }
+                }
+            },
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            None => {
+                match self.plan.encoding {
+                    Encoding::Length(remaining) if remaining > 0 => {
+                        return Err(broken("shorter than its Content-Length"))
+                    }
+                    Encoding::Chunked => chunked::encode_end(&mut self.out, None),
+                    _ => {}
+                }
+                self.state = WriteState::Done;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Reading a request head: httparse's strict parse plus the framing rules of an edge proxy.
+//!
+//! A head is refused (400, connection closed, nothing forwarded) when its body framing is
+//! ambiguous: `Content-Length` with `Transfer-Encoding`, a `Transfer-Encoding` other than a
+//! single `chunked`, `Transfer-Encoding` on HTTP/1.0, several or unreadable lengths. These are
+//! nginx's rules; RFC 9112 §6.1 would let chunked win, which is how requests get smuggled
+//! past a proxy that reads them differently from the target behind it.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+use crate::headers;
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// More header fields than this get 431.
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// How the request's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// The client wants the connection kept after this exchange.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub expect_continue: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Not an HTTP/1 request head we accept (the text says why, for the 400 body).
+    Malformed(&'static str),
+    /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`].
+    TooLarge,
+}
+
+/// Takes one complete head off the front of `buf`; `Ok(None)` when more bytes are needed.
+/// Header values share the head's bytes instead of copying them.
+pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed("malformed request\n")),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let target = {
+        let path = req.path.unwrap_or_default().as_bytes();
+        (offset(path), path.len())
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("malformed request\n"))?;
+    let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = req.headers.len();
+    for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
+        *span = (offset(field.name.as_bytes()), field.name.len(), offset(field.value), field.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let slice = |start: usize, len: usize| head.slice(start..start + len);
+
+    let uri = Uri::from_maybe_shared(slice(target.0, target.1))
+        .map_err(|_| HeadError::Malformed("malformed request target\n"))?;
+    let mut fields = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| HeadError::Malformed("malformed header name\n"))?;
+        let value = HeaderValue::from_maybe_shared(slice(value_at, value_len))
+            .map_err(|_| HeadError::Malformed("malformed header value\n"))?;
+        fields.append(name, value);
+    }
+    let framing = framing(&fields, version)?;
+    let keep_alive = match version {
+        Version::HTTP_10 => headers::connection_has(&fields, "keep-alive"),
+        _ => !headers::connection_has(&fields, "close"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && framing != Framing::Empty
+        && fields.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = fields;
+    Ok(Some(Head { request, framing, keep_alive, expect_continue }))
+}
+
+fn framing(fields: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+    let mut encodings = fields.get_all(header::TRANSFER_ENCODING).iter();
+    let mut lengths = fields.get_all(header::CONTENT_LENGTH).iter();
+    match (encodings.next(), lengths.next()) {
+        (Some(_), Some(_)) => Err(HeadError::Malformed("Content-Length with Transfer-Encoding\n")),
+        (Some(encoding), None) => {
+            if version == Version::HTTP_10 {
+                return Err(HeadError::Malformed("Transfer-Encoding on HTTP/1.0\n"));
+            }
+            if encodings.next().is_some() || !trim(encoding.as_bytes()).eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Malformed("unsupported Transfer-Encoding\n"));
+            }
+            Ok(Framing::Chunked)
+        }
+        (None, Some(length)) => {
+            if lengths.next().is_some() {
+                return Err(HeadError::Malformed("more than one Content-Length\n"));
+            }
+            match parse_length(length.as_bytes()) {
+                Some(0) => Ok(Framing::Empty),
+                Some(n) => Ok(Framing::Length(n)),
+                None => Err(HeadError::Malformed("invalid Content-Length\n")),
+            }
+        }
+        (None, None) => Ok(Framing::Empty),
+    }
+}
+
+/// Digits only: `u64::from_str` would also take a leading `+`.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = trim(value);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &value[start..end]
+}
+
+/// A view of the bytes after a head, for tests.
+#[cfg(test)]
+fn parse_all(input: &[u8]) -> (Vec<Result<Head, HeadError>>, bytes::Bytes) {
+    let mut buf = BytesMut::from(input);
+    let mut heads = Vec::new();
+    loop {
+        match parse(&mut buf) {
+            Ok(Some(head)) => {
+                if let Framing::Length(n) = head.framing {
+                    let _ = buf.split_to((n as usize).min(buf.len()));
+                }
+                heads.push(Ok(head));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                heads.push(Err(e));
+                break;
+            }
+        }
+    }
+    (heads, buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(input: &[u8]) -> Result<Head, HeadError> {
+        parse_all(input).0.into_iter().next().expect("a complete head")
+    }
+
+    #[test]
+    fn reads_a_head_and_leaves_the_body() {
+        let (heads, rest) = parse_all(b"POST /a?b=1 HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\n\r\nabcGET");
+        let head = heads[0].as_ref().unwrap();
+        assert_eq!(head.request.method(), Method::POST);
+        assert_eq!(head.request.uri(), "/a?b=1");
+        assert_eq!(head.request.headers()["host"], "h.test");
+        assert_eq!((head.framing, head.keep_alive), (Framing::Length(3), true));
+        assert_eq!(rest, "GET", "the next head waits for more bytes");
+    }
+
+    #[test]
+    fn waits_for_a_whole_head_and_refuses_huge_ones() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a"[..]);
+        assert!(parse(&mut buf).unwrap().is_none());
+        let mut huge = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES)).as_bytes());
+        assert_eq!(parse(&mut huge).unwrap_err(), HeadError::TooLarge);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(one(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).unwrap_err(), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version() {
+        assert!(!one(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
+        assert!(!one(b"GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(one(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            b"G@T / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            b"GET /\r\n\r\n",
+        ] {
+            assert!(matches!(one(bad), Err(HeadError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn chunked_and_expect_continue() {
+        let head = one(b"PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert_eq!((head.framing, head.expect_continue), (Framing::Chunked, true));
+        assert!(!one(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue, "no body");
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_heads_stay_body() {
+        let evil = b"GET /smuggled HTTP/1.1\r\n\r\n";
+        let mut input = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", evil.len()).into_bytes();
+        input.extend_from_slice(evil);
+        input.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        let (heads, _) = parse_all(&input);
+        let targets: Vec<_> = heads.iter().map(|h| h.as_ref().unwrap().request.uri().to_string()).collect();
+        assert_eq!(targets, ["/", "/next"]);
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+        assert_eq!(parse_length(b"-1"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+}
