@@ -1,16 +1,14 @@
 //! Bodies streamed through the proxy, never buffered whole.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use gatehouse_model::InFlight;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
-use crate::{h1, upstream};
+use crate::h1;
 
 /// A request body as the client connection delivers it.
 pub(crate) enum ClientBody {
@@ -21,7 +19,8 @@ pub(crate) enum ClientBody {
     H2(Incoming),
 }
 
-type ClientError = Box<dyn std::error::Error + Send + Sync>;
+/// Any error of a body passing through.
+pub(crate) type ClientError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ClientBody {
     type Data = Bytes;
@@ -107,21 +106,14 @@ impl Body for RequestBody {
     }
 }
 
-/// A response body on its way to the client: one Gatehouse wrote, or a target's.
+/// A response body on its way to the client: one Gatehouse wrote, or a target's (which
+/// holds the target's in-flight count until it is done).
 pub struct ProxyBody(Kind);
 
 enum Kind {
     Local(Option<Bytes>),
-    Upstream(UpstreamBody),
-}
-
-/// A target's response body. When it has been read to its end, the HTTP/1 connection it
-/// came on goes back to the pool; a body dropped half-read closes the connection instead.
-pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    ended: bool,
-    reuse: Option<(Arc<str>, SendRequest<RequestBody>)>,
-    _in_flight: InFlight,
+    H1 { body: h1::ResponseBody, _in_flight: InFlight },
+    H2 { body: Incoming, _in_flight: InFlight },
 }
 
 impl ProxyBody {
@@ -133,55 +125,40 @@ impl ProxyBody {
         ProxyBody(Kind::Local(None))
     }
 
-    pub(crate) fn upstream(
-        inner: Incoming,
-        reuse: Option<(Arc<str>, SendRequest<RequestBody>)>,
-        in_flight: InFlight,
-    ) -> Self {
-        ProxyBody(Kind::Upstream(UpstreamBody { inner, ended: false, reuse, _in_flight: in_flight }))
+    pub(crate) fn h1(body: h1::ResponseBody, in_flight: InFlight) -> Self {
+        ProxyBody(Kind::H1 { body, _in_flight: in_flight })
+    }
+
+    pub(crate) fn h2(body: Incoming, in_flight: InFlight) -> Self {
+        ProxyBody(Kind::H2 { body, _in_flight: in_flight })
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            Kind::Upstream(up) => {
-                let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
-                match &frame {
-                    None => up.ended = true,
-                    Some(Err(_)) => up.reuse = None,
-                    Some(Ok(_)) => {}
-                }
-                Poll::Ready(frame)
-            }
+            Kind::H1 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::H2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Local(text) => text.is_none(),
-            Kind::Upstream(up) => up.inner.is_end_stream(),
+            Kind::H1 { body, .. } => body.is_end_stream(),
+            Kind::H2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
-            Kind::Upstream(up) => up.inner.size_hint(),
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.ended || self.inner.is_end_stream() {
-            if let Some((key, sender)) = self.reuse.take() {
-                upstream::check_in(key, sender);
-            }
+            Kind::H1 { body, .. } => body.size_hint(),
+            Kind::H2 { body, .. } => body.size_hint(),
         }
     }
 }

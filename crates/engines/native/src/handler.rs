@@ -12,15 +12,14 @@ use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::body::{ClientBody, ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{ClientBody, ClientError, ProxyBody, RequestBody, RequestBodyError};
+use crate::h1::{self, SendError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
 use crate::snapshot::{ServiceRuntime, Snapshot};
-use crate::upstream::{self, ConnectError, ConnectOptions};
+use crate::upstream::{self, BoxedIo, ConnectError, ConnectOptions};
 
 /// State shared by every worker.
 pub(crate) struct Shared {
@@ -148,7 +147,7 @@ async fn proxy(
         let in_flight = service.begin(index);
         let started = Instant::now();
         let key = &runtime.pool_keys(spec)[index];
-        let (mut resp, reuse) = match send(outgoing, target, key, spec, upgrade).await {
+        let (mut parts, body) = match send(outgoing, target, key, spec, upgrade).await {
             Ok(sent) => sent,
             Err(Failure::NotConnected(e, back)) => {
                 upstream_warning(runtime, &spec.name, format_args!("target unreachable: {e}"));
@@ -159,16 +158,14 @@ async fn proxy(
                 upstream_warning(runtime, &spec.name, format_args!("{} sent no response head in time", target.url()));
                 return Err(LocalError::Timeout);
             }
-            Err(Failure::Failed(e)) => return Err(classify(runtime, &spec.name, target, e)),
+            Err(Failure::Failed(e)) => return Err(classify(runtime, &spec.name, target, &*e)),
         };
         runtime.metrics.record_upstream_latency(started.elapsed().as_secs_f64());
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching && !upgrade {
             upstream_warning(runtime, &spec.name, format_args!("unsolicited 101 from {}", target.url()));
             return Err(LocalError::BadUpstream);
         }
-        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
-        let (mut parts, body) = resp.into_parts();
         runtime.metrics.record_status(parts.status.as_u16());
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         if switching {
@@ -176,16 +173,16 @@ async fn proxy(
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
         parts.version = Version::HTTP_11;
-        return Ok(match upstream_upgrade {
-            Some(upstream) => {
-                let tunnel = Tunnel { upstream, metrics: conn.shared.metrics.clone(), _in_flight: in_flight };
-                (Response::from_parts(parts, ProxyBody::empty()), Some(tunnel))
+        return match body {
+            Answer::H1(body) if switching => {
+                let (upstream, from_target) = body.into_upgraded().ok_or(LocalError::BadUpstream)?;
+                let metrics = conn.shared.metrics.clone();
+                let tunnel = Tunnel { upstream, from_target, metrics, _in_flight: in_flight };
+                Ok((Response::from_parts(parts, ProxyBody::empty()), Some(tunnel)))
             }
-            None => {
-                let body = ProxyBody::upstream(body, reuse.map(|sender| (key.clone(), sender)), in_flight);
-                (Response::from_parts(parts, body), None)
-            }
-        });
+            Answer::H1(body) => Ok((Response::from_parts(parts, ProxyBody::h1(body, in_flight)), None)),
+            Answer::H2(body) => Ok((Response::from_parts(parts, ProxyBody::h2(body, in_flight)), None)),
+        };
     }
     Err(LocalError::Unreachable)
 }
@@ -194,26 +191,29 @@ enum Failure {
     /// No connection could be made; the request was not sent and comes back for another try.
     NotConnected(ConnectError, Box<Request<RequestBody>>),
     Timeout,
-    Failed(hyper::Error),
+    Failed(ClientError),
 }
 
-type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+/// A target's response body, by the protocol it came over.
+enum Answer {
+    H1(h1::ResponseBody),
+    H2(Incoming),
+}
 
-/// Sends one request to one target: on a pooled connection when one is idle (a stale one
-/// that closed before taking the request is skipped), else on a new connection.
+/// Sends one request to one target: on a pooled connection when one is idle (one the
+/// target closed before taking the request is skipped), else on a new connection.
 async fn send(
     mut req: Request<RequestBody>,
     target: &TargetSpec,
     key: &Arc<str>,
     spec: &ServiceSpec,
     upgrade: bool,
-) -> Result<Sent, Failure> {
+) -> Result<(http::response::Parts, Answer), Failure> {
     let wait = spec.timeouts.response_header;
     let opts = ConnectOptions {
         timeout: spec.timeouts.connect,
         http2: spec.upstream_http2 && !upgrade,
         verify: spec.tls_verify,
-        upgrades: upgrade,
     };
     if opts.http2 {
         let mut sender = match upstream::shared_h2(key) {
@@ -228,33 +228,43 @@ async fn send(
         };
         return match tokio::time::timeout(wait, sender.try_send_request(req)).await {
             Err(_) => Err(Failure::Timeout),
-            Ok(Ok(resp)) => Ok((resp, None)),
-            Ok(Err(e)) => Err(Failure::Failed(e.into_error())),
+            Ok(Ok(resp)) => {
+                let (parts, body) = resp.into_parts();
+                Ok((parts, Answer::H2(body)))
+            }
+            Ok(Err(e)) => Err(Failure::Failed(e.into_error().into())),
         };
     }
+    // A tunnel's connection is never pooled.
+    let pool_key = (!upgrade).then(|| key.clone());
     if !upgrade {
-        while let Some(mut sender) = upstream::check_out(key, spec.timeouts.idle) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match tokio::time::timeout(wait, sender.try_send_request(req)).await {
+        while let Some(pooled) = upstream::check_out(key, spec.timeouts.idle) {
+            match tokio::time::timeout(wait, h1::send(pooled, req, pool_key.clone())).await {
                 Err(_) => return Err(Failure::Timeout),
-                Ok(Ok(resp)) => return Ok((resp, Some(sender))),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(Failure::Failed(e.into_error())),
-                },
+                Ok(Err(SendError::Stale(unsent))) => req = *unsent,
+                Ok(result) => return h1_answer(result),
             }
         }
     }
-    let mut sender = match upstream::connect_h1(target, &opts).await {
-        Ok(sender) => sender,
+    let fresh = match upstream::connect_h1(target, &opts).await {
+        Ok(fresh) => fresh,
         Err(e) => return Err(Failure::NotConnected(e, Box::new(req))),
     };
-    match tokio::time::timeout(wait, sender.try_send_request(req)).await {
+    match tokio::time::timeout(wait, h1::send(fresh, req, pool_key)).await {
         Err(_) => Err(Failure::Timeout),
-        Ok(Ok(resp)) => Ok((resp, (!upgrade).then_some(sender))),
-        Ok(Err(e)) => Err(Failure::Failed(e.into_error())),
+        Ok(result) => h1_answer(result),
+    }
+}
+
+fn h1_answer(
+    result: Result<Response<h1::ResponseBody>, SendError>,
+) -> Result<(http::response::Parts, Answer), Failure> {
+    match result {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Ok((parts, Answer::H1(body)))
+        }
+        Err(e) => Err(Failure::Failed(Box::new(e))),
     }
 }
 
@@ -267,19 +277,30 @@ fn upstream_warning(runtime: &ServiceRuntime, service: &str, what: std::fmt::Arg
     }
 }
 
-fn classify(runtime: &ServiceRuntime, service: &str, target: &TargetSpec, e: hyper::Error) -> LocalError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+fn classify(
+    runtime: &ServiceRuntime,
+    service: &str,
+    target: &TargetSpec,
+    e: &(dyn std::error::Error + 'static),
+) -> LocalError {
+    let mut source = Some(e);
+    let mut timed_out = false;
     while let Some(err) = source {
-        if let Some(body) = err.downcast_ref::<RequestBodyError>() {
-            return match body {
-                RequestBodyError::TooLarge => LocalError::BodyTooLarge,
-                RequestBodyError::Client(_) => LocalError::BadRequest("the request body could not be read\n"),
-            };
+        // An io::Error shows what it wraps through get_ref, not source.
+        let wrapped = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|inner| inner as _);
+        for candidate in [Some(err), wrapped].into_iter().flatten() {
+            if let Some(body) = candidate.downcast_ref::<RequestBodyError>() {
+                return match body {
+                    RequestBodyError::TooLarge => LocalError::BodyTooLarge,
+                    RequestBodyError::Client(_) => LocalError::BadRequest("the request body could not be read\n"),
+                };
+            }
         }
+        timed_out |= err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
         source = err.source();
     }
     upstream_warning(runtime, service, format_args!("exchange with {} failed: {e}", target.url()));
-    if e.is_timeout() {
+    if timed_out {
         LocalError::Timeout
     } else {
         LocalError::BadUpstream
@@ -289,25 +310,22 @@ fn classify(runtime: &ServiceRuntime, service: &str, target: &TargetSpec, e: hyp
 /// A target that agreed to switch protocols; the client's side is joined once the `101`
 /// has been written to it.
 pub(crate) struct Tunnel {
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: BoxedIo,
+    /// What the target sent right after its `101`.
+    from_target: Bytes,
     metrics: Arc<Metrics>,
     _in_flight: gatehouse_model::InFlight,
 }
 
 impl Tunnel {
-    /// Relays bytes both ways until either side closes. `early` is what the client sent
-    /// after its upgrade request, before the switch.
-    pub async fn run<IO: AsyncRead + AsyncWrite + Unpin>(self, client: &mut IO, early: Bytes) {
-        let mut upstream = match self.upstream.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+    /// Relays bytes both ways until either side closes. `from_client` is what the client
+    /// sent after its upgrade request, before the switch.
+    pub async fn run<IO: AsyncRead + AsyncWrite + Unpin>(mut self, client: &mut IO, from_client: Bytes) {
+        let mut upstream = self.upstream;
+        if upstream.write_all(&from_client).await.is_err() || client.write_all(&self.from_target).await.is_err() {
             return;
         }
+        self.from_target = Bytes::new();
         self.metrics.open_websockets.inc();
         if let Err(e) = tokio::io::copy_bidirectional(client, &mut upstream).await {
             tracing::debug!(error = %e, "tunnel closed with an error");

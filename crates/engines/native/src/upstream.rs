@@ -8,19 +8,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use gatehouse_model::{Scheme, TargetSpec};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
+use crate::h1;
 
 /// Idle connections kept per target and worker; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 256;
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: h1::Connection,
     since: Instant,
 }
 
@@ -29,15 +30,15 @@ thread_local! {
     static SHARED_H2: RefCell<HashMap<Arc<str>, http2::SendRequest<RequestBody>>> = RefCell::new(HashMap::new());
 }
 
-/// The most recently used idle HTTP/1 connection to `key` that is still open and younger
-/// than `max_idle`.
-pub(crate) fn check_out(key: &str, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+/// The most recently used idle HTTP/1 connection to `key` that the target has not closed
+/// and that is younger than `max_idle`.
+pub(crate) fn check_out(key: &str, max_idle: Duration) -> Option<h1::Connection> {
     IDLE_H1.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(key)?;
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < max_idle {
-                return Some(conn.sender);
+        while let Some(mut idle) = idle.pop() {
+            if idle.since.elapsed() < max_idle && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
@@ -45,24 +46,22 @@ pub(crate) fn check_out(key: &str, max_idle: Duration) -> Option<http1::SendRequ
 }
 
 /// Returns a connection whose last response was read to its end.
-pub(crate) fn check_in(key: Arc<str>, sender: http1::SendRequest<RequestBody>) {
-    if sender.is_closed() {
-        return;
-    }
+pub(crate) fn check_in(key: Arc<str>, conn: h1::Connection) {
     IDLE_H1.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push(Idle { sender, since: Instant::now() });
+            idle.push(Idle { conn, since: Instant::now() });
         }
     });
 }
 
-/// Drops idle connections older than `max_idle` (and closed ones) from this thread's pool.
+/// Drops idle connections older than `max_idle`, and those the target closed, from this
+/// thread's pool.
 pub(crate) fn sweep(max_idle: Duration) {
     IDLE_H1.with(|pool| {
         pool.borrow_mut().retain(|_, idle| {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle);
+            idle.retain_mut(|c| c.since.elapsed() < max_idle && c.conn.is_usable());
             !idle.is_empty()
         })
     });
@@ -91,30 +90,11 @@ pub(crate) struct ConnectOptions {
     pub timeout: Duration,
     pub http2: bool,
     pub verify: bool,
-    /// Drive the connection so it can switch protocols (WebSocket tunnels).
-    pub upgrades: bool,
 }
 
 /// Opens an HTTP/1 connection to `target` (TLS included) within the connect timeout.
-pub(crate) async fn connect_h1(
-    target: &TargetSpec,
-    opts: &ConnectOptions,
-) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-    let io = open_within(target, opts).await?;
-    let (sender, conn) = http1::Builder::new()
-        // As for client connections (see listen.rs): one flattened write per request.
-        .writev(false)
-        .handshake(io)
-        .await
-        .map_err(|source| ConnectError::Handshake { target: target.url(), source })?;
-    let upgrades = opts.upgrades;
-    tokio::spawn(async move {
-        let result = if upgrades { conn.with_upgrades().await } else { conn.await };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-        }
-    });
-    Ok(sender)
+pub(crate) async fn connect_h1(target: &TargetSpec, opts: &ConnectOptions) -> Result<h1::Connection, ConnectError> {
+    Ok(h1::Connection::new(open_within(target, opts).await?))
 }
 
 /// Opens an HTTP/2 connection to `target` (TLS included) within the connect timeout.
@@ -125,7 +105,7 @@ pub(crate) async fn connect_h2(
     let io = open_within(target, opts).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ConnectError::Handshake { target: target.url(), source })?;
     tokio::spawn(async move {
@@ -136,16 +116,17 @@ pub(crate) async fn connect_h2(
     Ok(sender)
 }
 
-async fn open_within(target: &TargetSpec, opts: &ConnectOptions) -> Result<TokioIo<BoxedIo>, ConnectError> {
+async fn open_within(target: &TargetSpec, opts: &ConnectOptions) -> Result<BoxedIo, ConnectError> {
     match tokio::time::timeout(opts.timeout, open(target, opts)).await {
         Err(_) => Err(ConnectError::Timeout { target: target.url() }),
         Ok(Err(source)) => Err(ConnectError::Io { target: target.url(), source }),
-        Ok(Ok(io)) => Ok(TokioIo::new(io)),
+        Ok(Ok(io)) => Ok(io),
     }
 }
 
-type BoxedIo = Box<dyn Io>;
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+/// A connection to a target, plain or TLS.
+pub(crate) type BoxedIo = Box<dyn Io>;
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 async fn open(target: &TargetSpec, opts: &ConnectOptions) -> std::io::Result<BoxedIo> {

@@ -12,17 +12,19 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{Method, Response, Version};
-use http_body::{Body, Frame};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::chunked::{self, Decoded, Decoder};
+use super::chunked::Decoder;
 use super::pipe::{self, BodyError};
+use super::read::{self, BodyDecoder, Piece};
 use super::request::{self, Framing, Head, HeadError};
-use super::response::{self, After, Encoding, Plan};
+use super::response::{self, After};
+use super::write::Writer;
 use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ConnInfo};
 use crate::local::LocalError;
@@ -30,11 +32,8 @@ use crate::local::LocalError;
 /// Time a client has to send a complete request head, counted from the end of the previous
 /// exchange: it is also how long an idle keep-alive connection is kept.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much is read at a time for a head, and for a body.
+/// How much is read at a time for a head.
 const HEAD_READ: usize = 4 * 1024;
-const BODY_READ: usize = 16 * 1024;
-/// A response is written once this much is buffered, or when its body has nothing ready.
-const WRITE_AT: usize = 16 * 1024;
 /// After refusing a request whose body is still arriving, read and drop this much (or for
 /// this long) before closing, so the client sees the answer instead of a reset.
 const LINGER_BYTES: usize = 1 << 20;
@@ -63,27 +62,31 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 /// the worker stops (the request in flight finishes first).
 pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>) {
     let mut c = Connection { io, buf: BytesMut::new() };
+    // One timer for the life of the connection: pushing its deadline later is cheap, while
+    // a new timer per request costs a registration and a removal.
+    let mut deadline = pin!(tokio::time::sleep(HEAD_TIMEOUT));
     loop {
+        deadline.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
         let read = tokio::select! {
-            read = tokio::time::timeout(HEAD_TIMEOUT, c.read_head()) => read,
+            read = c.read_head() => read,
+            () = deadline.as_mut() => {
+                if !c.buf.is_empty() {
+                    conn.shared.metrics.proxy_error("client_timeout");
+                }
+                return;
+            }
             _ = crate::listen::stop_requested(&mut stopped) => return,
         };
         let head = match read {
-            Ok(Ok(Some(head))) => head,
+            Ok(Some(head)) => head,
             // Closed between requests, or reset.
-            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return,
-            Ok(Err(ReadError::Head(e))) => {
+            Ok(None) | Err(ReadError::Io) => return,
+            Err(ReadError::Head(e)) => {
                 let refused = match e {
                     HeadError::Malformed(why) => LocalError::Malformed(why),
                     HeadError::TooLarge => LocalError::HeadersTooLarge,
                 };
                 return Box::pin(c.refuse(refused, &conn)).await;
-            }
-            Err(_) => {
-                if !c.buf.is_empty() {
-                    conn.shared.metrics.proxy_error("client_timeout");
-                }
-                return;
             }
         };
         match Box::pin(c.exchange(head, &conn, &stopped)).await {
@@ -146,11 +149,11 @@ impl<IO: Transport> Connection<IO> {
             Framing::Empty => (ClientBody::Empty, None),
             Framing::Length(n) => {
                 let (tx, rx) = pipe::pipe(Some(n));
-                (ClientBody::H1(rx), Some(Pump::new(tx, Decode::Length(n), expect_continue)))
+                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::Length(n), expect_continue)))
             }
             Framing::Chunked => {
                 let (tx, rx) = pipe::pipe(None);
-                (ClientBody::H1(rx), Some(Pump::new(tx, Decode::Chunked(Decoder::default()), expect_continue)))
+                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::Chunked(Decoder::default()), expect_continue)))
             }
         };
         let mut handling = pin!(handler::handle(request.map(|()| body), conn));
@@ -208,7 +211,7 @@ impl<IO: Transport> Connection<IO> {
         let mut out = Vec::with_capacity(512);
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
-        let mut writer = Writer { out, sent: 0, body, plan, state: WriteState::Body };
+        let mut writer = Writer::new(out, body, plan.encoding);
         poll_fn(|cx| {
             if let Some(pump) = pump.as_mut() {
                 let _ = pump.poll(cx, &mut self.io, &mut self.buf);
@@ -217,7 +220,7 @@ impl<IO: Transport> Connection<IO> {
         })
         .await
         .map_err(|e| tracing::debug!(error = %e, "writing a response failed"))?;
-        Ok(writer.plan.after)
+        Ok(plan.after)
     }
 
     /// Reads what is left of a request body whose response is already out, so the connection
@@ -260,29 +263,17 @@ enum Outcome {
     Abandoned,
 }
 
-enum Decode {
-    Length(u64),
-    Chunked(Decoder),
-}
-
 /// Moves a request body from the socket into its pipe, a frame at a time, as it is asked for.
 struct Pump {
     tx: Option<pipe::Sender>,
-    decode: Decode,
+    decode: BodyDecoder,
     /// Bytes of `100 Continue` written; all of it when none is due.
     continue_sent: usize,
     outcome: Option<Outcome>,
 }
 
-enum Piece {
-    Frame(Frame<Bytes>, bool),
-    End,
-    NeedMore,
-    Malformed,
-}
-
 impl Pump {
-    fn new(tx: pipe::Sender, decode: Decode, expect_continue: bool) -> Self {
+    fn new(tx: pipe::Sender, decode: BodyDecoder, expect_continue: bool) -> Self {
         let continue_sent = if expect_continue { 0 } else { CONTINUE.len() };
         Pump { tx: Some(tx), decode, continue_sent, outcome: None }
     }
@@ -319,7 +310,7 @@ impl Pump {
                 }
                 continue;
             }
-            match self.next_piece(buf) {
+            match self.decode.next(buf) {
                 Piece::Frame(frame, last) => {
                     if let Some(tx) = self.tx.as_mut() {
                         tx.send(frame);
@@ -330,135 +321,12 @@ impl Pump {
                 }
                 Piece::End => self.end(Outcome::Complete, None),
                 Piece::Malformed => self.end(Outcome::Failed, Some(BodyError::Malformed)),
-                Piece::NeedMore => {
-                    if buf.capacity() - buf.len() < BODY_READ / 4 {
-                        buf.reserve(BODY_READ);
-                    }
-                    match pin!(io.read_buf(buf)).poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(n)) if n > 0 => {}
-                        Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),
-                    }
-                }
-            }
-        }
-    }
-
-    fn next_piece(&mut self, buf: &mut BytesMut) -> Piece {
-        match &mut self.decode {
-            Decode::Length(0) => Piece::End,
-            Decode::Length(_) if buf.is_empty() => Piece::NeedMore,
-            Decode::Length(remaining) => {
-                let take = (*remaining).min(buf.len() as u64);
-                *remaining -= take;
-                Piece::Frame(Frame::data(buf.split_to(take as usize).freeze()), *remaining == 0)
-            }
-            Decode::Chunked(decoder) => match decoder.decode(buf) {
-                Ok(Decoded::Data(data)) => Piece::Frame(Frame::data(data), false),
-                Ok(Decoded::Trailers(fields)) => Piece::Frame(Frame::trailers(fields), true),
-                Ok(Decoded::End) => Piece::End,
-                Ok(Decoded::NeedMore) => Piece::NeedMore,
-                Err(_) => Piece::Malformed,
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteState {
-    Body,
-    /// The body is complete and encoded; what is buffered is the last of it.
-    Done,
-}
-
-/// A response on its way out: the encoded bytes not yet written, and the body to encode.
-struct Writer {
-    out: Vec<u8>,
-    sent: usize,
-    body: ProxyBody,
-    plan: Plan,
-    state: WriteState,
-}
-
-impl Writer {
-    fn poll<IO: Transport>(&mut self, cx: &mut Context<'_>, io: &mut IO) -> Poll<io::Result<()>> {
-        loop {
-            let mut body_waiting = false;
-            while self.state == WriteState::Body && self.out.len() - self.sent < WRITE_AT {
-                match Pin::new(&mut self.body).poll_frame(cx) {
-                    Poll::Pending => {
-                        body_waiting = true;
-                        break;
-                    }
-                    Poll::Ready(frame) => self.encode(frame)?,
-                }
-            }
-            if self.sent < self.out.len() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.sent..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.sent += n;
-                if self.sent == self.out.len() {
-                    self.out.clear();
-                    self.sent = 0;
-                }
-                continue;
-            }
-            // Everything encoded so far is written: push it out of any buffering layer (TLS)
-            // before waiting for more of the body, or before the next request.
-            ready!(Pin::new(&mut *io).poll_flush(cx))?;
-            if self.state == WriteState::Done {
-                return Poll::Ready(Ok(()));
-            }
-            if body_waiting {
-                return Poll::Pending;
-            }
-        }
-    }
-
-    /// Encodes one frame of the body (or its end). A body that breaks off, or says more or
-    /// less than its declared length, ends the connection: the client must not take a short
-    /// body for a whole one.
-    fn encode(&mut self, frame: Option<Result<Frame<Bytes>, hyper::Error>>) -> io::Result<()> {
-        let broken = |what: &str| io::Error::other(format!("response body {what}"));
-        match frame {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => match &mut self.plan.encoding {
-                    Encoding::Length(remaining) => {
-                        if data.len() as u64 > *remaining {
-                            return Err(broken("longer than its Content-Length"));
-                        }
-                        *remaining -= data.len() as u64;
-                        self.out.extend_from_slice(&data);
-                        if *remaining == 0 && self.body.is_end_stream() {
-                            self.state = WriteState::Done;
-                        }
-                    }
-                    Encoding::Chunked => chunked::encode_chunk(&mut self.out, &data),
-                    Encoding::UntilClose => self.out.extend_from_slice(&data),
-                    // HEAD, 204, 304: a body the target should not have sent is dropped.
-                    Encoding::None => {}
+                Piece::NeedMore => match read::poll_fill(cx, io, buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),
                 },
-                Err(frame) => {
-                    if let (Encoding::Chunked, Ok(trailers)) = (self.plan.encoding, frame.into_trailers()) {
-                        chunked::encode_end(&mut self.out, Some(&trailers));
-                        self.state = WriteState::Done;
-                    }
-                }
-            },
-            Some(Err(e)) => return Err(io::Error::other(e)),
-            None => {
-                match self.plan.encoding {
-                    Encoding::Length(remaining) if remaining > 0 => {
-                        return Err(broken("shorter than its Content-Length"))
-                    }
-                    Encoding::Chunked => chunked::encode_end(&mut self.out, None),
-                    _ => {}
-                }
-                self.state = WriteState::Done;
             }
         }
-        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! Reading a request head: httparse's strict parse plus the framing rules of an edge proxy.
+//! Requests: reading clients' heads (httparse's strict parse plus the framing rules of an
+//! edge proxy), and writing heads for targets.
 //!
 //! A head is refused (400, connection closed, nothing forwarded) when its body framing is
 //! ambiguous: `Content-Length` with `Transfer-Encoding`, a `Transfer-Encoding` other than a
@@ -6,10 +7,13 @@
 //! nginx's rules; RFC 9112 §6.1 would let chunked win, which is how requests get smuggled
 //! past a proxy that reads them differently from the target behind it.
 
-use bytes::BytesMut;
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use super::write::Encoding;
 use crate::headers;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -46,9 +50,9 @@ pub(crate) enum HeadError {
 /// Takes one complete head off the front of `buf`; `Ok(None)` when more bytes are needed.
 /// Header values share the head's bytes instead of copying them.
 pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -59,32 +63,15 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         return Err(HeadError::TooLarge);
     }
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let target = {
-        let path = req.path.unwrap_or_default().as_bytes();
-        (offset(path), path.len())
-    };
+    let target = Span::of(base, req.path.unwrap_or_default().as_bytes());
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed("malformed request\n"))?;
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = req.headers.len();
-    for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = (offset(field.name.as_bytes()), field.name.len(), offset(field.value), field.value.len());
-    }
+    let spans = FieldSpans::record(base, req.headers);
     let head = buf.split_to(len).freeze();
-    let slice = |start: usize, len: usize| head.slice(start..start + len);
-
-    let uri = Uri::from_maybe_shared(slice(target.0, target.1))
-        .map_err(|_| HeadError::Malformed("malformed request target\n"))?;
-    let mut fields = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| HeadError::Malformed("malformed header name\n"))?;
-        let value = HeaderValue::from_maybe_shared(slice(value_at, value_len))
-            .map_err(|_| HeadError::Malformed("malformed header value\n"))?;
-        fields.append(name, value);
-    }
+    let uri =
+        Uri::from_maybe_shared(target.slice(&head)).map_err(|_| HeadError::Malformed("malformed request target\n"))?;
+    let fields = spans.to_map(&head).map_err(HeadError::Malformed)?;
     let framing = framing(&fields, version)?;
     let keep_alive = match version {
         Version::HTTP_10 => headers::connection_has(&fields, "keep-alive"),
@@ -100,6 +87,45 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     *request.version_mut() = version;
     *request.headers_mut() = fields;
     Ok(Some(Head { request, framing, keep_alive, expect_continue }))
+}
+
+/// Where a piece of a head lies in the buffer it was parsed from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    pub fn of(base: usize, piece: &[u8]) -> Self {
+        Span { start: piece.as_ptr() as usize - base, len: piece.len() }
+    }
+
+    pub fn slice(self, head: &Bytes) -> Bytes {
+        head.slice(self.start..self.start + self.len)
+    }
+}
+
+/// Header fields as httparse found them, re-made over the frozen head so that values share
+/// its bytes instead of being copied.
+pub(crate) struct FieldSpans(Vec<(Span, Span)>);
+
+impl FieldSpans {
+    pub fn record(base: usize, parsed: &[httparse::Header<'_>]) -> Self {
+        FieldSpans(parsed.iter().map(|f| (Span::of(base, f.name.as_bytes()), Span::of(base, f.value))).collect())
+    }
+
+    pub fn to_map(&self, head: &Bytes) -> Result<HeaderMap, &'static str> {
+        // Room for the fields a proxy adds (forwarding headers, request id).
+        let mut fields = HeaderMap::with_capacity(self.0.len() + 6);
+        for &(name, value) in &self.0 {
+            let name = HeaderName::from_bytes(&head[name.start..name.start + name.len])
+                .map_err(|_| "malformed header name\n")?;
+            let value = HeaderValue::from_maybe_shared(value.slice(head)).map_err(|_| "malformed header value\n")?;
+            fields.append(name, value);
+        }
+        Ok(fields)
+    }
 }
 
 fn framing(fields: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
@@ -130,6 +156,46 @@ fn framing(fields: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
     }
 }
 
+/// Appends a request head for a target: origin-form target, the fields, and the framing
+/// field for `encoding` unless the fields carry the length already.
+pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, encoding: Encoding) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match encoding {
+        Encoding::Length(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+            write_field(out, b"content-length", n.to_string().as_bytes())
+        }
+        Encoding::Chunked => write_field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a request body goes to a target: by the length the client declared, else by the
+/// body's exact size, else chunked.
+pub(crate) fn encoding_for(headers: &HeaderMap, hint: &http_body::SizeHint, ended: bool) -> Encoding {
+    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())) {
+        return Encoding::Length(length);
+    }
+    match hint.exact() {
+        Some(0) if ended => Encoding::None,
+        Some(n) => Encoding::Length(n),
+        None => Encoding::Chunked,
+    }
+}
+
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Digits only: `u64::from_str` would also take a leading `+`.
 pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let digits = trim(value);
@@ -147,7 +213,7 @@ fn trim(value: &[u8]) -> &[u8] {
 
 /// A view of the bytes after a head, for tests.
 #[cfg(test)]
-fn parse_all(input: &[u8]) -> (Vec<Result<Head, HeadError>>, bytes::Bytes) {
+fn parse_all(input: &[u8]) -> (Vec<Result<Head, HeadError>>, Bytes) {
     let mut buf = BytesMut::from(input);
     let mut heads = Vec::new();
     loop {

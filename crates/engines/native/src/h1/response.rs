@@ -1,25 +1,17 @@
-//! Writing a response head: the status line, the fields, and the framing and connection
-//! headers this hop decides.
+//! Responses: writing heads to clients (the status line, the fields, and the framing and
+//! connection fields this hop decides), and reading heads from targets.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::time::{Duration, SystemTime};
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::SizeHint;
 
-use super::request::parse_length;
-
-/// How the response body is delimited towards the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Encoding {
-    /// No body on the wire (HEAD, 1xx, 204, 304).
-    None,
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 clients without a length: the end of the body is the end of the connection.
-    UntilClose,
-}
+use super::request::{parse_length, write_field as field, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES};
+pub(crate) use super::write::Encoding;
 
 /// What the connection does after this response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,13 +93,6 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 thread_local! {
     /// The `Date` value, formatted once a second per worker.
     static DATE: RefCell<(SystemTime, HeaderValue)> =
@@ -126,6 +111,78 @@ fn with_date(write: impl FnOnce(&[u8])) {
         }
         write(cached.1.as_bytes());
     })
+}
+
+/// A target's response head, with how its body is delimited.
+#[derive(Debug)]
+pub(crate) struct TargetHead {
+    pub response: Response<()>,
+    pub framing: TargetFraming,
+    /// The connection can carry another request once this body is read.
+    pub reusable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the target closes the connection.
+    UntilClose,
+}
+
+/// Takes a target's response head off the front of `buf` (RFC 9112 §6.3 for the framing);
+/// `Ok(None)` when more bytes are needed. `method` is the request's.
+pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option<TargetHead>, &'static str> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
+    {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err("response head too large"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or_default()).map_err(|_| "invalid status code")?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let spans = FieldSpans::record(buf.as_ptr() as usize, parsed.headers);
+    let head = buf.split_to(len).freeze();
+    let fields = spans.to_map(&head).map_err(str::trim_end)?;
+
+    let mut encodings = fields.get_all(header::TRANSFER_ENCODING).iter();
+    let mut lengths = fields.get_all(header::CONTENT_LENGTH).iter().map(|v| parse_length(v.as_bytes()));
+    let (framing, ambiguous) = if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        (TargetFraming::Empty, false)
+    } else if let Some(last) = encodings.next_back() {
+        let chunked = last
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| String::from_utf8_lossy(c).trim().eq_ignore_ascii_case("chunked"));
+        let framing = if chunked { TargetFraming::Chunked } else { TargetFraming::UntilClose };
+        // With a length too, the message is suspect: read it as chunked, then close.
+        (framing, fields.contains_key(header::CONTENT_LENGTH))
+    } else {
+        match lengths.next() {
+            None => (TargetFraming::UntilClose, false),
+            Some(Some(n)) if lengths.all(|other| other == Some(n)) => (TargetFraming::Length(n), false),
+            Some(_) => return Err("invalid Content-Length"),
+        }
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => crate::headers::connection_has(&fields, "keep-alive"),
+        _ => !crate::headers::connection_has(&fields, "close"),
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = fields;
+    let reusable = keep_alive && !ambiguous && framing != TargetFraming::UntilClose;
+    Ok(Some(TargetHead { response, framing, reusable }))
 }
 
 #[cfg(test)]
@@ -172,5 +229,36 @@ mod tests {
         assert_eq!(text.matches("content-length: 2\r\n").count(), 1, "{text}");
         assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
         assert!(text.contains("x-a: 1\r\n") && text.contains("date: ") && text.ends_with("\r\n\r\n"), "{text}");
+    }
+
+    fn target(input: &str, method: Method) -> TargetHead {
+        parse_target(&mut BytesMut::from(input.as_bytes()), &method).unwrap().unwrap()
+    }
+
+    #[test]
+    fn reads_target_heads_and_their_framing() {
+        let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", Method::GET);
+        assert_eq!((t.framing, t.reusable), (TargetFraming::Length(5), true));
+        assert_eq!(t.response.headers()["x-a"], "1");
+        let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Method::GET);
+        assert_eq!((t.framing, t.reusable), (TargetFraming::Chunked, true));
+        let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Method::GET);
+        assert_eq!((t.framing, t.reusable), (TargetFraming::Chunked, false), "suspect: closed after");
+        let t = target("HTTP/1.0 200 OK\r\n\r\n", Method::GET);
+        assert_eq!((t.framing, t.reusable), (TargetFraming::UntilClose, false));
+        let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD);
+        assert_eq!((t.framing, t.reusable), (TargetFraming::Empty, true));
+        let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", Method::GET);
+        assert!(!t.reusable);
+        assert_eq!(target("HTTP/1.1 100 Continue\r\n\r\n", Method::POST).framing, TargetFraming::Empty);
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        assert!(parse_target(&mut partial, &Method::GET).unwrap().is_none());
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(parse_target(&mut BytesMut::from(bad.as_bytes()), &Method::GET).is_err(), "{bad}");
+        }
     }
 }

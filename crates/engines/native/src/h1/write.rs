@@ -1,0 +1,194 @@
+//! Writing a message (head already encoded, then its body) in the body's framing. Frames that
+//! are ready together go out in one write; nothing is buffered past [`WRITE_AT`].
+
+use std::error::Error;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use tokio::io::AsyncWrite;
+
+use super::chunked;
+
+/// A write is made once this much is buffered, or when the body has nothing ready.
+const WRITE_AT: usize = 16 * 1024;
+
+/// How a body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// No body (HEAD responses, 1xx, 204, 304, bodiless requests).
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 clients without a length: the end of the body is the end of the connection.
+    UntilClose,
+}
+
+/// A message on its way out: the encoded bytes not yet written, and the body still to encode.
+pub(crate) struct Writer<B> {
+    out: Vec<u8>,
+    sent: usize,
+    body: B,
+    encoding: Encoding,
+    ended: bool,
+    /// A frame was taken from the body: it cannot be sent again elsewhere.
+    touched: bool,
+}
+
+impl<B> Writer<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    pub fn new(head: Vec<u8>, body: B, encoding: Encoding) -> Self {
+        let ended = encoding == Encoding::None;
+        Writer { out: head, sent: 0, body, encoding, ended, touched: false }
+    }
+
+    pub fn touched(&self) -> bool {
+        self.touched
+    }
+
+    /// The body, untouched when [`Writer::touched`] is false.
+    pub fn into_body(self) -> B {
+        self.body
+    }
+
+    /// Ready once the whole message is written and flushed. A body that breaks off, or says
+    /// more or less than its declared length, is an error: the receiver must not take a
+    /// short message for a whole one.
+    pub fn poll<IO: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut IO) -> Poll<io::Result<()>> {
+        loop {
+            let mut body_waiting = false;
+            while !self.ended && self.out.len() - self.sent < WRITE_AT {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_waiting = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => {
+                        self.touched = true;
+                        self.encode(frame)?;
+                    }
+                }
+            }
+            if self.sent < self.out.len() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.sent += n;
+                if self.sent == self.out.len() {
+                    self.out.clear();
+                    self.sent = 0;
+                }
+                continue;
+            }
+            // All encoded so far is written: push it out of any buffering layer (TLS) before
+            // waiting for more of the body, or before the next message.
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            if body_waiting {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn encode(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) -> io::Result<()> {
+        let broken = |what: &str| io::Error::other(format!("body {what}"));
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => match &mut self.encoding {
+                    Encoding::Length(remaining) => {
+                        if data.len() as u64 > *remaining {
+                            return Err(broken("longer than its Content-Length"));
+                        }
+                        *remaining -= data.len() as u64;
+                        self.out.extend_from_slice(&data);
+                        if *remaining == 0 && self.body.is_end_stream() {
+                            self.ended = true;
+                        }
+                    }
+                    Encoding::Chunked => chunked::encode_chunk(&mut self.out, &data),
+                    Encoding::UntilClose => self.out.extend_from_slice(&data),
+                    Encoding::None => {}
+                },
+                Err(frame) => {
+                    if let (Encoding::Chunked, Ok(trailers)) = (self.encoding, frame.into_trailers()) {
+                        chunked::encode_end(&mut self.out, Some(&trailers));
+                        self.ended = true;
+                    }
+                }
+            },
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            None => {
+                match self.encoding {
+                    Encoding::Length(remaining) if remaining > 0 => {
+                        return Err(broken("shorter than its Content-Length"))
+                    }
+                    Encoding::Chunked => chunked::encode_end(&mut self.out, None),
+                    _ => {}
+                }
+                self.ended = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::future::poll_fn;
+
+    /// A body of ready frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(parts: &[&'static str]) -> Frames {
+        Frames(parts.iter().map(|p| Frame::data(Bytes::from_static(p.as_bytes()))).collect())
+    }
+
+    async fn write(body: Frames, encoding: Encoding) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut writer = Writer::new(b"H\r\n\r\n".to_vec(), body, encoding);
+        poll_fn(|cx| writer.poll(cx, &mut out)).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn writes_each_framing() {
+        assert_eq!(write(frames(&["ab", "c"]), Encoding::Length(3)).await.unwrap(), b"H\r\n\r\nabc");
+        assert_eq!(
+            write(frames(&["ab", "c"]), Encoding::Chunked).await.unwrap(),
+            b"H\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"
+        );
+        assert_eq!(write(frames(&["ab"]), Encoding::UntilClose).await.unwrap(), b"H\r\n\r\nab");
+        assert_eq!(write(frames(&[]), Encoding::None).await.unwrap(), b"H\r\n\r\n");
+        let mut with_trailers = frames(&["x"]);
+        let mut fields = http::HeaderMap::new();
+        fields.insert("grpc-status", "0".parse().unwrap());
+        with_trailers.0.push_back(Frame::trailers(fields));
+        let out = write(with_trailers, Encoding::Chunked).await.unwrap();
+        assert_eq!(out, b"H\r\n\r\n1\r\nx\r\n0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_length_is_an_error() {
+        assert!(write(frames(&["abcd"]), Encoding::Length(3)).await.is_err());
+        assert!(write(frames(&["ab"]), Encoding::Length(3)).await.is_err());
+    }
+}
