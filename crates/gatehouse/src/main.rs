@@ -21,9 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::gateway::{ConfigSource, Gateway};
 
-// jemalloc keeps its bookkeeping outside the blocks it hands out, so buffers a connection has
-// reserved but not written cost no resident memory (measured in bench/: 9 KB per idle
-// connection against glibc's 12.6 KB, with the same CPU per request).
+// jemalloc, with its background thread (below), gives the memory of a burst back to the
+// system: bench/ measures memory per idle connection after 2,000 concurrent requests.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -189,13 +189,14 @@ async fn accept_loop(
     socket: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    mut stopped: watch::Receiver<Option<Duration>>,
+    stopped: watch::Receiver<Option<Duration>>,
     open: mpsc::Sender<()>,
 ) {
+    let mut stop = std::pin::pin!(stop_requested(stopped.clone()));
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            _ = stop_requested(&mut stopped) => return,
+            () = stop.as_mut() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -224,8 +225,9 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
-/// Resolves once the workers are asked to stop.
-pub(crate) async fn stop_requested(stopped: &mut watch::Receiver<Option<Duration>>) {
+/// Resolves once the workers are asked to stop. Keep the future across waits where it can
+/// be: once registered, polling it again is free.
+pub(crate) async fn stop_requested(mut stopped: watch::Receiver<Option<Duration>>) {
     // The borrow `wait_for` returns must not live across an await: drop it at once.
     let _ = stopped.wait_for(Option::is_some).await.map(|_| ());
 }
@@ -320,7 +322,7 @@ fn proxy_service(
 async fn drive<C>(
     connection: C,
     graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-    mut stopped: watch::Receiver<Option<Duration>>,
+    stopped: watch::Receiver<Option<Duration>>,
     shared: &Shared,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -328,7 +330,7 @@ async fn drive<C>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = stop_requested(&mut stopped) => {
+        () = stop_requested(stopped) => {
             graceful_shutdown(connection.as_mut());
             connection.await
         }

@@ -60,11 +60,12 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
 /// the worker stops (the request in flight finishes first).
-pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, mut stopped: watch::Receiver<Option<Duration>>) {
+pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>) {
     let mut c = Connection { io, buf: BytesMut::new() };
     // One timer for the life of the connection: pushing its deadline later is cheap, while
     // a new timer per request costs a registration and a removal.
     let mut deadline = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+    let mut stop = pin!(crate::listen::stop_requested(stopped.clone()));
     loop {
         deadline.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
         let read = tokio::select! {
@@ -75,7 +76,7 @@ pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, mut stopped: wa
                 }
                 return;
             }
-            _ = crate::listen::stop_requested(&mut stopped) => return,
+            () = stop.as_mut() => return,
         };
         let head = match read {
             Ok(Some(head)) => head,
@@ -181,10 +182,9 @@ impl<IO: Transport> Connection<IO> {
             After::Upgrade => {
                 if let Some(tunnel) = tunnel {
                     let early = std::mem::take(&mut self.buf).freeze();
-                    let mut stopped = stopped.clone();
                     tokio::select! {
-                        _ = tunnel.run(&mut self.io, early) => {}
-                        _ = crate::listen::stop_requested(&mut stopped) => {}
+                        () = tunnel.run(&mut self.io, early) => {}
+                        () = crate::listen::stop_requested(stopped.clone()) => {}
                     }
                 }
                 After::Upgrade

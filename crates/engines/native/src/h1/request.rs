@@ -14,7 +14,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::write::Encoding;
-use crate::headers;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -71,15 +70,10 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let head = buf.split_to(len).freeze();
     let uri =
         Uri::from_maybe_shared(target.slice(&head)).map_err(|_| HeadError::Malformed("malformed request target\n"))?;
-    let fields = spans.to_map(&head).map_err(HeadError::Malformed)?;
-    let framing = framing(&fields, version)?;
-    let keep_alive = match version {
-        Version::HTTP_10 => headers::connection_has(&fields, "keep-alive"),
-        _ => !headers::connection_has(&fields, "close"),
-    };
-    let expect_continue = version == Version::HTTP_11
-        && framing != Framing::Empty
-        && fields.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (fields, noted) = spans.to_map(&head).map_err(HeadError::Malformed)?;
+    let framing = framing(&noted, version)?;
+    let keep_alive = noted.persistent(version);
+    let expect_continue = version == Version::HTTP_11 && framing != Framing::Empty && noted.expect_continue;
 
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -115,44 +109,95 @@ impl FieldSpans {
         FieldSpans(parsed.iter().map(|f| (Span::of(base, f.name.as_bytes()), Span::of(base, f.value))).collect())
     }
 
-    pub fn to_map(&self, head: &Bytes) -> Result<HeaderMap, &'static str> {
+    /// The fields as a map, and what the framing and connection rules need from them
+    /// (noted on the way, so that nothing is looked up again).
+    pub fn to_map(&self, head: &Bytes) -> Result<(HeaderMap, Noted), &'static str> {
         // Room for the fields a proxy adds (forwarding headers, request id).
         let mut fields = HeaderMap::with_capacity(self.0.len() + 6);
+        let mut noted = Noted::default();
         for &(name, value) in &self.0 {
             let name = HeaderName::from_bytes(&head[name.start..name.start + name.len])
                 .map_err(|_| "malformed header name\n")?;
             let value = HeaderValue::from_maybe_shared(value.slice(head)).map_err(|_| "malformed header value\n")?;
+            noted.note(&name, &value);
             fields.append(name, value);
         }
-        Ok(fields)
+        Ok((fields, noted))
     }
 }
 
-fn framing(fields: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    let mut encodings = fields.get_all(header::TRANSFER_ENCODING).iter();
-    let mut lengths = fields.get_all(header::CONTENT_LENGTH).iter();
-    match (encodings.next(), lengths.next()) {
-        (Some(_), Some(_)) => Err(HeadError::Malformed("Content-Length with Transfer-Encoding\n")),
-        (Some(encoding), None) => {
-            if version == Version::HTTP_10 {
-                return Err(HeadError::Malformed("Transfer-Encoding on HTTP/1.0\n"));
+/// What the framing and connection rules need from a head's fields.
+#[derive(Debug, Default)]
+pub(crate) struct Noted {
+    /// `Content-Length` fields, the first one's value (None when unreadable), and whether
+    /// all agree.
+    pub lengths: usize,
+    pub length: Option<u64>,
+    pub lengths_agree: bool,
+    /// `Transfer-Encoding` fields and the last one.
+    pub encodings: usize,
+    pub last_encoding: Option<HeaderValue>,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+impl Noted {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if *name == header::CONTENT_LENGTH {
+            let length = parse_length(value.as_bytes());
+            self.lengths += 1;
+            if self.lengths == 1 {
+                (self.length, self.lengths_agree) = (length, true);
+            } else {
+                self.lengths_agree &= length == self.length;
             }
-            if encodings.next().is_some() || !trim(encoding.as_bytes()).eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Malformed("unsupported Transfer-Encoding\n"));
+        } else if *name == header::TRANSFER_ENCODING {
+            self.encodings += 1;
+            self.last_encoding = Some(value.clone());
+        } else if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',').map(trim) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else if *name == header::EXPECT {
+            self.expect_continue |= trim(value.as_bytes()).eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// The connection may carry another message after this one.
+    pub fn persistent(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => !self.close,
+        }
+    }
+
+    /// The last transfer coding is chunked.
+    pub fn chunked_last(&self) -> bool {
+        self.last_encoding
+            .as_ref()
+            .and_then(|v| v.as_bytes().split(|b| *b == b',').next_back())
+            .is_some_and(|coding| trim(coding).eq_ignore_ascii_case(b"chunked"))
+    }
+}
+
+fn framing(noted: &Noted, version: Version) -> Result<Framing, HeadError> {
+    match (noted.encodings, noted.lengths) {
+        (0, 0) => Ok(Framing::Empty),
+        (0, 1) => match noted.length {
+            Some(0) => Ok(Framing::Empty),
+            Some(n) => Ok(Framing::Length(n)),
+            None => Err(HeadError::Malformed("invalid Content-Length\n")),
+        },
+        (0, _) => Err(HeadError::Malformed("more than one Content-Length\n")),
+        (_, 0) if version == Version::HTTP_10 => Err(HeadError::Malformed("Transfer-Encoding on HTTP/1.0\n")),
+        (1, 0) if noted.last_encoding.as_ref().is_some_and(|v| trim(v.as_bytes()).eq_ignore_ascii_case(b"chunked")) => {
             Ok(Framing::Chunked)
         }
-        (None, Some(length)) => {
-            if lengths.next().is_some() {
-                return Err(HeadError::Malformed("more than one Content-Length\n"));
-            }
-            match parse_length(length.as_bytes()) {
-                Some(0) => Ok(Framing::Empty),
-                Some(n) => Ok(Framing::Length(n)),
-                None => Err(HeadError::Malformed("invalid Content-Length\n")),
-            }
-        }
-        (None, None) => Ok(Framing::Empty),
+        (_, 0) => Err(HeadError::Malformed("unsupported Transfer-Encoding\n")),
+        _ => Err(HeadError::Malformed("Content-Length with Transfer-Encoding\n")),
     }
 }
 

@@ -47,9 +47,9 @@ pub(crate) fn plan(
         || status == StatusCode::NOT_MODIFIED
     {
         Encoding::None
-    } else if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())) {
-        Encoding::Length(length)
-    } else if let Some(length) = hint.exact() {
+    } else if let Some(length) =
+        hint.exact().or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())))
+    {
         Encoding::Length(length)
     } else if version == Version::HTTP_11 {
         Encoding::Chunked
@@ -147,36 +147,25 @@ pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let spans = FieldSpans::record(buf.as_ptr() as usize, parsed.headers);
     let head = buf.split_to(len).freeze();
-    let fields = spans.to_map(&head).map_err(str::trim_end)?;
-
-    let mut encodings = fields.get_all(header::TRANSFER_ENCODING).iter();
-    let mut lengths = fields.get_all(header::CONTENT_LENGTH).iter().map(|v| parse_length(v.as_bytes()));
+    let (fields, noted) = spans.to_map(&head).map_err(str::trim_end)?;
     let (framing, ambiguous) = if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         (TargetFraming::Empty, false)
-    } else if let Some(last) = encodings.next_back() {
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| String::from_utf8_lossy(c).trim().eq_ignore_ascii_case("chunked"));
-        let framing = if chunked { TargetFraming::Chunked } else { TargetFraming::UntilClose };
+    } else if noted.encodings > 0 {
+        let framing = if noted.chunked_last() { TargetFraming::Chunked } else { TargetFraming::UntilClose };
         // With a length too, the message is suspect: read it as chunked, then close.
-        (framing, fields.contains_key(header::CONTENT_LENGTH))
+        (framing, noted.lengths > 0)
     } else {
-        match lengths.next() {
-            None => (TargetFraming::UntilClose, false),
-            Some(Some(n)) if lengths.all(|other| other == Some(n)) => (TargetFraming::Length(n), false),
-            Some(_) => return Err("invalid Content-Length"),
+        match (noted.lengths, noted.length) {
+            (0, _) => (TargetFraming::UntilClose, false),
+            (_, Some(n)) if noted.lengths_agree => (TargetFraming::Length(n), false),
+            _ => return Err("invalid Content-Length"),
         }
     };
-    let keep_alive = match version {
-        Version::HTTP_10 => crate::headers::connection_has(&fields, "keep-alive"),
-        _ => !crate::headers::connection_has(&fields, "close"),
-    };
+    let keep_alive = noted.persistent(version);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
