@@ -32,6 +32,9 @@ use crate::local::LocalError;
 /// Time a client has to send a complete request head, counted from the end of the previous
 /// exchange: it is also how long an idle keep-alive connection is kept.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response that makes no progress for this long (the client reads nothing, or the target
+/// sends nothing) ends the connection, as nginx's `send_timeout` and `proxy_read_timeout` do.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much is read at a time for a head.
 const HEAD_READ: usize = 4 * 1024;
 /// After refusing a request whose body is still arriving, read and drop this much (or for
@@ -212,11 +215,23 @@ impl<IO: Transport> Connection<IO> {
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
         let mut writer = Writer::new(out, body, plan.encoding);
+        // Armed only when a write has to wait (never for a response written at once).
+        let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
         poll_fn(|cx| {
             if let Some(pump) = pump.as_mut() {
                 let _ = pump.poll(cx, &mut self.io, &mut self.buf);
             }
-            writer.poll(cx, &mut self.io)
+            if let Poll::Ready(done) = writer.poll(cx, &mut self.io) {
+                return Poll::Ready(done);
+            }
+            let progress = writer.written();
+            let (timer, seen) = stall.get_or_insert_with(|| (Box::pin(tokio::time::sleep(STALL_TIMEOUT)), progress));
+            if *seen != progress {
+                *seen = progress;
+                timer.as_mut().reset(tokio::time::Instant::now() + STALL_TIMEOUT);
+            }
+            ready!(timer.as_mut().poll(cx));
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the response made no progress")))
         })
         .await
         .map_err(|e| tracing::debug!(error = %e, "writing a response failed"))?;

@@ -21,3 +21,42 @@ pub(crate) use client::{send, Connection, ResponseBody, SendError};
 pub(crate) use conn::{serve, Transport};
 pub(crate) use pipe::Receiver as RequestBodyPipe;
 pub(crate) use request::MAX_HEAD_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    /// Mangled messages (bytes changed, dropped, or framing bytes inserted) are refused or
+    /// waited on, never a panic.
+    #[test]
+    fn parsers_survive_mangled_input() {
+        let seeds: [&[u8]; 3] = [
+            b"POST /a?b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close, keep-alive\r\nExpect: 100-continue\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\nhello",
+            b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(2026);
+        for _ in 0..30_000 {
+            let mut input = seeds[rng.usize(..seeds.len())].to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..input.len());
+                match rng.u8(..3) {
+                    0 => input[at] = rng.u8(..),
+                    1 => {
+                        input.remove(at);
+                    }
+                    _ => input.insert(at, b"\r\n: ,;\t0f"[rng.usize(..9)]),
+                }
+            }
+            let mut buf = BytesMut::from(&input[..]);
+            while let Ok(Some(_)) = super::request::parse(&mut buf) {}
+            let mut buf = BytesMut::from(&input[..]);
+            while let Ok(Some(_)) = super::response::parse_target(&mut buf, &http::Method::GET) {}
+            let mut buf = BytesMut::from(&input[..]);
+            let mut decoder = super::chunked::Decoder::default();
+            while let Ok(super::chunked::Decoded::Data(_) | super::chunked::Decoded::Trailers(_)) =
+                decoder.decode(&mut buf)
+            {}
+        }
+    }
+}

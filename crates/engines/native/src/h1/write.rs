@@ -30,6 +30,8 @@ pub(crate) enum Encoding {
 pub(crate) struct Writer<B> {
     out: Vec<u8>,
     sent: usize,
+    /// Bytes written so far, all told.
+    written: u64,
     body: B,
     encoding: Encoding,
     ended: bool,
@@ -44,7 +46,11 @@ where
 {
     pub fn new(head: Vec<u8>, body: B, encoding: Encoding) -> Self {
         let ended = encoding == Encoding::None;
-        Writer { out: head, sent: 0, body, encoding, ended, touched: false }
+        Writer { out: head, sent: 0, written: 0, body, encoding, ended, touched: false }
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     pub fn touched(&self) -> bool {
@@ -80,6 +86,7 @@ where
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.sent += n;
+                self.written += n as u64;
                 if self.sent == self.out.len() {
                     self.out.clear();
                     self.sent = 0;
