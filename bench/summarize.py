@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Prints the median of each figure per proxy, its spread, and its ratio to HAProxy's."""
+"""Prints the median of each figure per proxy, its spread, and its ratio to HAProxy's: the
+ratio of the medians, and the median of the per-round ratios (each round runs the proxies one
+after the other, so a round's ratio compares runs made under the same conditions)."""
 import collections
 import statistics
 import sys
@@ -18,14 +20,16 @@ LABELS = [
 ]
 
 values = collections.defaultdict(list)
+by_round = {}
 with open(sys.argv[1]) as f:
     for line in f:
-        proxy, _round, metric, value = line.rstrip("\n").split("\t")
+        proxy, rnd, metric, value = line.rstrip("\n").split("\t")
         values[(proxy, metric)].append(float(value))
+        by_round[(proxy, metric, rnd)] = float(value)
 
 proxies = ["gatehouse", "nginx", "haproxy"]
-print(f"| figure | {' | '.join(proxies)} | gatehouse / haproxy |")
-print("|---|" + "---|" * (len(proxies) + 1))
+print(f"| figure | {' | '.join(proxies)} | gatehouse / haproxy | per round |")
+print("|---|" + "---|" * (len(proxies) + 2))
 for metric, label in LABELS:
     cells = []
     medians = {}
@@ -39,5 +43,11 @@ for metric, label in LABELS:
     ratio = "-"
     if medians.get("haproxy") and "gatehouse" in medians:
         ratio = f"{medians['gatehouse'] / medians['haproxy']:.2f}x"
-    print(f"| {label} | {' | '.join(cells)} | {ratio} |")
+    paired = [
+        by_round[("gatehouse", m, r)] / v
+        for (p, m, r), v in by_round.items()
+        if p == "haproxy" and m == metric and v and ("gatehouse", m, r) in by_round
+    ]
+    per_round = f"{statistics.median(paired):.2f}x" if paired else "-"
+    print(f"| {label} | {' | '.join(cells)} | {ratio} | {per_round} |")
 print("\nmedian (min-max) over rounds; each proxy on CPU 1 with one worker, load and backend on CPU 0")

@@ -1,8 +1,10 @@
 //! The request path: route, rewrite, pick a target, forward, stream the answer back.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -13,6 +15,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use crate::body::{ClientBody, ClientError, ProxyBody, RequestBody, RequestBodyError};
 use crate::h1::{self, SendError};
@@ -49,11 +52,16 @@ const MAX_TRIES: usize = 11;
 /// A response, and for an HTTP/1.1 upgrade the tunnel to run once it is written.
 pub(crate) type Handled = (Response<ProxyBody>, Option<Tunnel>);
 
-pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo) -> Handled {
+/// Times the wait for a target's response head: the client connection's own timer when it
+/// has one (HTTP/1: one timer reused request after request, whose deadline only moves
+/// later, which costs next to nothing), else a new timer per request (HTTP/2 streams).
+pub(crate) type ResponseTimer<'a> = Option<Pin<&'a mut Sleep>>;
+
+pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer: ResponseTimer<'_>) -> Handled {
     let snap = conn.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
     let mut routed = None;
-    match proxy(req, conn, &snap, &request_id, &mut routed).await {
+    match proxy(req, conn, &snap, &request_id, &mut routed, &mut timer).await {
         Ok(handled) => handled,
         Err(err) => {
             let metrics = routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
@@ -86,6 +94,7 @@ async fn proxy(
     snap: &Arc<Snapshot>,
     request_id: &HeaderValue,
     routed: &mut Option<Route<ServiceRuntime>>,
+    timer: &mut ResponseTimer<'_>,
 ) -> Result<Handled, LocalError> {
     let host = request_host(&req)?;
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
@@ -147,7 +156,7 @@ async fn proxy(
         let in_flight = service.begin(index);
         let started = Instant::now();
         let key = &runtime.pool_keys(spec)[index];
-        let (mut parts, body) = match send(outgoing, target, key, spec, upgrade).await {
+        let (mut parts, body) = match send(outgoing, target, key, spec, upgrade, timer).await {
             Ok(sent) => sent,
             Err(Failure::NotConnected(e, back)) => {
                 upstream_warning(runtime, &spec.name, format_args!("target unreachable: {e}"));
@@ -208,6 +217,7 @@ async fn send(
     key: &Arc<str>,
     spec: &ServiceSpec,
     upgrade: bool,
+    timer: &mut ResponseTimer<'_>,
 ) -> Result<(http::response::Parts, Answer), Failure> {
     let wait = spec.timeouts.response_header;
     let opts = ConnectOptions {
@@ -226,23 +236,23 @@ async fn send(
                 Err(e) => return Err(Failure::NotConnected(e, Box::new(req))),
             },
         };
-        return match tokio::time::timeout(wait, sender.try_send_request(req)).await {
-            Err(_) => Err(Failure::Timeout),
-            Ok(Ok(resp)) => {
+        return match within(timer, wait, sender.try_send_request(req)).await {
+            None => Err(Failure::Timeout),
+            Some(Ok(resp)) => {
                 let (parts, body) = resp.into_parts();
                 Ok((parts, Answer::H2(body)))
             }
-            Ok(Err(e)) => Err(Failure::Failed(e.into_error().into())),
+            Some(Err(e)) => Err(Failure::Failed(e.into_error().into())),
         };
     }
     // A tunnel's connection is never pooled.
     let pool_key = (!upgrade).then(|| key.clone());
     if !upgrade {
         while let Some(pooled) = upstream::check_out(key, spec.timeouts.idle) {
-            match tokio::time::timeout(wait, h1::send(pooled, req, pool_key.clone())).await {
-                Err(_) => return Err(Failure::Timeout),
-                Ok(Err(SendError::Stale(unsent))) => req = *unsent,
-                Ok(result) => return h1_answer(result),
+            match within(timer, wait, h1::send(pooled, req, pool_key.clone())).await {
+                None => return Err(Failure::Timeout),
+                Some(Err(SendError::Stale(unsent))) => req = *unsent,
+                Some(result) => return h1_answer(result),
             }
         }
     }
@@ -250,9 +260,22 @@ async fn send(
         Ok(fresh) => fresh,
         Err(e) => return Err(Failure::NotConnected(e, Box::new(req))),
     };
-    match tokio::time::timeout(wait, h1::send(fresh, req, pool_key)).await {
-        Err(_) => Err(Failure::Timeout),
-        Ok(result) => h1_answer(result),
+    match within(timer, wait, h1::send(fresh, req, pool_key)).await {
+        None => Err(Failure::Timeout),
+        Some(result) => h1_answer(result),
+    }
+}
+
+/// Runs `work` for at most `wait`; None when the time ran out.
+async fn within<F: Future>(timer: &mut ResponseTimer<'_>, wait: Duration, work: F) -> Option<F::Output> {
+    let Some(timer) = timer.as_mut() else {
+        return tokio::time::timeout(wait, work).await.ok();
+    };
+    timer.as_mut().reset(tokio::time::Instant::now() + wait);
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = timer.as_mut() => None,
     }
 }
 

@@ -313,7 +313,7 @@ fn proxy_service(
         let conn = conn.clone();
         // Boxed so the future hyper keeps for every idle connection is a pointer, not the
         // few kilobytes the request path needs while it runs.
-        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req.map(ClientBody::H2), &conn)).await.0) }
+        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req.map(ClientBody::H2), &conn, None)).await.0) }
     })
 }
 

@@ -18,6 +18,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::chunked::Decoder;
 use super::pipe::{self, BodyError};
@@ -64,7 +65,7 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 /// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
 /// the worker stops (the request in flight finishes first).
 pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>) {
-    let mut c = Connection { io, buf: BytesMut::new() };
+    let mut c = Connection { io, buf: BytesMut::new(), response_timer: None };
     // One timer for the life of the connection: pushing its deadline later is cheap, while
     // a new timer per request costs a registration and a removal.
     let mut deadline = pin!(tokio::time::sleep(HEAD_TIMEOUT));
@@ -72,6 +73,8 @@ pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch:
     loop {
         deadline.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
         let read = tokio::select! {
+            // The head first: when it is there, the timer and the stop signal need no look.
+            biased;
             read = c.read_head() => read,
             () = deadline.as_mut() => {
                 if !c.buf.is_empty() {
@@ -114,6 +117,9 @@ struct Connection<IO> {
     io: IO,
     /// Bytes read and not yet used: part of a head, or body bytes, or a pipelined request.
     buf: BytesMut,
+    /// Times the wait for each target's answer (see `handler::ResponseTimer`); made on the
+    /// first request that needs it.
+    response_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO: Transport> Connection<IO> {
@@ -160,17 +166,20 @@ impl<IO: Transport> Connection<IO> {
                 (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::Chunked(Decoder::default()), expect_continue)))
             }
         };
-        let mut handling = pin!(handler::handle(request.map(|()| body), conn));
-        let (response, tunnel) = poll_fn(|cx| {
-            if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
-                return Poll::Ready(handled);
-            }
-            if let Some(pump) = pump.as_mut() {
-                let _ = pump.poll(cx, &mut self.io, &mut self.buf);
-            }
-            Poll::Pending
-        })
-        .await;
+        let (response, tunnel) = {
+            let timer = self.response_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+            let mut handling = pin!(handler::handle(request.map(|()| body), conn, Some(timer.as_mut())));
+            poll_fn(|cx| {
+                if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(handled);
+                }
+                if let Some(pump) = pump.as_mut() {
+                    let _ = pump.poll(cx, &mut self.io, &mut self.buf);
+                }
+                Poll::Pending
+            })
+            .await
+        };
         if let Some(pump) = pump.as_mut() {
             // Too late for `100 Continue`: the final response goes out now.
             pump.continue_sent = CONTINUE.len();
@@ -216,7 +225,7 @@ impl<IO: Transport> Connection<IO> {
         drop(parts);
         let mut writer = Writer::new(out, body, plan.encoding);
         // Armed only when a write has to wait (never for a response written at once).
-        let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
+        let mut stall: Option<(Pin<Box<Sleep>>, u64)> = None;
         poll_fn(|cx| {
             if let Some(pump) = pump.as_mut() {
                 let _ = pump.poll(cx, &mut self.io, &mut self.buf);
