@@ -188,7 +188,13 @@ impl<IO: Transport> Connection<IO> {
         let keep_alive = keep_alive && !stopping && pump.as_ref().is_none_or(|p| p.outcome != Some(Outcome::Abandoned));
         let after = match self.respond(response, &method, version, keep_alive, &mut pump).await {
             Ok(after) => after,
-            Err(()) => After::Close,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    conn.shared.metrics.proxy_error("response_stalled");
+                }
+                tracing::debug!(error = %e, "writing a response failed");
+                After::Close
+            }
         };
         match after {
             After::Upgrade => {
@@ -217,7 +223,7 @@ impl<IO: Transport> Connection<IO> {
         version: Version,
         keep_alive: bool,
         pump: &mut Option<Pump>,
-    ) -> Result<After, ()> {
+    ) -> io::Result<After> {
         let (parts, body) = response.into_parts();
         let plan = response::plan(method, version, parts.status, &parts.headers, body.size_hint(), keep_alive);
         let mut out = Vec::with_capacity(512);
@@ -242,8 +248,7 @@ impl<IO: Transport> Connection<IO> {
             ready!(timer.as_mut().poll(cx));
             Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the response made no progress")))
         })
-        .await
-        .map_err(|e| tracing::debug!(error = %e, "writing a response failed"))?;
+        .await?;
         Ok(plan.after)
     }
 
