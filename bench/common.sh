@@ -24,9 +24,10 @@ CONF
   taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
 }
 
-# wait_ready ADDR: until http://ADDR/ answers 200 for Host app.local (10 s at most).
+# wait_ready ADDR [TENTHS]: until http://ADDR/ answers 200 for Host app.local (10 s, or
+# TENTHS tenths of a second, at most).
 wait_ready() {
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 "${2:-100}"); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.local' "http://$1/")" = 200 ] && return 0
     sleep 0.1
   done
@@ -47,5 +48,26 @@ address = "$PROXY"
 name = "app"
 hosts = ["app.local"]
 targets = ["http://$BACKEND"]
+CONF
+}
+
+# haproxy_config: HAProxy on $PROXY with one thread, routing Host app.local to $BACKEND with
+# idle server connections reused.
+haproxy_config() {
+  cat <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind $PROXY
+  use_backend be_app if { hdr(host) -i app.local }
+backend be_app
+  http-reuse always
+  server s1 $BACKEND
 CONF
 }

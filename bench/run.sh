@@ -20,22 +20,7 @@ http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
   server { listen $PROXY; server_name app.local;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-cat >"$B/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind $PROXY
-  use_backend be_app if { hdr(host) -i app.local }
-backend be_app
-  http-reuse always
-  server s1 $BACKEND
-CONF
+haproxy_config >"$B/haproxy.cfg"
 gatehouse_config >"$B/gatehouse.toml"
 
 start_backend "$BACKEND=hello world"

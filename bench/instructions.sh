@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# User-space instructions per request, Gatehouse against HAProxy (research/peers.md §4.2 A):
+# each proxy runs under valgrind's callgrind on CPU 1 (one worker), the backend and wrk on
+# CPU 0; counters are zeroed after a warm-up, then wrk -c50 runs for SECONDS_PER_RUN and the
+# instructions counted are divided by the requests wrk completed. Unlike CPU time, this count
+# repeats to within 1% on a noisy VM. It leaves out the kernel's share, which is the same
+# work for both (2 recv + 2 send per request, checked with strace).
+# Loopback only; every run is bounded. ROUNDS (default 2) and SECONDS_PER_RUN (default 8).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/packages.sh"
+need_commands haproxy:haproxy nginx:nginx-light wrk:wrk taskset:util-linux curl:curl valgrind:valgrind callgrind_control:valgrind
+ROUNDS="${ROUNDS:-2}"
+SECS="${SECONDS_PER_RUN:-8}"
+source "$ROOT/bench/common.sh"
+BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
+haproxy_config >"$B/haproxy.cfg"
+gatehouse_config >"$B/gatehouse.toml"
+start_backend "$BACKEND=hello world"
+wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
+
+# count NAME ROUND COMMAND...: prints "NAME ROUND requests instructions".
+count() {
+  local name=$1 round=$2; shift 2
+  local out="$B/callgrind.$name.$round"
+  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$B/$name.log" 2>&1 & local pid=$!
+  PIDS+=($pid)
+  wait_ready "$PROXY" 600 || { echo "$name did not come up under valgrind: $(tail -5 "$B/$name.log")" >&2; kill $pid; return 1; }
+  taskset -c 0 wrk -t1 -c50 -d3s -H 'Host: app.local' "http://$PROXY/" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  local requests
+  requests=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" -H 'Host: app.local' "http://$PROXY/" | awk '/requests in/{print $1}')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  local dump
+  dump=$(ls -t "$out".* | head -1)
+  echo "$name $round $requests $(awk '/^(summary|totals):/{print $2; exit}' "$dump")"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 1
+}
+
+RESULTS="$B/instructions.txt"
+: >"$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  GATEHOUSE_LOG=warn count gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml" >>"$RESULTS"
+  count haproxy "$round" haproxy -db -f "$B/haproxy.cfg" >>"$RESULTS"
+done
+
+python3 - "$RESULTS" <<'PY'
+import collections, statistics, sys
+per_request = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, _round, requests, instructions = line.split()
+    per_request[name].append(int(instructions) / int(requests))
+print("| proxy | user-space instructions per request (median, min-max) |")
+print("|---|---|")
+for name, values in per_request.items():
+    print(f"| {name} | {statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f}) |")
+ratio = statistics.median(per_request["gatehouse"]) / statistics.median(per_request["haproxy"])
+print(f"\ngatehouse / haproxy: {ratio:.2f}x")
+PY
+echo "raw results: $RESULTS" >&2
