@@ -20,13 +20,13 @@ pub(crate) enum ClientBody {
 }
 
 /// Any error of a body passing through.
-pub(crate) type ClientError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = ClientError;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::H1(pipe) => Pin::new(pipe).poll_frame(cx).map_err(Into::into),
@@ -62,7 +62,7 @@ pub(crate) enum RequestBodyError {
     #[error("request body is larger than the service allows")]
     TooLarge,
     #[error("reading the request body: {0}")]
-    Client(ClientError),
+    Client(BoxError),
 }
 
 impl RequestBody {
@@ -136,7 +136,7 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = ClientError;
+    type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
-use crate::body::{ClientBody, ClientError, ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{BoxError, ClientBody, ProxyBody, RequestBody, RequestBodyError};
 use crate::h1::{self, SendError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
@@ -200,7 +200,7 @@ enum Failure {
     /// No connection could be made; the request was not sent and comes back for another try.
     NotConnected(ConnectError, Box<Request<RequestBody>>),
     Timeout,
-    Failed(ClientError),
+    Failed(BoxError),
 }
 
 /// A target's response body, by the protocol it came over.

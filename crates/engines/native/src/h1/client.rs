@@ -5,27 +5,23 @@
 //! while the response body is read (a target may answer before it has read everything).
 //! A pooled connection is only its stream: no task and no buffer while it waits.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
-use super::chunked;
 use super::read::{self, BodyDecoder, Piece};
-use super::request::{encode_head, encoding_for};
-use super::response::{parse_target, TargetFraming, TargetHead};
+use super::request::{encode_head, framing_for};
+use super::response::{parse_target, TargetHead};
 use super::write::Writer;
 use crate::body::RequestBody;
 use crate::upstream::{self, BoxedIo};
-
-/// How much is read at a time for a response head.
-const HEAD_READ: usize = 4 * 1024;
 
 /// An open HTTP/1.1 connection to a target.
 pub(crate) struct Connection {
@@ -76,10 +72,10 @@ pub(crate) async fn send(
     pool_key: Option<Arc<str>>,
 ) -> Result<Response<ResponseBody>, SendError> {
     let (parts, body) = req.into_parts();
-    let encoding = encoding_for(&parts.headers, &body.size_hint(), body.is_end_stream());
+    let framing = framing_for(&parts.headers, &body.size_hint(), body.is_end_stream());
     let mut head = Vec::with_capacity(512);
-    encode_head(&mut head, &parts, encoding);
-    let mut upload = Some(Writer::new(head, body, encoding));
+    encode_head(&mut head, &parts, framing);
+    let mut upload = Some(Writer::new(head, body, framing));
     super::let_the_round_read().await;
     let mut buf = BytesMut::new();
     let answer = poll_fn(|cx| {
@@ -105,10 +101,7 @@ pub(crate) async fn send(
                     Err(why) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why))),
                 }
             }
-            if buf.capacity() - buf.len() < HEAD_READ / 4 {
-                buf.reserve(HEAD_READ);
-            }
-            match pin!(conn.io.read_buf(&mut buf)).poll(cx) {
+            match read::poll_fill(cx, &mut conn.io, &mut buf, read::HEAD_READ) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(Ok(_)) => {}
@@ -132,12 +125,7 @@ pub(crate) async fn send(
             });
         }
     };
-    let decoder = match framing {
-        TargetFraming::Empty => BodyDecoder::Ended,
-        TargetFraming::Length(n) => BodyDecoder::Length(n),
-        TargetFraming::Chunked => BodyDecoder::Chunked(chunked::Decoder::default()),
-        TargetFraming::UntilClose => BodyDecoder::UntilClose,
-    };
+    let decoder = BodyDecoder::new(framing);
     conn.reused = true;
     let body = ResponseBody { conn: Some(conn), buf, decoder, upload, reusable, pool_key };
     Ok(response.map(|()| body))
@@ -217,7 +205,7 @@ impl Body for ResponseBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match read::poll_fill(cx, &mut conn.io, &mut this.buf) {
+            match read::poll_fill(cx, &mut conn.io, &mut this.buf, read::BODY_READ) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(n)) if n > 0 => {}
                 Poll::Ready(result) => {

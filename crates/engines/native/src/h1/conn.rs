@@ -20,12 +20,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use super::chunked::Decoder;
 use super::pipe::{self, BodyError};
 use super::read::{self, BodyDecoder, Piece};
-use super::request::{self, Framing, Head, HeadError};
+use super::request::{self, Head, HeadError};
 use super::response::{self, After};
 use super::write::Writer;
+use super::Framing;
 use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ConnInfo};
 use crate::local::LocalError;
@@ -36,8 +36,6 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response that makes no progress for this long (the client reads nothing, or the target
 /// sends nothing) ends the connection, as nginx's `send_timeout` and `proxy_read_timeout` do.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much is read at a time for a head.
-const HEAD_READ: usize = 4 * 1024;
 /// After refusing a request whose body is still arriving, read and drop this much (or for
 /// this long) before closing, so the client sees the answer instead of a reset.
 const LINGER_BYTES: usize = 1 << 20;
@@ -133,10 +131,7 @@ impl<IO: Transport> Connection<IO> {
             } else {
                 poll_fn(|cx| self.io.poll_idle(cx)).await.map_err(|_| ReadError::Io)?;
             }
-            if self.buf.capacity() - self.buf.len() < HEAD_READ / 4 {
-                self.buf.reserve(HEAD_READ);
-            }
-            match self.io.read_buf(&mut self.buf).await {
+            match poll_fn(|cx| read::poll_fill(cx, &mut self.io, &mut self.buf, read::HEAD_READ)).await {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) | Err(_) => return Err(ReadError::Io),
                 Ok(_) => {}
@@ -157,13 +152,12 @@ impl<IO: Transport> Connection<IO> {
         let (method, version) = (request.method().clone(), request.version());
         let (body, mut pump) = match framing {
             Framing::Empty => (ClientBody::Empty, None),
-            Framing::Length(n) => {
-                let (tx, rx) = pipe::pipe(Some(n));
-                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::Length(n), expect_continue)))
-            }
-            Framing::Chunked => {
-                let (tx, rx) = pipe::pipe(None);
-                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::Chunked(Decoder::default()), expect_continue)))
+            framing => {
+                let (tx, rx) = pipe::pipe(match framing {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                });
+                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::new(framing), expect_continue)))
             }
         };
         let (response, tunnel) = {
@@ -229,7 +223,7 @@ impl<IO: Transport> Connection<IO> {
         let mut out = Vec::with_capacity(512);
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
-        let mut writer = Writer::new(out, body, plan.encoding);
+        let mut writer = Writer::new(out, body, plan.framing);
         super::let_the_round_read().await;
         // Armed only when a write has to wait (never for a response written at once).
         let mut stall: Option<(Pin<Box<Sleep>>, u64)> = None;
@@ -351,7 +345,7 @@ impl Pump {
                 }
                 Piece::End => self.end(Outcome::Complete, None),
                 Piece::Malformed => self.end(Outcome::Failed, Some(BodyError::Malformed)),
-                Piece::NeedMore => match read::poll_fill(cx, io, buf) {
+                Piece::NeedMore => match read::poll_fill(cx, io, buf, read::BODY_READ) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(n)) if n > 0 => {}
                     Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),

@@ -21,6 +21,17 @@ pub(crate) use client::{send, Connection, ResponseBody, SendError};
 pub(crate) use conn::{serve, Transport};
 pub(crate) use pipe::Receiver as RequestBodyPipe;
 
+/// How a message's body is delimited on the wire, for reading and writing alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (bodiless requests; HEAD responses, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection ends: responses only (HTTP/1.0 peers without a length).
+    UntilClose,
+}
+
 /// Yields before a message is written, so the other connections woken in the same round read
 /// theirs first and the writes go out together, as in HAProxy's event loop (reads, then
 /// sends). Under load this costs one more poll and saves more: about 2% less CPU per request

@@ -11,9 +11,11 @@ use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::chunked::{self, Decoded};
+use super::Framing;
 
-/// How much is read at a time for a body.
-const BODY_READ: usize = 16 * 1024;
+/// How much room a read is given: a head is usually small, a body may be large.
+pub(crate) const HEAD_READ: usize = 4 * 1024;
+pub(crate) const BODY_READ: usize = 16 * 1024;
 
 #[derive(Debug)]
 pub(crate) enum BodyDecoder {
@@ -35,6 +37,15 @@ pub(crate) enum Piece {
 }
 
 impl BodyDecoder {
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => BodyDecoder::Ended,
+            Framing::Length(n) => BodyDecoder::Length(n),
+            Framing::Chunked => BodyDecoder::Chunked(chunked::Decoder::default()),
+            Framing::UntilClose => BodyDecoder::UntilClose,
+        }
+    }
+
     pub fn is_ended(&self) -> bool {
         matches!(self, BodyDecoder::Ended | BodyDecoder::Length(0))
     }
@@ -72,14 +83,16 @@ impl BodyDecoder {
     }
 }
 
-/// Reads more of a body into `buf`; the number of bytes read (0 at the end of the stream).
+/// Reads more into `buf`, making room for `room` bytes when little is left; the number of
+/// bytes read (0 at the end of the stream).
 pub(crate) fn poll_fill<IO: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     io: &mut IO,
     buf: &mut BytesMut,
+    room: usize,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < BODY_READ / 4 {
-        buf.reserve(BODY_READ);
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
     }
     pin!(io.read_buf(buf)).poll(cx)
 }
@@ -100,7 +113,7 @@ mod tests {
         assert!(matches!(close.next(&mut buf), Piece::NeedMore));
         assert!(close.at_eof() && close.is_ended());
         assert!(!BodyDecoder::Length(3).at_eof(), "a short body is not whole");
-        let mut chunked = BodyDecoder::Chunked(chunked::Decoder::default());
+        let mut chunked = BodyDecoder::new(Framing::Chunked);
         let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
         assert!(matches!(chunked.next(&mut buf), Piece::End) && chunked.is_ended());
     }

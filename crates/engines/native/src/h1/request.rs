@@ -13,20 +13,12 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::write::Encoding;
+use super::Framing;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// More header fields than this get 431.
 pub(crate) const MAX_HEADERS: usize = 100;
-
-/// How the request's body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-}
 
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -202,8 +194,8 @@ fn framing(noted: &Noted, version: Version) -> Result<Framing, HeadError> {
 }
 
 /// Appends a request head for a target: origin-form target, the fields, and the framing
-/// field for `encoding` unless the fields carry the length already.
-pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, encoding: Encoding) {
+/// field for `framing` unless the fields carry the length already.
+pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -211,11 +203,11 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, encod
     for (name, value) in &parts.headers {
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    match encoding {
-        Encoding::Length(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+    match framing {
+        Framing::Length(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
             write_field(out, b"content-length", n.to_string().as_bytes())
         }
-        Encoding::Chunked => write_field(out, b"transfer-encoding", b"chunked"),
+        Framing::Chunked => write_field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
@@ -223,14 +215,14 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, encod
 
 /// How a request body goes to a target: by the length the client declared, else by the
 /// body's exact size, else chunked.
-pub(crate) fn encoding_for(headers: &HeaderMap, hint: &http_body::SizeHint, ended: bool) -> Encoding {
+pub(crate) fn framing_for(headers: &HeaderMap, hint: &http_body::SizeHint, ended: bool) -> Framing {
     if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())) {
-        return Encoding::Length(length);
+        return Framing::Length(length);
     }
     match hint.exact() {
-        Some(0) if ended => Encoding::None,
-        Some(n) => Encoding::Length(n),
-        None => Encoding::Chunked,
+        Some(0) if ended => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
     }
 }
 

@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode, Version};
 use http_body::SizeHint;
 
 use super::request::{parse_length, write_field as field, FieldSpans, MAX_HEADERS, MAX_HEAD_BYTES};
-pub(crate) use super::write::Encoding;
+use super::Framing;
 
 /// What the connection does after this response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub(crate) enum After {
 }
 
 pub(crate) struct Plan {
-    pub encoding: Encoding,
+    pub framing: Framing,
     pub after: After,
 }
 
@@ -39,25 +39,25 @@ pub(crate) fn plan(
     keep_alive: bool,
 ) -> Plan {
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Plan { encoding: Encoding::None, after: After::Upgrade };
+        return Plan { framing: Framing::Empty, after: After::Upgrade };
     }
-    let encoding = if *method == Method::HEAD
+    let framing = if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        Encoding::None
+        Framing::Empty
     } else if let Some(length) =
         hint.exact().or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())))
     {
-        Encoding::Length(length)
+        Framing::Length(length)
     } else if version == Version::HTTP_11 {
-        Encoding::Chunked
+        Framing::Chunked
     } else {
-        Encoding::UntilClose
+        Framing::UntilClose
     };
-    let close = !keep_alive || encoding == Encoding::UntilClose || crate::headers::connection_has(headers, "close");
-    Plan { encoding, after: if close { After::Close } else { After::KeepAlive } }
+    let close = !keep_alive || framing == Framing::UntilClose || crate::headers::connection_has(headers, "close");
+    Plan { framing, after: if close { After::Close } else { After::KeepAlive } }
 }
 
 /// Appends the head: status line, the response's fields (less the connection and framing
@@ -68,7 +68,7 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let own_length = matches!(plan.encoding, Encoding::Length(_));
+    let own_length = matches!(plan.framing, Framing::Length(_));
     for (name, value) in headers {
         let decided_here = name == header::TRANSFER_ENCODING
             || (name == header::CONNECTION && plan.after != After::Upgrade)
@@ -80,10 +80,10 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
     if !headers.contains_key(header::DATE) {
         with_date(|date| field(out, b"date", date));
     }
-    match plan.encoding {
-        Encoding::Length(n) => field(out, b"content-length", n.to_string().as_bytes()),
-        Encoding::Chunked => field(out, b"transfer-encoding", b"chunked"),
-        Encoding::None | Encoding::UntilClose => {}
+    match plan.framing {
+        Framing::Length(n) => field(out, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::UntilClose => {}
     }
     match plan.after {
         After::Close => field(out, b"connection", b"close"),
@@ -117,18 +117,9 @@ fn with_date(write: impl FnOnce(&[u8])) {
 #[derive(Debug)]
 pub(crate) struct TargetHead {
     pub response: Response<()>,
-    pub framing: TargetFraming,
+    pub framing: Framing,
     /// The connection can carry another request once this body is read.
     pub reusable: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TargetFraming {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the target closes the connection.
-    UntilClose,
 }
 
 /// Takes a target's response head off the front of `buf` (RFC 9112 §6.3 for the framing);
@@ -153,15 +144,15 @@ pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        (TargetFraming::Empty, false)
+        (Framing::Empty, false)
     } else if noted.encodings > 0 {
-        let framing = if noted.chunked_last() { TargetFraming::Chunked } else { TargetFraming::UntilClose };
+        let framing = if noted.chunked_last() { Framing::Chunked } else { Framing::UntilClose };
         // With a length too, the message is suspect: read it as chunked, then close.
         (framing, noted.lengths > 0)
     } else {
         match (noted.lengths, noted.length) {
-            (0, _) => (TargetFraming::UntilClose, false),
-            (_, Some(n)) if noted.lengths_agree => (TargetFraming::Length(n), false),
+            (0, _) => (Framing::UntilClose, false),
+            (_, Some(n)) if noted.lengths_agree => (Framing::Length(n), false),
             _ => return Err("invalid Content-Length"),
         }
     };
@@ -170,7 +161,7 @@ pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = fields;
-    let reusable = keep_alive && !ambiguous && framing != TargetFraming::UntilClose;
+    let reusable = keep_alive && !ambiguous && framing != Framing::UntilClose;
     Ok(Some(TargetHead { response, framing, reusable }))
 }
 
@@ -190,16 +181,16 @@ mod tests {
     fn framing_follows_the_response_and_the_client() {
         let unknown = SizeHint::new();
         let p = plan_for(Method::GET, Version::HTTP_11, 200, Some("5"), unknown);
-        assert_eq!((p.encoding, p.after), (Encoding::Length(5), After::KeepAlive));
+        assert_eq!((p.framing, p.after), (Framing::Length(5), After::KeepAlive));
         assert_eq!(
-            plan_for(Method::GET, Version::HTTP_11, 200, None, SizeHint::with_exact(3)).encoding,
-            Encoding::Length(3)
+            plan_for(Method::GET, Version::HTTP_11, 200, None, SizeHint::with_exact(3)).framing,
+            Framing::Length(3)
         );
-        assert_eq!(plan_for(Method::GET, Version::HTTP_11, 200, None, unknown).encoding, Encoding::Chunked);
+        assert_eq!(plan_for(Method::GET, Version::HTTP_11, 200, None, unknown).framing, Framing::Chunked);
         let old = plan_for(Method::GET, Version::HTTP_10, 200, None, unknown);
-        assert_eq!((old.encoding, old.after), (Encoding::UntilClose, After::Close));
-        assert_eq!(plan_for(Method::HEAD, Version::HTTP_11, 200, Some("5"), unknown).encoding, Encoding::None);
-        assert_eq!(plan_for(Method::GET, Version::HTTP_11, 304, None, unknown).encoding, Encoding::None);
+        assert_eq!((old.framing, old.after), (Framing::UntilClose, After::Close));
+        assert_eq!(plan_for(Method::HEAD, Version::HTTP_11, 200, Some("5"), unknown).framing, Framing::Empty);
+        assert_eq!(plan_for(Method::GET, Version::HTTP_11, 304, None, unknown).framing, Framing::Empty);
         assert_eq!(plan_for(Method::GET, Version::HTTP_11, 101, None, unknown).after, After::Upgrade);
     }
 
@@ -227,19 +218,19 @@ mod tests {
     #[test]
     fn reads_target_heads_and_their_framing() {
         let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", Method::GET);
-        assert_eq!((t.framing, t.reusable), (TargetFraming::Length(5), true));
+        assert_eq!((t.framing, t.reusable), (Framing::Length(5), true));
         assert_eq!(t.response.headers()["x-a"], "1");
         let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Method::GET);
-        assert_eq!((t.framing, t.reusable), (TargetFraming::Chunked, true));
+        assert_eq!((t.framing, t.reusable), (Framing::Chunked, true));
         let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Method::GET);
-        assert_eq!((t.framing, t.reusable), (TargetFraming::Chunked, false), "suspect: closed after");
+        assert_eq!((t.framing, t.reusable), (Framing::Chunked, false), "suspect: closed after");
         let t = target("HTTP/1.0 200 OK\r\n\r\n", Method::GET);
-        assert_eq!((t.framing, t.reusable), (TargetFraming::UntilClose, false));
+        assert_eq!((t.framing, t.reusable), (Framing::UntilClose, false));
         let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD);
-        assert_eq!((t.framing, t.reusable), (TargetFraming::Empty, true));
+        assert_eq!((t.framing, t.reusable), (Framing::Empty, true));
         let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", Method::GET);
         assert!(!t.reusable);
-        assert_eq!(target("HTTP/1.1 100 Continue\r\n\r\n", Method::POST).framing, TargetFraming::Empty);
+        assert_eq!(target("HTTP/1.1 100 Continue\r\n\r\n", Method::POST).framing, Framing::Empty);
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
         assert!(parse_target(&mut partial, &Method::GET).unwrap().is_none());
         for bad in [

@@ -10,21 +10,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
-use super::chunked;
+use super::{chunked, Framing};
 
 /// A write is made once this much is buffered, or when the body has nothing ready.
 const WRITE_AT: usize = 16 * 1024;
-
-/// How a body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Encoding {
-    /// No body (HEAD responses, 1xx, 204, 304, bodiless requests).
-    None,
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 clients without a length: the end of the body is the end of the connection.
-    UntilClose,
-}
 
 /// A message on its way out: the encoded bytes not yet written, and the body still to encode.
 pub(crate) struct Writer<B> {
@@ -33,7 +22,7 @@ pub(crate) struct Writer<B> {
     /// Bytes written so far, all told.
     written: u64,
     body: B,
-    encoding: Encoding,
+    framing: Framing,
     ended: bool,
     /// A frame was taken from the body: it cannot be sent again elsewhere.
     touched: bool,
@@ -44,9 +33,9 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
-    pub fn new(head: Vec<u8>, body: B, encoding: Encoding) -> Self {
-        let ended = encoding == Encoding::None;
-        Writer { out: head, sent: 0, written: 0, body, encoding, ended, touched: false }
+    pub fn new(head: Vec<u8>, body: B, framing: Framing) -> Self {
+        let ended = framing == Framing::Empty;
+        Writer { out: head, sent: 0, written: 0, body, framing, ended, touched: false }
     }
 
     pub fn written(&self) -> u64 {
@@ -109,8 +98,8 @@ where
         let broken = |what: &str| io::Error::other(format!("body {what}"));
         match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => match &mut self.encoding {
-                    Encoding::Length(remaining) => {
+                Ok(data) => match &mut self.framing {
+                    Framing::Length(remaining) => {
                         if data.len() as u64 > *remaining {
                             return Err(broken("longer than its Content-Length"));
                         }
@@ -120,12 +109,12 @@ where
                             self.ended = true;
                         }
                     }
-                    Encoding::Chunked => chunked::encode_chunk(&mut self.out, &data),
-                    Encoding::UntilClose => self.out.extend_from_slice(&data),
-                    Encoding::None => {}
+                    Framing::Chunked => chunked::encode_chunk(&mut self.out, &data),
+                    Framing::UntilClose => self.out.extend_from_slice(&data),
+                    Framing::Empty => {}
                 },
                 Err(frame) => {
-                    if let (Encoding::Chunked, Ok(trailers)) = (self.encoding, frame.into_trailers()) {
+                    if let (Framing::Chunked, Ok(trailers)) = (self.framing, frame.into_trailers()) {
                         chunked::encode_end(&mut self.out, Some(&trailers));
                         self.ended = true;
                     }
@@ -133,11 +122,11 @@ where
             },
             Some(Err(e)) => return Err(io::Error::other(e)),
             None => {
-                match self.encoding {
-                    Encoding::Length(remaining) if remaining > 0 => {
+                match self.framing {
+                    Framing::Length(remaining) if remaining > 0 => {
                         return Err(broken("shorter than its Content-Length"))
                     }
-                    Encoding::Chunked => chunked::encode_end(&mut self.out, None),
+                    Framing::Chunked => chunked::encode_end(&mut self.out, None),
                     _ => {}
                 }
                 self.ended = true;
@@ -169,33 +158,33 @@ mod tests {
         Frames(parts.iter().map(|p| Frame::data(Bytes::from_static(p.as_bytes()))).collect())
     }
 
-    async fn write(body: Frames, encoding: Encoding) -> io::Result<Vec<u8>> {
+    async fn write(body: Frames, framing: Framing) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut writer = Writer::new(b"H\r\n\r\n".to_vec(), body, encoding);
+        let mut writer = Writer::new(b"H\r\n\r\n".to_vec(), body, framing);
         poll_fn(|cx| writer.poll(cx, &mut out)).await?;
         Ok(out)
     }
 
     #[tokio::test]
     async fn writes_each_framing() {
-        assert_eq!(write(frames(&["ab", "c"]), Encoding::Length(3)).await.unwrap(), b"H\r\n\r\nabc");
+        assert_eq!(write(frames(&["ab", "c"]), Framing::Length(3)).await.unwrap(), b"H\r\n\r\nabc");
         assert_eq!(
-            write(frames(&["ab", "c"]), Encoding::Chunked).await.unwrap(),
+            write(frames(&["ab", "c"]), Framing::Chunked).await.unwrap(),
             b"H\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"
         );
-        assert_eq!(write(frames(&["ab"]), Encoding::UntilClose).await.unwrap(), b"H\r\n\r\nab");
-        assert_eq!(write(frames(&[]), Encoding::None).await.unwrap(), b"H\r\n\r\n");
+        assert_eq!(write(frames(&["ab"]), Framing::UntilClose).await.unwrap(), b"H\r\n\r\nab");
+        assert_eq!(write(frames(&[]), Framing::Empty).await.unwrap(), b"H\r\n\r\n");
         let mut with_trailers = frames(&["x"]);
         let mut fields = http::HeaderMap::new();
         fields.insert("grpc-status", "0".parse().unwrap());
         with_trailers.0.push_back(Frame::trailers(fields));
-        let out = write(with_trailers, Encoding::Chunked).await.unwrap();
+        let out = write(with_trailers, Framing::Chunked).await.unwrap();
         assert_eq!(out, b"H\r\n\r\n1\r\nx\r\n0\r\ngrpc-status: 0\r\n\r\n");
     }
 
     #[tokio::test]
     async fn a_body_that_breaks_its_length_is_an_error() {
-        assert!(write(frames(&["abcd"]), Encoding::Length(3)).await.is_err());
-        assert!(write(frames(&["ab"]), Encoding::Length(3)).await.is_err());
+        assert!(write(frames(&["abcd"]), Framing::Length(3)).await.is_err());
+        assert!(write(frames(&["ab"]), Framing::Length(3)).await.is_err());
     }
 }
