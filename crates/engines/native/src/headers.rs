@@ -13,7 +13,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+/// `Connection` comes first: its tokens name more fields to remove.
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -27,12 +29,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those the `Connection` header names. `Upgrade` is
 /// removed too unless `keep_upgrade`; the caller re-adds `Connection: upgrade` for tunnels.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the (few) names first: most messages carry none of these.
-    let any = headers.keys().any(|k| HOP_BY_HOP.contains(k) || (!keep_upgrade && k == header::UPGRADE));
-    if !any {
-        return;
+    // One pass over the (few) names first, noting which are there: most messages carry one
+    // of these at most (`Connection: keep-alive`), and a removal costs a hash and a probe.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(i) => present[i] = true,
+            None => upgrade |= !keep_upgrade && name == header::UPGRADE,
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -47,10 +54,10 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
     }
-    if !keep_upgrade {
+    if upgrade {
         headers.remove(header::UPGRADE);
     }
 }

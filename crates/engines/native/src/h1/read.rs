@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::pin;
-use std::task::{Context, Poll};
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::chunked::{self, Decoded};
 use super::Framing;
@@ -85,13 +86,26 @@ impl BodyDecoder {
 
 /// Reads more into `buf`, making room for `room` bytes when little is left; the number of
 /// bytes read (0 at the end of the stream).
+///
+/// A head read into an empty buffer goes through a scratch array on the stack, and only what
+/// arrived is copied into `buf`: a head is a few hundred bytes, an allocation that size comes
+/// from the allocator's per-thread cache, while a fresh 4 KB one per message churned its slabs
+/// (about a tenth of all instructions per request).
 pub(crate) fn poll_fill<IO: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     io: &mut IO,
     buf: &mut BytesMut,
     room: usize,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < room / 4 {
+    let spare = buf.capacity() - buf.len();
+    if spare < room / 4 && buf.is_empty() && room <= HEAD_READ {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); HEAD_READ];
+        let mut read = ReadBuf::uninit(&mut scratch[..room]);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        return Poll::Ready(Ok(read.filled().len()));
+    }
+    if spare < room / 4 {
         buf.reserve(room);
     }
     pin!(io.read_buf(buf)).poll(cx)
