@@ -76,7 +76,6 @@ pub(crate) async fn send(
     let mut head = Vec::with_capacity(512);
     encode_head(&mut head, &parts, framing);
     let mut upload = Some(Writer::new(head, body, framing));
-    super::let_the_round_read().await;
     let mut buf = BytesMut::new();
     let answer = poll_fn(|cx| {
         if let Some(writer) = upload.as_mut() {

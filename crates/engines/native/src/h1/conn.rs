@@ -224,7 +224,6 @@ impl<IO: Transport> Connection<IO> {
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
         let mut writer = Writer::new(out, body, plan.framing);
-        super::let_the_round_read().await;
         // Armed only when a write has to wait (never for a response written at once).
         let mut stall: Option<(Pin<Box<Sleep>>, u64)> = None;
         poll_fn(|cx| {

@@ -32,13 +32,6 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
-/// Yields before a message is written, so the other connections woken in the same round read
-/// theirs first and the writes go out together, as in HAProxy's event loop (reads, then
-/// sends). Under load this costs one more poll and saves more: about 2% less CPU per request
-/// in paired runs (bench/run.sh), p99 unchanged.
-async fn let_the_round_read() {
-    tokio::task::yield_now().await;
-}
 pub(crate) use request::MAX_HEAD_BYTES;
 
 #[cfg(test)]
