@@ -120,6 +120,9 @@ impl Nginx {
             true
         })
         .await;
+        // Old workers answer from the config before until they take the master's quit signal:
+        // once the reloads have settled, every answer comes from the rendered config.
+        recorded_reloads(&gh).await;
         (gh, at)
     }
 }
