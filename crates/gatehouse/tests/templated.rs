@@ -100,8 +100,9 @@ impl Nginx {
     }
 
     /// Starts Gatehouse on `config` with the template's port and pid variables, and waits
-    /// until nginx routes `web.test`. Returns it and nginx's listening address.
-    async fn gatehouse(&self, config: &str, port: u16) -> (Gatehouse, SocketAddr) {
+    /// until nginx routes `web.test` and the reloads have settled. Returns it, nginx's
+    /// listening address and the successful reloads so far.
+    async fn gatehouse(&self, config: &str, port: u16) -> (Gatehouse, SocketAddr, f64) {
         let pid = self.path("nginx.pid").to_string_lossy().into_owned();
         let listen = format!("127.0.0.1:{port}");
         let gh = Gatehouse::start_with(
@@ -120,10 +121,10 @@ impl Nginx {
             true
         })
         .await;
-        // Old workers answer from the config before until they take the master's quit signal:
-        // once the reloads have settled, every answer comes from the rendered config.
-        recorded_reloads(&gh).await;
-        (gh, at)
+        // An old worker answers from the previous config until it takes the master's quit
+        // signal: once the reloads have settled, every answer comes from the rendered one.
+        let reloads = recorded_reloads(&gh).await;
+        (gh, at, reloads)
     }
 }
 
@@ -144,7 +145,7 @@ async fn nginx_follows_the_cluster_through_the_example_template() {
     let port = free_port();
     let nginx = Nginx::start(port);
     let config = nginx.gatehouse_config(&sim, "nginx.tmpl", "xproxy = \"edge-test\"\n");
-    let (gh, at) = nginx.gatehouse(&config, port).await;
+    let (gh, at, _) = nginx.gatehouse(&config, port).await;
     let reply = get(at, "web.test", "/").await;
     assert_eq!(reply.header("x-proxy"), "edge-test");
     assert_eq!(get(at, "unknown.test", "/").await.status, 503);
@@ -371,8 +372,7 @@ async fn nginx_plus_membership_changes_go_through_the_api_without_reloads() {
     let extra =
         format!("nginxplusapiaddr = \"{}\"\nnginx_max_fails = 2\nnginx_fail_timeout = \"5s\"\n", plus.address());
     let config = nginx.gatehouse_config(&sim, "nginx-plus.tmpl", &extra);
-    let (gh, _) = nginx.gatehouse(&config, port).await;
-    let reloads = recorded_reloads(&gh).await;
+    let (gh, _, reloads) = nginx.gatehouse(&config, port).await;
     assert_eq!(reloads, 1.0, "the first config waited for the first sync: no empty config went live first");
     sim.with(|c| c.scale(&web, 2)).unwrap();
     eventually("both instances in the NGINX Plus upstream", || async { plus.servers("web.test").len() == 2 }).await;
