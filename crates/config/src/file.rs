@@ -17,6 +17,10 @@ pub(crate) struct FileConfig {
     pub xproxy: Option<String>,
     pub proxy_platform: Option<Spanned<String>>,
     pub admin_token: Option<String>,
+    /// The admin Unix socket (the CLI's control channel); "" turns it off.
+    pub admin_socket: Option<Spanned<String>>,
+    /// Where deployed services are saved.
+    pub deploy_state: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     #[serde(default)]
     pub listeners: Vec<FileListener>,

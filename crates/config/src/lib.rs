@@ -22,6 +22,7 @@ use serde::Serialize;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use drove::{ControllerUrl, Credentials, DroveSettings, Environment, NamespaceSettings};
 pub use templated::{ConfigFiles, HaproxyNaming, HaproxyStateFile, TemplatedSettings};
+pub use units::{parse_duration, parse_size};
 
 /// Which engine carries the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +51,8 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     /// The Drove source: `[[namespaces]]` and their polling settings.
     pub drove: DroveSettings,
+    /// The deploy source's state file.
+    pub deploy_state: PathBuf,
     /// Things worth a log line that do not stop the file from loading.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
@@ -62,6 +65,31 @@ pub struct AdminSettings {
     pub token: Option<Secret>,
     /// `port_use_tls` with `port_tls_certfile` and `port_tls_keyfile`: HTTPS (HTTP/1.1 only).
     pub tls: Option<CertificatePaths>,
+    /// The admin Unix socket, where the CLI's control commands go (`None`: off). Its file
+    /// permissions are the access control, so no token is asked there.
+    pub socket: Option<PathBuf>,
+}
+
+/// Where the admin socket is when the file does not say: systemd's `RUNTIME_DIRECTORY`, else
+/// `XDG_RUNTIME_DIR`, else `/run/gatehouse`.
+pub fn default_admin_socket() -> PathBuf {
+    runtime_folder(&["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"], "/run/gatehouse").join("gatehouse.sock")
+}
+
+/// Where deployed services are saved when the file does not say: systemd's
+/// `STATE_DIRECTORY`, else `/var/lib/gatehouse`.
+pub fn default_deploy_state() -> PathBuf {
+    runtime_folder(&["STATE_DIRECTORY"], "/var/lib/gatehouse").join("deploys.json")
+}
+
+fn runtime_folder(variables: &[&str], fallback: &str) -> PathBuf {
+    variables
+        .iter()
+        .filter_map(std::env::var_os)
+        // systemd may list several folders separated by colons; the first is ours.
+        .filter_map(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .find(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(fallback))
 }
 
 /// A value never printed or returned: `Debug` and `Serialize` show it redacted.

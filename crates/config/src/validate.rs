@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use gatehouse_model::{BalancePolicy, BuildError, HostPattern, RouteTable, Scheme, ServiceSpec, TargetSpec};
+use gatehouse_model::{BalancePolicy, BuildError, HostPattern, RouteTable, ServiceSpec, TargetSpec};
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
@@ -140,6 +140,19 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         }
         _ => None,
     };
+    let admin_socket = match &file.admin_socket {
+        None => Some(crate::default_admin_socket()),
+        Some(p) if p.get_ref().trim().is_empty() => None,
+        Some(p) => Some(c.resolve(p.get_ref().trim())),
+    };
+    let deploy_state = match &file.deploy_state {
+        Some(p) if !p.get_ref().trim().is_empty() => c.resolve(p.get_ref().trim()),
+        Some(p) => {
+            c.error(Some(p.span()), "`deploy_state` must name a file");
+            crate::default_deploy_state()
+        }
+        None => crate::default_deploy_state(),
+    };
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
     if templated.is_some() && !listeners.is_empty() {
@@ -152,7 +165,12 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
     }
     Config {
         origin: c.origin.to_path_buf(),
-        admin: AdminSettings { address: SocketAddr::new(admin_ip, admin_port), token, tls: admin_tls },
+        admin: AdminSettings {
+            address: SocketAddr::new(admin_ip, admin_port),
+            token,
+            tls: admin_tls,
+            socket: admin_socket,
+        },
         log_level,
         xproxy: file.xproxy.filter(|x| !x.is_empty()),
         proxy_platform,
@@ -161,6 +179,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         listeners,
         services,
         drove,
+        deploy_state,
         warnings: Vec::new(),
     }
 }
@@ -335,31 +354,15 @@ fn target_spec(target: &FileTarget) -> Result<TargetSpec, String> {
     if !(1..=MAX_WEIGHT).contains(&weight) {
         return Err(format!("target weight must be from 1 to {MAX_WEIGHT}"));
     }
-    let uri: http::Uri =
-        url.parse().map_err(|_| format!("target `{url}` is not a URL; write e.g. \"http://127.0.0.1:9000\""))?;
-    let scheme = match uri.scheme_str() {
-        Some("http") => Scheme::Http,
-        Some("https") => Scheme::Https,
-        _ => return Err(format!("target `{url}` must start with http:// or https://")),
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("target `{url}` must not have a path; use path_prefix and strip_prefix to rewrite paths"));
-    }
-    let authority = uri.authority().ok_or_else(|| format!("target `{url}` has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("target `{url}` must not carry credentials"));
-    }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = authority.port_u16().unwrap_or(match scheme {
-        Scheme::Http => 80,
-        Scheme::Https => 443,
-    });
-    Ok(TargetSpec { scheme, host, port, weight: weight as u32 })
+    let mut target = TargetSpec::parse_url(url, false)?;
+    target.weight = weight as u32;
+    Ok(target)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_model::Scheme;
 
     fn no_env() -> Environment {
         Environment { controllers: None, username: None, password: None, cluster_name: None, leader_vhost: None }

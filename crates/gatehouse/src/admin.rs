@@ -1,20 +1,33 @@
-//! The admin API: version, health, effective config, reload, metrics and routes.
-//! It binds to loopback unless told otherwise; `POST /v1/reload` needs the bearer token
-//! when `admin_token` is set.
+//! The admin API: version, health, effective config, reload, metrics, routes and the
+//! deployed services. It binds to loopback unless told otherwise; `POST /v1/reload` needs
+//! the bearer token when `admin_token` is set. The deploy endpoints under `/v1/services`
+//! change what is served, so on TCP they always need the token; on the admin Unix socket the
+//! socket's file permissions are the access control.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use gatehouse_deploy::{DeployError, DeployRequest};
 use serde_json::json;
 
 use crate::clock::rfc3339;
 use crate::gateway::Gateway;
 
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// How a request reached the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The TCP address: mutating deploy endpoints need `admin_token`.
+    Tcp,
+    /// The admin Unix socket: whoever may open it may change services.
+    Socket,
+}
+
+pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
     Router::new()
         .route("/", get(version))
         .route("/v1/health", get(health))
@@ -23,6 +36,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/reload", post(reload).get(reload))
         .route("/v1/metrics", get(metrics))
         .route("/v1/routes", get(routes))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}/deploy", post(deploy))
+        .route("/v1/services/{name}", delete(remove))
+        .layer(Extension(access))
         .with_state(gateway)
 }
 
@@ -59,6 +76,12 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     if let Some(drove) = gw.drove() {
         healthy &= drove_health(drove, &mut body);
     }
+    let deploys = gw.deploys();
+    healthy &= deploys.restore_problems.is_empty();
+    body["Deploys"] = json!({
+        "State": deploys.location(),
+        "RestoreProblems": deploys.restore_problems,
+    });
     body["Healthy"] = json!(healthy);
     let code = if healthy { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
     (code, Json(body)).into_response()
@@ -128,18 +151,102 @@ fn drove_health(drove: &gatehouse_drove::DroveSource, body: &mut serde_json::Val
     healthy
 }
 
+async fn list_services(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(json!({"services": gw.deploys().list().await})).into_response()
+}
+
+async fn deploy(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = may_change_services(&gw, access, &headers) {
+        return refused;
+    }
+    let request: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("the deploy request is not valid: {e}")),
+    };
+    // Run to the end even if the caller goes away: a deploy stopped between its save and its
+    // switch would leave the saved state ahead of the routes.
+    let task = tokio::spawn(async move {
+        let deploys = gw.deploys().clone();
+        deploys.deploy(&*gw, &name, request).await
+    });
+    match task.await {
+        Ok(Ok(outcome)) => Json(outcome).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the deploy task failed: {e}")),
+    }
+}
+
+async fn remove(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = may_change_services(&gw, access, &headers) {
+        return refused;
+    }
+    let task = tokio::spawn(async move {
+        let deploys = gw.deploys().clone();
+        deploys.remove(&*gw, &name).await
+    });
+    match task.await {
+        Ok(Ok(())) => Json(json!({"removed": true})).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the remove task failed: {e}")),
+    }
+}
+
+fn deploy_error(e: DeployError) -> Response {
+    let status = match &e {
+        DeployError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Conflict(_) => StatusCode::CONFLICT,
+        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::Unhealthy(_) => StatusCode::FAILED_DEPENDENCY,
+        DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// `None` when the caller may change services; else the refusal to send.
+fn may_change_services(gw: &Gateway, access: Access, headers: &HeaderMap) -> Option<Response> {
+    if access == Access::Socket {
+        return None;
+    }
+    if gw.config().admin.token.is_none() {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "changing services over TCP needs `admin_token` in the configuration (then send `Authorization: Bearer <token>`); the admin Unix socket (`admin_socket`) needs no token".into(),
+        ));
+    }
+    (!authorized(gw, headers)).then(unauthorized)
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "this endpoint needs `Authorization: Bearer <admin_token>`"})),
+    )
+        .into_response()
+}
+
 async fn config(State(gw): State<Arc<Gateway>>) -> Response {
     Json(gw.config().as_ref()).into_response()
 }
 
 async fn reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if !authorized(&gw, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "this endpoint needs `Authorization: Bearer <admin_token>`"})),
-        )
-            .into_response();
+        return unauthorized();
     }
     match gw.reload().await {
         Ok(generation) => Json(json!({"reloaded": true, "generation": generation})).into_response(),

@@ -27,6 +27,9 @@ xproxy = "gatehouse-demo"
 # Drove: poll the leader's events every second; keep the view in memory only.
 event_refresh_interval_sec = 1
 state_persistence_enabled = false
+# Deploys (`gatehouse deploy --socket ...`) are kept in a folder of this run only.
+admin_socket = "{runtime}/gatehouse.sock"
+deploy_state = "{runtime}/deploys.json"
 
 [[listeners]]
 address = "{listen}"
@@ -73,9 +76,15 @@ pub struct Demo {
     pub source: ConfigSource,
     pub text: String,
     sim: Arc<Sim>,
+    /// A sample backend's port, for the deploy example.
+    web1: u16,
 }
 
 impl Demo {
+    pub fn web1(&self) -> u16 {
+        self.web1
+    }
+
     /// Every few seconds scales `shop` up or down, so `/v1/routes` and curl show routes
     /// changing live. Runs until the process stops.
     pub fn start_cluster_changes(&self) -> tokio::task::JoinHandle<()> {
@@ -98,10 +107,15 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<De
     let mut text = DEMO_CONFIG
         .replace("{admin_ip}", &admin.ip().to_string())
         .replace("{admin_port}", &admin.port().to_string())
-        .replace("{listen}", &listen.to_string());
+        .replace("{listen}", &listen.to_string())
+        .replace("{runtime}", &runtime_folder().display().to_string());
+    let mut web1 = 0;
     for name in ["web1", "web2", "api1", "api2", "tenant1", "tenant2"] {
         let port = start_backend(name).await?;
         text = text.replace(&format!("{{{name}}}"), &port.to_string());
+        if name == "web1" {
+            web1 = port;
+        }
     }
     let sim = Sim::start(SimConfig {
         serve_instances: true,
@@ -115,11 +129,18 @@ pub async fn prepare(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<De
     let urls: Vec<String> = sim.urls().iter().map(|u| format!("\"{u}\"")).collect();
     text = text.replace("{drove_urls}", &urls.join(", "));
     let source = ConfigSource::Embedded { text: text.clone(), origin: PathBuf::from("<demo>") };
-    Ok(Demo { source, text, sim: Arc::new(sim) })
+    Ok(Demo { source, text, sim: Arc::new(sim), web1 })
 }
 
-pub fn instructions(listen: SocketAddr, admin: SocketAddr) -> String {
+/// The demo's socket and deploy state: a folder of this process, so demos never share them.
+fn runtime_folder() -> PathBuf {
+    std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()))
+}
+
+pub fn instructions(listen: SocketAddr, admin: SocketAddr, web1: u16) -> String {
     let p = listen.port();
+    let socket = runtime_folder().join("gatehouse.sock");
+    let socket = socket.display();
     format!(
         r#"
 Gatehouse demo is running. Try:
@@ -135,6 +156,12 @@ Drove (a simulated cluster of three controllers; `shop` is scaled every 6 second
   curl -H 'Host: drove.localhost' http://127.0.0.1:{p}/apis/v1/endpoints   # the leader, via leader_vhost
   watch -n1 curl -s -H 'Host: shop.drove.localhost' http://127.0.0.1:{p}/   # instances come and go
   curl -s http://{admin}/v1/routes                                         # shop's targets, live
+
+Deploys (blue-green: health-checked, switched at once, old targets drained):
+
+  gatehouse deploy hello --socket {socket} --host hello.localhost --target 127.0.0.1:{web1} --health-check-path /
+  curl -H 'Host: hello.localhost' http://127.0.0.1:{p}/
+  gatehouse list --socket {socket}
 
 Admin API (http://{admin}):
 

@@ -8,10 +8,11 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use gatehouse_config::{Config, ConfigError, ListenerSpec, TemplatedSettings};
+use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{HostPattern, ServiceSpec};
-use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot};
+use gatehouse_model::{BuildError, HostPattern, Retired, ServiceSpec};
+use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError};
 use gatehouse_templated::RenderingData;
 use serde::Serialize;
 
@@ -65,6 +66,8 @@ pub struct Gateway {
     installing: Mutex<()>,
     log: LogHandle,
     drove: OnceLock<DroveSource>,
+    /// Services deployed at run time (`gatehouse deploy`).
+    deploys: Arc<DeploySource>,
     /// The nginx or HAProxy engine, when one carries the traffic.
     templated: OnceLock<Arc<TemplatedEngine>>,
 }
@@ -74,7 +77,9 @@ impl Gateway {
     pub fn start(source: ConfigSource, config: Config, log: LogHandle) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let generation = 1;
-        let snapshot = snapshot(&config, Vec::new(), generation, None, &metrics)?;
+        // Deployed services are restored before anything listens: no 404 window after a restart.
+        let deploys = Arc::new(DeploySource::open(Arc::new(FileStore::new(config.deploy_state.clone()))));
+        let snapshot = snapshot(&config, deploys.services(), Vec::new(), generation, None, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
         // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
@@ -116,6 +121,7 @@ impl Gateway {
             installing: Mutex::new(()),
             log,
             drove: OnceLock::new(),
+            deploys,
             templated: OnceLock::new(),
         });
         if !drove_settings.namespaces.is_empty() {
@@ -143,6 +149,10 @@ impl Gateway {
         self.drove.get().map(DroveSource::services).unwrap_or_default()
     }
 
+    pub fn deploys(&self) -> &Arc<DeploySource> {
+        &self.deploys
+    }
+
     /// Installs the Drove source's current routes for the vhosts that changed (`None`: all
     /// of them) as a new route table that shares every other service with the current one.
     /// The listeners and connections are untouched; requests in flight keep the table they
@@ -153,8 +163,9 @@ impl Gateway {
         let config = self.config();
         let generation = self.lock().generation + 1;
         let current = self.proxy.current();
+        let deployed = self.deploys.services();
         let delta = changed.map(|vhosts| {
-            let (upserts, removals) = drove_delta(&config, drove.vhost_services(vhosts));
+            let (upserts, removals) = drove_delta(&config, &deployed, drove.vhost_services(vhosts));
             let removals: Vec<&str> = removals.iter().map(String::as_str).collect();
             current.update(generation, upserts, &removals, &self.metrics)
         });
@@ -164,7 +175,7 @@ impl Gateway {
                 if let Some(Err(e)) = partial_or_none {
                     tracing::warn!(error = %e, "cannot apply the Drove changes alone; rebuilding the route table");
                 }
-                snapshot(&config, drove.services(), generation, Some(&current), &self.metrics)
+                snapshot(&config, deployed, drove.services(), generation, Some(&current), &self.metrics)
             }
         };
         match next {
@@ -221,8 +232,15 @@ impl Gateway {
         let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.lock().generation + 1;
         let current = self.proxy.current();
-        let snapshot = snapshot(&config, self.drove_services(), generation, Some(&current), &self.metrics)
-            .map_err(|e| format!("{e:#}"))?;
+        let snapshot = snapshot(
+            &config,
+            self.deploys.services(),
+            self.drove_services(),
+            generation,
+            Some(&current),
+            &self.metrics,
+        )
+        .map_err(|e| format!("{e:#}"))?;
         self.warn_about_restart_only_changes(&config);
         // Load every certificate before changing anything, so a bad one changes nothing.
         let mut new_certs = Vec::new();
@@ -290,7 +308,7 @@ impl Gateway {
             .get()
             .map(|d| d.namespaces().iter().map(|ns| (&ns.settings, ns.view())).collect())
             .unwrap_or_default();
-        crate::rendering::rendering_data(config, settings, &xproxy(config), &namespaces)
+        crate::rendering::rendering_data(config, &self.deploys.services(), settings, &xproxy(config), &namespaces)
     }
 
     pub fn routes(&self) -> Arc<Snapshot> {
@@ -311,19 +329,82 @@ impl Gateway {
     }
 }
 
-/// What the file's `[[services]]` route: a Drove vhost they already route is left out, so
-/// the file always wins.
-struct FileRoutes<'a> {
+/// The deploy source installs its services through the same route-table swap as the other
+/// sources.
+impl Routes for Gateway {
+    fn holder(&self, spec: &ServiceSpec) -> Option<String> {
+        let config = self.config();
+        if config.services.iter().any(|s| s.name == spec.name) {
+            return Some(format!(
+                "service `{}` is defined in the configuration file; it cannot be deployed over",
+                spec.name
+            ));
+        }
+        let current = self.proxy.current();
+        if let Some(existing) = current.table.service(&spec.name).filter(|s| s.spec.source != gatehouse_deploy::SOURCE)
+        {
+            return Some(format!("the name `{}` is taken by a service from {}", spec.name, existing.spec.source));
+        }
+        // The model's own conflict rule, tried on a copy of the table (nothing is installed).
+        match current.update(current.generation(), vec![Arc::new(spec.clone())], &[], &self.metrics) {
+            Ok(_) => None,
+            Err(SnapshotError::Routes(BuildError::DuplicateRoute { host, prefix, first, .. })) => {
+                let source = current.table.service(&first).map_or("another source", |s| s.spec.source.as_str());
+                Some(format!(
+                    "host `{host}` with path prefix `{prefix}` is already routed by service `{first}` (from {source})"
+                ))
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    fn apply(&self, upserts: Vec<Arc<ServiceSpec>>, removals: &[&str]) -> Result<Vec<Retired>, String> {
+        let config = self.config();
+        let file = Claims::of_file(&config);
+        if let Some(spec) = upserts.iter().find(|s| file.shadow(s)) {
+            return Err(format!("service `{}` claims a name or host that [[services]] in the file routes", spec.name));
+        }
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.lock().generation + 1;
+        let current = self.proxy.current();
+        let next = current.update(generation, upserts.clone(), removals, &self.metrics).map_err(|e| e.to_string())?;
+        let names = upserts.iter().map(|s| s.name.as_str()).chain(removals.iter().copied());
+        let retired = names
+            .filter_map(|name| {
+                let old = current.table.service(name)?;
+                let kept = next.table.service(name).is_some_and(|new| Arc::ptr_eq(old, new));
+                (!kept).then(|| old.retired())
+            })
+            .collect();
+        self.proxy.install(next);
+        self.lock().generation = generation;
+        if let Some(engine) = self.templated.get() {
+            engine.changed();
+        }
+        tracing::debug!(generation, "deployed routes applied");
+        Ok(retired)
+    }
+}
+
+/// The names and hosts a higher-ranked source routes: the file's `[[services]]` win over
+/// deployed services, and both over Drove vhosts.
+struct Claims<'a> {
     names: HashSet<&'a str>,
     hosts: HashSet<&'a HostPattern>,
 }
 
-impl<'a> FileRoutes<'a> {
-    fn of(config: &'a Config) -> Self {
-        FileRoutes {
-            names: config.services.iter().map(|s| s.name.as_str()).collect(),
-            hosts: config.services.iter().flat_map(|s| s.hosts.iter()).collect(),
+impl<'a> Claims<'a> {
+    fn of_file(config: &'a Config) -> Self {
+        let mut claims = Claims { names: HashSet::new(), hosts: HashSet::new() };
+        for spec in &config.services {
+            claims.add(spec);
         }
+        claims
+    }
+
+    fn add(&mut self, spec: &'a ServiceSpec) {
+        self.names.insert(&spec.name);
+        self.hosts.extend(spec.hosts.iter());
     }
 
     fn shadow(&self, spec: &ServiceSpec) -> bool {
@@ -332,46 +413,68 @@ impl<'a> FileRoutes<'a> {
 }
 
 /// Drove vhosts that changed -> services to upsert and names to remove. A vhost named like a
-/// file service is left alone; one whose host a file service routes is removed (it was
-/// never installed, so that is a no-op).
-fn drove_delta(config: &Config, vhosts: Vec<(&str, Option<Arc<ServiceSpec>>)>) -> (Vec<Arc<ServiceSpec>>, Vec<String>) {
-    let file = FileRoutes::of(config);
+/// file or deployed service is left alone; one whose host such a service routes is removed
+/// (it was never installed, so that is a no-op).
+fn drove_delta(
+    config: &Config,
+    deployed: &[Arc<ServiceSpec>],
+    vhosts: Vec<(&str, Option<Arc<ServiceSpec>>)>,
+) -> (Vec<Arc<ServiceSpec>>, Vec<String>) {
+    let mut claims = Claims::of_file(config);
+    for spec in deployed {
+        claims.add(spec);
+    }
     let (mut upserts, mut removals) = (Vec::new(), Vec::new());
     for (vhost, spec) in vhosts {
-        if file.names.contains(vhost) {
+        if claims.names.contains(vhost) {
             continue;
         }
         match spec {
-            Some(spec) if !file.shadow(&spec) => upserts.push(spec),
+            Some(spec) if !claims.shadow(&spec) => upserts.push(spec),
             _ => removals.push(vhost.to_string()),
         }
     }
     (upserts, removals)
 }
 
-/// The file's services plus the Drove ones the file does not shadow. Services equal to one
-/// in `previous` are carried over from it.
+/// The file's services, then the deployed ones and the Drove ones that no higher-ranked
+/// source shadows. Services equal to one in `previous` are carried over from it.
 fn snapshot(
     config: &Config,
+    deployed: Vec<Arc<ServiceSpec>>,
     drove: Vec<Arc<ServiceSpec>>,
     generation: u64,
     previous: Option<&Snapshot>,
     metrics: &Metrics,
 ) -> anyhow::Result<Snapshot> {
-    let file = FileRoutes::of(config);
-    let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(config.services.len() + drove.len());
+    let mut claims = Claims::of_file(config);
+    let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(config.services.len() + deployed.len() + drove.len());
     specs.extend(config.services.iter().cloned().map(Arc::new));
-    let mut shadowed = Vec::new();
-    for spec in drove {
-        if file.shadow(&spec) {
-            shadowed.push(spec.name.clone());
+    for spec in &deployed {
+        if claims.shadow(spec) {
+            tracing::warn!(service = %spec.name, "a deployed service's name or host is now in [[services]]: the file's routes win");
         } else {
-            specs.push(spec);
+            specs.push(spec.clone());
         }
     }
-    if !shadowed.is_empty() {
-        tracing::warn!(count = shadowed.len(), first = %shadowed[0], "Drove vhosts also routed by [[services]]: the file's routes win");
+    for spec in specs[config.services.len()..].iter() {
+        claims.add(spec);
     }
+    let mut shadowed = Vec::new();
+    let kept_drove: Vec<_> = drove
+        .into_iter()
+        .filter(|spec| {
+            let hidden = claims.shadow(spec);
+            if hidden {
+                shadowed.push(spec.name.clone());
+            }
+            !hidden
+        })
+        .collect();
+    if !shadowed.is_empty() {
+        tracing::warn!(count = shadowed.len(), first = %shadowed[0], "Drove vhosts also routed by [[services]] or a deploy: those routes win");
+    }
+    specs.extend(kept_drove);
     Ok(Snapshot::new(generation, specs, previous, &xproxy(config), metrics)?)
 }
 

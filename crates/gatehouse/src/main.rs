@@ -1,8 +1,10 @@
 //! Gatehouse: one binary that puts HTTP traffic in front of applications.
 
 mod admin;
+mod admin_socket;
 mod admin_tls;
 mod clock;
+mod control;
 mod demo;
 mod gateway;
 mod logging;
@@ -51,6 +53,8 @@ struct Cli {
     /// Configuration file (drove-gateway's -f works too).
     #[arg(short = 'c', long = "config", short_alias = 'f', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    connection: control::Connection,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,6 +77,19 @@ enum Command {
     /// server state, before HAProxy starts or reloads (drove-gateway's
     /// `-sync-haproxy-state-config`, which works too).
     SyncHaproxyStateConfig,
+    /// Deploy a service to new targets on a running instance: health-check them, switch
+    /// every host and path at once, drain the old targets (kamal-proxy's `deploy`).
+    Deploy(control::DeployArgs),
+    /// Remove a deployed service at once, without a drain.
+    #[command(alias = "rm")]
+    Remove { service: String },
+    /// List the deployed services.
+    #[command(alias = "ls")]
+    List {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -92,12 +109,16 @@ fn main() -> ExitCode {
         std::env::args()
             .map(|a| if a == "-sync-haproxy-state-config" { "sync-haproxy-state-config".into() } else { a });
     let cli = Cli::parse_from(args);
+    if let Some(command @ (Command::Deploy(_) | Command::Remove { .. } | Command::List { .. })) = &cli.command {
+        return report(control_command(command, &cli.connection, cli.config.as_deref()));
+    }
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
         (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
         (Some(Command::SyncHaproxyStateConfig), Some(path)) => sync_haproxy_state_config(&path),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
+        (Some(Command::Deploy(_) | Command::Remove { .. } | Command::List { .. }), _) => Ok(()),
         (Some(Command::Check | Command::Run | Command::Render { .. } | Command::SyncHaproxyStateConfig), None) => {
             eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
             return ExitCode::from(2);
@@ -107,6 +128,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    report(result)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -114,6 +139,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends a control command to the running instance.
+fn control_command(
+    command: &Command,
+    connection: &control::Connection,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let socket = connection.socket(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            Command::Deploy(args) => control::deploy(&socket, args).await,
+            Command::Remove { service } => control::remove(&socket, service).await,
+            Command::List { json } => control::list(&socket, *json).await,
+            _ => Ok(()),
+        }
+    })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -151,7 +194,7 @@ fn render(path: &std::path::Path, state: Option<&std::path::Path>) -> anyhow::Re
         None => runtime()?.block_on(sync_once(&config))?,
     };
     let namespaces: Vec<_> = config.drove.namespaces.iter().zip(views).collect();
-    let data = rendering::rendering_data(&config, &settings, &gateway::xproxy(&config), &namespaces);
+    let data = rendering::rendering_data(&config, &[], &settings, &gateway::xproxy(&config), &namespaces);
     let files = settings.files.as_ref().context("`render` needs a template; reloads are disabled, so there is none")?;
     let template =
         gatehouse_templated::Template::load(&files.template_path, &settings.left_delimiter, &settings.right_delimiter)?;
@@ -245,8 +288,9 @@ fn demo(listen: SocketAddr, admin: SocketAddr, print_config: bool) -> anyhow::Re
         }
         let config = demo.source.load()?;
         let log = logging::init(&config.log_level);
+        let banner = demo::instructions(listen, admin, demo.web1());
         let _changes = demo.start_cluster_changes();
-        serve(demo.source, config, log, Some(demo::instructions(listen, admin))).await
+        serve(demo.source, config, log, Some(banner)).await
     })
 }
 
@@ -272,10 +316,24 @@ async fn serve(
         }
         None => None,
     };
+    let socket = match &config.admin.socket {
+        Some(path) => admin_socket::bind(path).await?,
+        None => None,
+    };
     let gateway = Gateway::start(source, config, log)?;
+    let _socket_file = socket.map(|(listener, file)| {
+        tracing::info!(socket = %file.0.display(), "admin socket listening");
+        let router = admin::router(gateway.clone(), admin::Access::Socket);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "admin socket stopped");
+            }
+        });
+        file
+    });
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %admin.local_addr()?, scheme, "admin API listening");
-    let router = admin::router(gateway.clone());
+    let router = admin::router(gateway.clone(), admin::Access::Tcp);
     tokio::spawn(async move {
         let served = match admin_tls {
             Some(tls) => match admin_tls::TlsListener::new(admin, tls) {

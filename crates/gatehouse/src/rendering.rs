@@ -1,16 +1,19 @@
 //! What nginx and HAProxy templates see: drove-gateway's `RenderingData`, filled from the
-//! configuration, the Drove views (namespaces in configuration order) and the file's
-//! `[[services]]`.
+//! configuration, the Drove views (namespaces in configuration order), the file's
+//! `[[services]]` and the deployed services.
+
+use std::sync::Arc;
 
 use gatehouse_config::{Config, NamespaceSettings, ProxyPlatform, TemplatedSettings};
 use gatehouse_drove::{view::App, NamespaceView};
-use gatehouse_model::{HostPattern, Scheme};
+use gatehouse_model::{HostPattern, Scheme, ServiceSpec};
 use gatehouse_templated::{AppData, GroupData, HostData, LeaderData, NamespaceData, RenderingData};
 
 /// `namespaces` are the Drove namespaces in configuration order, each with its view if it
 /// has one yet.
 pub fn rendering_data(
     config: &Config,
+    deployed: &[Arc<ServiceSpec>],
     settings: &TemplatedSettings,
     xproxy: &str,
     namespaces: &[(&NamespaceSettings, Option<NamespaceView>)],
@@ -37,7 +40,7 @@ pub fn rendering_data(
         haproxy_backend_include_routing_tag_suffix: h.backend_include_routing_tag_suffix,
         ..Default::default()
     };
-    for service in &config.services {
+    for service in config.services.iter().chain(deployed.iter().map(|s| &**s)) {
         // Templates route by whole vhosts: a service on a path prefix or a wildcard has no
         // drove-gateway shape.
         if service.path_prefix != "/" {

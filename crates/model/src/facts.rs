@@ -43,6 +43,50 @@ impl TargetSpec {
         crate::host::host_port(&self.host, self.port)
     }
 
+    /// Reads `http://host:port` or `https://host:port` (the port defaults to the scheme's);
+    /// with `bare_allowed`, also `host:port` as plain HTTP (kamal-proxy's form). No path,
+    /// query or credentials: the error says what to write instead.
+    pub fn parse_url(url: &str, bare_allowed: bool) -> Result<TargetSpec, String> {
+        let with_scheme;
+        let full = if bare_allowed && !url.contains("://") {
+            with_scheme = format!("http://{url}");
+            with_scheme.as_str()
+        } else {
+            url
+        };
+        let uri: http::Uri =
+            full.parse().map_err(|_| format!("target `{url}` is not a URL; write e.g. \"http://127.0.0.1:9000\""))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            _ => return Err(format!("target `{url}` must start with http:// or https://")),
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "target `{url}` must not have a path; use path_prefix and strip_prefix to rewrite paths"
+            ));
+        }
+        let authority = uri.authority().ok_or_else(|| format!("target `{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("target `{url}` must not carry credentials"));
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        if host.is_empty() {
+            return Err(format!("target `{url}` has no host"));
+        }
+        let port = match authority.port_u16() {
+            Some(port) => port,
+            None if authority.as_str().contains(':') && !authority.as_str().ends_with(']') => {
+                return Err(format!("target `{url}` has a bad port"))
+            }
+            None => match scheme {
+                Scheme::Http => 80,
+                Scheme::Https => 443,
+            },
+        };
+        Ok(TargetSpec { scheme, host, port, weight: 1 })
+    }
+
     pub fn url(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Http => "http",
@@ -125,5 +169,23 @@ impl ServiceSpec {
             tls_verify: true,
             retries: 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls() {
+        let t = TargetSpec::parse_url("10.0.0.5:3000", true).unwrap();
+        assert_eq!((t.scheme, t.host.as_str(), t.port), (Scheme::Http, "10.0.0.5", 3000));
+        assert_eq!(TargetSpec::parse_url("https://[::1]", false).unwrap().authority(), "[::1]:443");
+        assert_eq!(TargetSpec::parse_url("http://app", true).unwrap().port, 80);
+        assert!(TargetSpec::parse_url("10.0.0.5:3000", false).unwrap_err().contains("http://"));
+        assert!(TargetSpec::parse_url("http://a:1/x", true).unwrap_err().contains("path"));
+        assert!(TargetSpec::parse_url("http://u@a:1", true).unwrap_err().contains("credentials"));
+        assert!(TargetSpec::parse_url("ftp://a:1", true).is_err());
+        assert!(TargetSpec::parse_url("a:99999", true).is_err());
     }
 }

@@ -16,4 +16,4 @@ pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{BalancePolicy, Scheme, ServiceSpec, TargetSpec, Timeouts};
 pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
-pub use table::{BuildError, InFlight, Route, RouteTable, Service, Target};
+pub use table::{BuildError, InFlight, Retired, Route, RouteTable, Service, Target};

@@ -47,6 +47,20 @@ impl Drop for InFlight {
     }
 }
 
+/// The live counters of a service taken out of the table, for whoever drains it: requests
+/// (with their response bodies and tunnels) that started on it keep counting here.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    targets: Arc<[Target]>,
+}
+
+impl Retired {
+    /// Requests still in flight on any of the service's targets.
+    pub fn in_flight(&self) -> u32 {
+        self.targets.iter().map(Target::in_flight).sum()
+    }
+}
+
 /// A service as engines use it: its facts, its targets, its balancer, and whatever the
 /// engine attached to it. A table build reuses the whole service while its spec is
 /// unchanged, so balancer positions, in-flight counts and attachments carry over.
@@ -74,6 +88,11 @@ impl<X> Service<X> {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// A handle on this service's in-flight counts that outlives the table.
+    pub fn retired(&self) -> Retired {
+        Retired { targets: self.targets.clone() }
     }
 
     /// The next target to use, skipping those already tried for this request.

@@ -46,6 +46,9 @@ impl Gatehouse {
     pub fn spawn(args: &[&str], dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary())
             .args(args)
+            // The default admin socket and deploy state go to the test's own folder.
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("STATE_DIRECTORY", dir.path())
             .envs(env.iter().copied())
             .env("GATEHOUSE_LOG", "info")
             .stdin(Stdio::null())

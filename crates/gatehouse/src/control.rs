@@ -1,0 +1,234 @@
+//! The control commands (`deploy`, `remove`, `list`): kamal-proxy's CLI, sent as JSON to a
+//! running instance over its admin Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use gatehouse_deploy::{DeployOptions, DeployRequest, HealthCheckOptions};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Where control commands find the configuration when `-c` is not given.
+const DEFAULT_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
+/// Replies larger than this are refused.
+const MAX_REPLY: usize = 16 * 1024 * 1024;
+
+/// How a control command reaches the instance.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The admin socket (default: the one the configuration file names).
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+}
+
+impl Connection {
+    /// `--socket`, else the configuration's `admin_socket` (`-c`, `GATEHOUSE_CONFIG`, or
+    /// /etc/gatehouse/gatehouse.toml when it exists), else the default socket.
+    pub fn socket(&self, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        let from_env = std::env::var_os("GATEHOUSE_CONFIG").map(PathBuf::from);
+        let config = match (config, from_env) {
+            (Some(path), _) => Some(path.to_path_buf()),
+            (None, Some(path)) => Some(path),
+            (None, None) => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+        };
+        match config {
+            Some(path) => gatehouse_config::load(&path)?
+                .admin
+                .socket
+                .with_context(|| format!("{}: `admin_socket` is off; pass --socket PATH", path.display())),
+            None => Ok(gatehouse_config::default_admin_socket()),
+        }
+    }
+}
+
+/// kamal-proxy's `deploy` flags, with its defaults.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The service to deploy (created when new).
+    pub service: String,
+    /// Target address: host:port, http://host:port or https://host:port (repeatable, or comma-separated).
+    #[arg(long = "target", required = true, value_delimiter = ',')]
+    target: Vec<String>,
+    /// Host names the service answers for (repeatable, or comma-separated).
+    #[arg(long = "host", value_delimiter = ',')]
+    host: Vec<String>,
+    /// Route only requests under this path prefix.
+    #[arg(long = "path-prefix")]
+    path_prefix: Vec<String>,
+    /// Remove the path prefix before forwarding.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    strip_path_prefix: bool,
+    #[arg(long, default_value = "/up")]
+    health_check_path: String,
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    health_check_interval: Duration,
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    health_check_timeout: Duration,
+    /// Check health on this port instead of the target's.
+    #[arg(long)]
+    health_check_port: Option<u16>,
+    /// How long the new targets have to become healthy.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    deploy_timeout: Duration,
+    /// How long requests on the old targets may run on after the switch.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// How long a target has to answer (504 after).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    target_timeout: Duration,
+    /// Switch without waiting for the health check.
+    #[arg(long)]
+    force: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    gatehouse_config::parse_duration(text)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl DeployArgs {
+    fn request(&self) -> DeployRequest {
+        DeployRequest {
+            force: self.force,
+            options: DeployOptions {
+                targets: self.target.clone(),
+                hosts: self.host.clone(),
+                path_prefixes: self.path_prefix.clone(),
+                strip_path_prefix: self.strip_path_prefix,
+                health_check: HealthCheckOptions {
+                    path: self.health_check_path.clone(),
+                    interval_ms: millis(self.health_check_interval),
+                    timeout_ms: millis(self.health_check_timeout),
+                    port: self.health_check_port,
+                    ..Default::default()
+                },
+                deploy_timeout_ms: millis(self.deploy_timeout),
+                drain_timeout_ms: millis(self.drain_timeout),
+                target_timeout_ms: millis(self.target_timeout),
+            },
+        }
+    }
+}
+
+pub async fn deploy(socket: &Path, args: &DeployArgs) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&args.request())?;
+    let path = format!("/v1/services/{}/deploy", args.service);
+    let reply = call(socket, http::Method::POST, &path, body).await?;
+    println!(
+        "deployed {} to {} (health gate {} ms, drain {} ms{})",
+        args.service,
+        reply["targets"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        reply["gate_ms"],
+        reply["drain_ms"],
+        match reply["drain_left"].as_u64() {
+            Some(0) | None => String::new(),
+            Some(n) => format!(", {n} requests cut at the drain timeout"),
+        }
+    );
+    Ok(())
+}
+
+pub async fn remove(socket: &Path, service: &str) -> anyhow::Result<()> {
+    call(socket, http::Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await?;
+    println!("removed {service}");
+    Ok(())
+}
+
+pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = call(socket, http::Method::GET, "/v1/services", Vec::new()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    let services = reply["services"].as_array().cloned().unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> String {
+        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+    };
+    let rows: Vec<[String; 5]> = services
+        .iter()
+        .map(|s| {
+            [
+                s["name"].as_str().unwrap_or("").to_string(),
+                strings(&s["hosts"]),
+                strings(&s["path_prefixes"]),
+                strings(&s["targets"]),
+                s["state"]["state"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(["Service", "Host", "Path", "Target", "State"], &rows));
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// One request to the admin socket; a non-2xx answer becomes an error with its message.
+async fn call(socket: &Path, method: http::Method, path: &str, body: Vec<u8>) -> anyhow::Result<serde_json::Value> {
+    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
+        format!("cannot reach Gatehouse at {} (is it running? pass -c FILE or --socket PATH)", socket.display())
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "gatehouse")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await.context("the admin socket closed the connection")?;
+    let status = response.status();
+    let bytes = http_body_util::Limited::new(response.into_body(), MAX_REPLY)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the reply: {e}"))?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::json!({"error": String::from_utf8_lossy(&bytes).trim().to_string()}));
+    if !status.is_success() {
+        let message = value["error"].as_str().unwrap_or("no message");
+        anyhow::bail!("{message} ({status})");
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up() {
+        let rows = [["web".to_string(), "a.test".into()], ["api-long".into(), "b.test".into()]];
+        assert_eq!(table(["Service", "Host"], &rows), "Service   Host\nweb       a.test\napi-long  b.test\n");
+    }
+}

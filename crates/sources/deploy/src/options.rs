@@ -1,0 +1,214 @@
+//! A deploy as asked for (the control API's JSON; kamal-proxy's flags and defaults) and its
+//! validation into route facts.
+
+use std::time::Duration;
+
+use gatehouse_model::{HostPattern, ServiceSpec, TargetSpec};
+use serde::{Deserialize, Serialize};
+
+/// Longest service name accepted (it shows in metrics labels and log lines).
+const MAX_NAME: usize = 128;
+/// More targets than this in one deploy are refused.
+const MAX_TARGETS: usize = 1000;
+const MAX_HOSTS: usize = 1000;
+
+/// Everything a deploy says about its service; saved as it is in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployOptions {
+    /// `host:port`, `http://host:port` or `https://host:port`.
+    pub targets: Vec<String>,
+    pub hosts: Vec<String>,
+    /// Requests under these prefixes (on segment boundaries); empty means `/`.
+    pub path_prefixes: Vec<String>,
+    /// Forward `/api/x` as `/x` (kamal-proxy's default).
+    pub strip_path_prefix: bool,
+    pub health_check: HealthCheckOptions,
+    /// How long the new targets have to pass their health check.
+    pub deploy_timeout_ms: u64,
+    /// How long the old targets' requests may run on after the switch.
+    pub drain_timeout_ms: u64,
+    /// How long a target has to send its response head (504 after).
+    pub target_timeout_ms: u64,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            targets: Vec::new(),
+            hosts: Vec::new(),
+            path_prefixes: Vec::new(),
+            strip_path_prefix: true,
+            health_check: HealthCheckOptions::default(),
+            deploy_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+            target_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckOptions {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Checked on this port instead of the target's.
+    pub port: Option<u16>,
+    /// Consecutive passes that make a target healthy (HAProxy's `rise`).
+    pub rise: u32,
+    /// Consecutive failures that take a healthy target out (HAProxy's `fall`).
+    pub fall: u32,
+}
+
+impl Default for HealthCheckOptions {
+    fn default() -> Self {
+        HealthCheckOptions { path: "/up".into(), interval_ms: 1000, timeout_ms: 5000, port: None, rise: 1, fall: 3 }
+    }
+}
+
+/// A deploy call: the service's options, and whether to skip the health gate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default)]
+    pub force: bool,
+    pub options: DeployOptions,
+}
+
+impl HealthCheckOptions {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl DeployOptions {
+    pub fn deploy_timeout(&self) -> Duration {
+        Duration::from_millis(self.deploy_timeout_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+/// Checks a service name: it becomes a metrics label, a log field and a URL segment.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("a service name must have 1 to {MAX_NAME} characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(format!("service name `{name}` may only have letters, digits, `-`, `_` and `.`"));
+    }
+    Ok(())
+}
+
+/// The route facts of service `name` deployed with `options`; every problem is named with
+/// what to write instead.
+pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, String> {
+    check_name(name)?;
+    let mut spec = ServiceSpec::new(name, crate::SOURCE);
+    if options.targets.is_empty() {
+        return Err("at least one --target is needed".into());
+    }
+    if options.targets.len() > MAX_TARGETS || options.hosts.len() > MAX_HOSTS {
+        return Err(format!("at most {MAX_TARGETS} targets and {MAX_HOSTS} hosts"));
+    }
+    for target in &options.targets {
+        let parsed = if target.starts_with("unix:") {
+            return Err(format!("target `{target}`: Unix socket targets are not supported yet; use host:port"));
+        } else {
+            TargetSpec::parse_url(target, true)?
+        };
+        if spec.targets.contains(&parsed) {
+            return Err(format!("target `{target}` is given twice"));
+        }
+        spec.targets.push(parsed);
+    }
+    if options.hosts.is_empty() {
+        return Err("at least one --host is needed (a catch-all service is not supported yet)".into());
+    }
+    for host in &options.hosts {
+        let pattern = HostPattern::parse(host).map_err(|e| e.to_string())?;
+        if !spec.hosts.contains(&pattern) {
+            spec.hosts.push(pattern);
+        }
+    }
+    match options.path_prefixes.as_slice() {
+        [] => {}
+        [prefix] if prefix.starts_with('/') => spec.path_prefix = prefix.clone(),
+        [prefix] => return Err(format!("--path-prefix `{prefix}` must start with `/`")),
+        _ => return Err("only one --path-prefix per service is supported yet; deploy one service per prefix".into()),
+    }
+    spec.strip_prefix = options.strip_path_prefix;
+    let hc = &options.health_check;
+    if !hc.path.starts_with('/') {
+        return Err(format!("--health-check-path `{}` must start with `/`", hc.path));
+    }
+    if hc.path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("--health-check-path must be printable ASCII without spaces".into());
+    }
+    for (value, flag) in [
+        (hc.interval_ms, "--health-check-interval"),
+        (hc.timeout_ms, "--health-check-timeout"),
+        (options.deploy_timeout_ms, "--deploy-timeout"),
+        (options.target_timeout_ms, "--target-timeout"),
+    ] {
+        if value == 0 {
+            return Err(format!("{flag} must be greater than zero"));
+        }
+    }
+    if hc.rise == 0 || hc.fall == 0 {
+        return Err("health check rise and fall must be at least 1".into());
+    }
+    spec.timeouts.response_header = Duration::from_millis(options.target_timeout_ms);
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(targets: &[&str], hosts: &[&str]) -> DeployOptions {
+        DeployOptions {
+            targets: targets.iter().map(ToString::to_string).collect(),
+            hosts: hosts.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kamal_defaults() {
+        let o: DeployOptions = serde_json::from_str(r#"{"targets":["a:1"],"hosts":["x.test"]}"#).unwrap();
+        assert_eq!(o.health_check.path, "/up");
+        assert_eq!((o.health_check.interval_ms, o.health_check.timeout_ms), (1000, 5000));
+        assert_eq!((o.deploy_timeout_ms, o.drain_timeout_ms, o.target_timeout_ms), (30_000, 30_000, 30_000));
+        assert!(o.strip_path_prefix);
+        let spec = service_spec("web", &o).unwrap();
+        assert_eq!(spec.source, "deploy");
+        assert_eq!(spec.targets[0].url(), "http://a:1");
+        assert_eq!(spec.timeouts.response_header, Duration::from_secs(30));
+        assert!(serde_json::from_str::<DeployOptions>(r#"{"targetz":[]}"#).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn bad_options_say_what_to_fix() {
+        let err = |o: DeployOptions| service_spec("web", &o).unwrap_err();
+        assert!(err(options(&[], &["x.test"])).contains("--target"));
+        assert!(err(options(&["a:1"], &[])).contains("--host"));
+        assert!(err(options(&["a:1", "http://a:1"], &["x.test"])).contains("twice"));
+        assert!(err(options(&["unix:/s.sock"], &["x.test"])).contains("Unix"));
+        assert!(err(options(&["a:1"], &["bad host"])).contains("bad host"));
+        let mut o = options(&["a:1"], &["x.test"]);
+        o.path_prefixes = vec!["api".into()];
+        assert!(err(o.clone()).contains("must start with `/`"));
+        o.path_prefixes = vec!["/api".into()];
+        o.health_check.interval_ms = 0;
+        assert!(err(o).contains("--health-check-interval"));
+        assert!(service_spec("a b", &options(&["a:1"], &["x.test"])).unwrap_err().contains("letters"));
+    }
+}
