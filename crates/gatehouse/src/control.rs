@@ -120,6 +120,7 @@ impl DeployArgs {
 }
 
 pub async fn deploy(socket: &Path, args: &DeployArgs) -> anyhow::Result<()> {
+    gatehouse_deploy::check_name(&args.service).map_err(anyhow::Error::msg)?;
     let body = serde_json::to_vec(&args.request())?;
     let path = format!("/v1/services/{}/deploy", args.service);
     let reply = call(socket, http::Method::POST, &path, body).await?;
@@ -141,6 +142,7 @@ pub async fn deploy(socket: &Path, args: &DeployArgs) -> anyhow::Result<()> {
 }
 
 pub async fn remove(socket: &Path, service: &str) -> anyhow::Result<()> {
+    gatehouse_deploy::check_name(service).map_err(anyhow::Error::msg)?;
     call(socket, http::Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await?;
     println!("removed {service}");
     Ok(())

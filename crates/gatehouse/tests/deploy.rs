@@ -1,0 +1,336 @@
+//! Deploys through the CLI and the admin socket: blue-green switches, the health gate,
+//! drains, conflicts, the token model and restarts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use support::backend::{self, Backend};
+use support::client::{get, KeepAlive};
+use support::{binary, Gatehouse};
+
+/// A config with one listener, a file service on `file.test`, and the socket and state in
+/// `state` (a folder the test owns, so it outlives one gatehouse process).
+fn config(state: &Path, listen: &str, extra: &str) -> String {
+    format!(
+        r#"port = 0
+admin_socket = "{socket}"
+deploy_state = "{state_file}"
+{extra}
+[[listeners]]
+address = "{listen}"
+[[services]]
+name = "file-svc"
+hosts = ["file.test"]
+targets = ["http://127.0.0.1:1"]
+"#,
+        socket = state.join("gatehouse.sock").display(),
+        state_file = state.join("deploys.json").display(),
+    )
+}
+
+fn socket(state: &Path) -> PathBuf {
+    state.join("gatehouse.sock")
+}
+
+/// Runs the CLI against the instance whose socket is in `state`.
+fn cli(state: &Path, args: &[&str]) -> Output {
+    let socket = socket(state);
+    Command::new(binary()).args(args).arg("--socket").arg(&socket).output().expect("run gatehouse")
+}
+
+fn deploy(state: &Path, service: &str, host: &str, target: &Backend, extra: &[&str]) -> Output {
+    let addr = target.addr.to_string();
+    let mut args = vec!["deploy", service, "--host", host, "--target", &addr, "--health-check-interval", "100ms"];
+    args.extend_from_slice(extra);
+    cli(state, &args)
+}
+
+fn ok(out: &Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "command failed: {text}");
+    text
+}
+
+async fn backend_of(gh: &Gatehouse, host: &str) -> String {
+    let reply = get(gh.listener(), host, "/").await;
+    format!("{} {}", reply.status, reply.header("x-backend"))
+}
+
+/// Keep-alive clients sending GETs until stopped; counts answers and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gh: &Gatehouse, host: &'static str, clients: usize) -> Load {
+        let (stop, ok, failed) = (Arc::new(AtomicBool::new(false)), Arc::default(), Arc::default());
+        let addr = gh.listener();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+                    (stop.clone(), Arc::clone(&ok), Arc::clone(&failed));
+                tokio::spawn(async move {
+                    let mut conn = KeepAlive::connect(addr).await;
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match conn.get(host, "/").await {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => {
+                                conn = KeepAlive::connect(addr).await;
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, tasks }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_under_load_loses_no_request() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let out = ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+    assert!(out.contains("deployed web"), "{out}");
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue");
+
+    let load = Load::start(&gh, "web.test", 8);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..6 {
+        let (to, name) = if round % 2 == 0 { (&green, "green") } else { (&blue, "blue") };
+        let target = to.addr.to_string();
+        let state_path = state.path().to_path_buf();
+        let out = tokio::task::spawn_blocking(move || {
+            cli(
+                &state_path,
+                &["deploy", "web", "--host", "web.test", "--target", &target, "--health-check-interval", "100ms"],
+            )
+        })
+        .await
+        .unwrap();
+        ok(&out);
+        assert_eq!(backend_of(&gh, "web.test").await, format!("200 {name}"), "round {round}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (answered, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{answered} answered");
+    assert!(answered > 100, "the load ran ({answered} answered)");
+    assert!(blue.requests() > 0 && green.requests() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gate_keeps_the_current_targets_and_exits_non_zero() {
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+
+    let dead = backend::closed_port().to_string();
+    let started = Instant::now();
+    let out = cli(state.path(), &["deploy", "web", "--host", "web.test", "--target", &dead, "--deploy-timeout", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("failed to become healthy within 1s") && stderr.contains(&dead), "{stderr}");
+    assert!(stderr.to_lowercase().contains("refused"), "the target's last error is named: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue", "blue still serves");
+
+    // A target that answers, but not 2xx, on the health path.
+    let unhealthy = backend::start("unhealthy").await;
+    let out = deploy(
+        state.path(),
+        "web",
+        "web.test",
+        &unhealthy,
+        &["--health-check-path", "/status/503", "--deploy-timeout", "500ms"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("503"), "{out:?}");
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue");
+
+    // --force skips the gate.
+    ok(&cli(state.path(), &["deploy", "web", "--host", "web.test", "--target", &dead, "--force"]));
+    assert_eq!(get(gh.listener(), "web.test", "/").await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_returns_only_after_a_long_response_on_the_old_target_finished() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+
+    let mut conn = KeepAlive::connect(gh.listener()).await;
+    let resp =
+        conn.open(http::Request::get("/stream").header("host", "web.test").body(bytes::Bytes::new()).unwrap()).await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first\n");
+
+    let (state_path, target) = (state.path().to_path_buf(), green.addr.to_string());
+    let started = Instant::now();
+    let deploying = tokio::task::spawn_blocking(move || {
+        let out = cli(
+            &state_path,
+            &["deploy", "web", "--host", "web.test", "--target", &target, "--health-check-interval", "100ms"],
+        );
+        (out, Instant::now())
+    });
+    // New requests go to green while the stream on blue is still open.
+    support::eventually("green takes new requests", || async { backend_of(&gh, "web.test").await == "200 green" })
+        .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!deploying.is_finished(), "deploy waits for the drain");
+    let released = Instant::now();
+    blue.stats.release.notify_one();
+    let mut rest = Vec::new();
+    while let Some(frame) = body.frame().await {
+        rest.extend_from_slice(&frame.unwrap().into_data().unwrap_or_default());
+    }
+    assert_eq!(rest, b"second\n", "the response on blue finished whole");
+    let (out, returned) = deploying.await.unwrap();
+    let text = ok(&out);
+    assert!(returned >= released, "deploy returned after the stream ended: {text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_tokens_and_dropped_hosts() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+
+    let out = deploy(state.path(), "file-svc", "other.test", &blue, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defined in the configuration file"), "{out:?}");
+    let out = deploy(state.path(), "web", "file.test", &blue, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`file-svc` (from file)") && stderr.contains("409"), "{stderr}");
+
+    ok(&deploy(state.path(), "web", "a.test,b.test", &blue, &[]));
+    let out = deploy(state.path(), "api", "b.test", &green, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("service `web` (from deploy)"), "{out:?}");
+    ok(&deploy(state.path(), "api", "b.test", &green, &["--path-prefix", "/api"]));
+    assert_eq!(get(gh.listener(), "b.test", "/api/x").await.header("x-backend"), "green");
+    assert_eq!(green.last().target, "/x", "the prefix is stripped by default");
+
+    // A redeploy without b.test leaves it behind.
+    ok(&deploy(state.path(), "web", "a.test", &green, &[]));
+    assert_eq!(backend_of(&gh, "a.test").await, "200 green");
+    assert_eq!(get(gh.listener(), "b.test", "/").await.status, 404);
+
+    let list = ok(&cli(state.path(), &["list"]));
+    assert!(list.starts_with("Service") && list.contains("api") && list.contains("/api"), "{list}");
+    let json: serde_json::Value = serde_json::from_slice(&cli(state.path(), &["list", "--json"]).stdout).unwrap();
+    assert_eq!(json["services"].as_array().unwrap().len(), 2);
+
+    // Over TCP, changing services needs the token; without one configured it is refused.
+    let reply = gh.admin_post("/v1/services/web/deploy", None).await;
+    assert_eq!(reply.status, 403);
+    assert!(reply.body.contains("admin_token"), "{}", reply.body);
+    assert_eq!(gh.admin_get("/v1/services").await.status, 200, "reading needs no token");
+
+    ok(&cli(state.path(), &["rm", "api"]));
+    assert_eq!(get(gh.listener(), "b.test", "/api/x").await.status, 404);
+    let out = cli(state.path(), &["remove", "api"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not deployed"));
+    let out = cli(state.path(), &["deploy", "bad name", "--target", "a:1", "--host", "x.test"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("letters"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_opens_deploys_over_tcp() {
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", "admin_token = \"s3cret\""));
+    let body = format!(r#"{{"options":{{"targets":["{}"],"hosts":["web.test"]}}}}"#, blue.addr);
+    let post = |token: Option<&'static str>| {
+        let mut req = http::Request::post("/v1/services/web/deploy").header("host", "admin");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        support::client::send(gh.admin, req.body(bytes::Bytes::from(body.clone())).unwrap())
+    };
+    assert_eq!(post(None).await.status, 401);
+    assert_eq!(post(Some("wrong")).await.status, 401);
+    let reply = post(Some("s3cret")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue");
+    assert!(!gh.admin_get("/v1/config").await.body.contains("s3cret"), "the token is never returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_deploys_then_restart_restores_a_consistent_state() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let text = config(state.path(), &listen, "");
+    for round in 0..4 {
+        let gh = Gatehouse::start(&text);
+        if round == 0 {
+            ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+        } else {
+            // Served at once after the restart, from the saved state.
+            let served = backend_of(&gh, "web.test").await;
+            assert!(served == "200 blue" || served == "200 green", "round {round}: {served}");
+        }
+        // Deploys back and forth, killed at a varying moment.
+        let state_path = state.path().to_path_buf();
+        let (b, g) = (blue.addr.to_string(), green.addr.to_string());
+        let deploys = std::thread::spawn(move || {
+            for i in 0..50 {
+                let target = if i % 2 == 0 { &g } else { &b };
+                let out = cli(&state_path, &["deploy", "web", "--host", "web.test", "--target", target, "--force"]);
+                if !out.status.success() {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100 + 70 * round));
+        drop(gh); // SIGKILL
+        deploys.join().unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.path().join("deploys.json")).unwrap()).unwrap();
+        assert_eq!(saved["version"], 1);
+        assert_eq!(saved["services"].as_array().unwrap().len(), 1, "the state file is whole");
+    }
+    let gh = Gatehouse::start(&text);
+    let health: serde_json::Value = serde_json::from_str(&gh.admin_get("/v1/health").await.body).unwrap();
+    assert_eq!(health["Deploys"]["RestoreProblems"].as_array().unwrap().len(), 0, "{health}");
+    let listed = ok(&cli(state.path(), &["list"]));
+    assert!(listed.contains("web.test"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_is_skipped_and_reported() {
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let entry = |name: &str| serde_json::json!({"name": name, "options": {"targets": [blue.addr.to_string()], "hosts": [format!("{name}.test")]}});
+    let saved =
+        serde_json::json!({"version": 1, "services": [entry("good"), {"name": "bad", "options": {"targets": 7}}]});
+    std::fs::write(state.path().join("deploys.json"), saved.to_string()).unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    assert_eq!(backend_of(&gh, "good.test").await, "200 blue");
+    let reply = gh.admin_get("/v1/health").await;
+    assert_eq!(reply.status, 500);
+    assert!(reply.body.contains("service `bad`"), "{}", reply.body);
+}
