@@ -334,3 +334,58 @@ async fn a_damaged_entry_is_skipped_and_reported() {
     assert_eq!(reply.status, 500);
     assert!(reply.body.contains("service `bad`"), "{}", reply.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_cancels_what_is_left_and_websockets_close_at_the_switch() {
+    use futures_util::{SinkExt, StreamExt};
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+    let at = gh.listener();
+
+    // A stream that never finishes, a request still waiting for its head, a WebSocket.
+    let mut streaming = KeepAlive::connect(at).await;
+    let resp = streaming
+        .open(http::Request::get("/stream").header("host", "web.test").body(bytes::Bytes::new()).unwrap())
+        .await;
+    let mut body = resp.into_body();
+    assert_eq!(&body.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"first\n");
+    let waiting = tokio::spawn(async move { get(at, "web.test", "/slow?ms=5000").await });
+    let stream = tokio::net::TcpStream::connect(at).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://web.test/ws", stream).await.unwrap();
+    ws.send("hi".into()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "blue: hi");
+    blue.wait_for_request(4).await; // the health check, the stream, the slow request, the WebSocket
+
+    let started = Instant::now();
+    let (state_path, target) = (state.path().to_path_buf(), green.addr.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        cli(&state_path, &["deploy", "web", "--host", "web.test", "--target", &target, "--drain-timeout", "500ms"])
+    })
+    .await
+    .unwrap();
+    let text = ok(&out);
+    assert!(text.contains("2 requests cut at the drain timeout"), "{text}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(4), "{took:?}");
+
+    let closed = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("the WebSocket was closed");
+    assert!(!matches!(closed, Some(Ok(ref m)) if m.is_text()), "{closed:?}");
+    let cut = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                other => return other.map(|r| r.map(|_| ())),
+            }
+        }
+    })
+    .await
+    .expect("the stream ended");
+    assert!(matches!(cut, Some(Err(_))), "the stream was cut, not ended cleanly: {cut:?}");
+    let waited = waiting.await.unwrap();
+    assert_eq!(waited.status, 504);
+    assert!(waited.body.contains("drained"), "{}", waited.body);
+    assert_eq!(backend_of(&gh, "web.test").await, "200 green");
+    assert_eq!(gh.metric("gatehouse_proxy_errors_total{kind=\"drain_cancelled\"}").await, 1.0);
+}

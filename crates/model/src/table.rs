@@ -11,6 +11,7 @@ use crate::balance::{Balancer, PickContext};
 use crate::cow_map::CowMap;
 use crate::facts::ServiceSpec;
 use crate::host::HostPattern;
+use crate::retire::{Retirement, Scope, Signalled};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
@@ -35,15 +36,40 @@ impl Target {
     }
 }
 
+/// A service's live state shared with its requests: the targets' counts, and the signals
+/// a drain sends to the requests still on them.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    targets: Box<[Target]>,
+    retirement: Retirement,
+}
+
 /// Counts a request against its target until dropped (it may outlive the route table).
 pub struct InFlight {
-    targets: Arc<[Target]>,
+    live: Arc<Live>,
     target: usize,
+}
+
+impl InFlight {
+    pub(crate) fn retirement(&self) -> &Retirement {
+        &self.live.retirement
+    }
+
+    /// Resolves when the service's drain signals `scope`; allocates nothing (for a request
+    /// waiting in place).
+    pub async fn signalled(&self, scope: Scope) {
+        self.live.retirement.wait(scope).await
+    }
+
+    /// This count, awaitable for `scope` by a value that owns it (a response body).
+    pub fn into_signalled(self, scope: Scope) -> Signalled {
+        Signalled::new(self, scope)
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.live.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -51,13 +77,18 @@ impl Drop for InFlight {
 /// (with their response bodies and tunnels) that started on it keep counting here.
 #[derive(Debug, Clone)]
 pub struct Retired {
-    targets: Arc<[Target]>,
+    live: Arc<Live>,
 }
 
 impl Retired {
     /// Requests still in flight on any of the service's targets.
     pub fn in_flight(&self) -> u32 {
-        self.targets.iter().map(Target::in_flight).sum()
+        self.live.targets.iter().map(Target::in_flight).sum()
+    }
+
+    /// Tells the requests on the service's targets to stop: tunnels only, or everything.
+    pub fn signal(&self, scope: Scope) {
+        self.live.retirement.signal(scope);
     }
 }
 
@@ -67,7 +98,7 @@ impl Retired {
 #[derive(Debug)]
 pub struct Service<X = ()> {
     pub spec: Arc<ServiceSpec>,
-    pub targets: Arc<[Target]>,
+    live: Arc<Live>,
     balancer: Balancer,
     /// Engine state derived from the spec (metrics handles, connection keys, ...).
     pub attached: X,
@@ -77,13 +108,18 @@ impl<X> Service<X> {
     fn new(spec: Arc<ServiceSpec>, attached: X) -> Self {
         let balancer = Balancer::new(spec.balance, &spec.targets);
         let targets = spec.targets.iter().map(|_| Target::default()).collect();
-        Self { spec, targets, balancer, attached }
+        Self { spec, live: Arc::new(Live { targets, retirement: Retirement::default() }), balancer, attached }
+    }
+
+    /// The live state of each target, indexed like the spec's.
+    pub fn targets(&self) -> &[Target] {
+        &self.live.targets
     }
 
     /// Counts a request as in flight on `target` until the guard is dropped.
     pub fn begin(&self, target: usize) -> InFlight {
-        self.targets[target].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { targets: self.targets.clone(), target }
+        self.live.targets[target].in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { live: self.live.clone(), target }
     }
 
     pub fn name(&self) -> &str {
@@ -92,12 +128,12 @@ impl<X> Service<X> {
 
     /// A handle on this service's in-flight counts that outlives the table.
     pub fn retired(&self) -> Retired {
-        Retired { targets: self.targets.clone() }
+        Retired { live: self.live.clone() }
     }
 
     /// The next target to use, skipping those already tried for this request.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<usize> {
-        self.balancer.pick(&self.targets, ctx, tried)
+        self.balancer.pick(&self.live.targets, ctx, tried)
     }
 
     /// The path to forward: `path` with the prefix removed when the service strips it.
@@ -405,7 +441,7 @@ impl<X> Serialize for RouteTable<X> {
                         .spec
                         .targets
                         .iter()
-                        .zip(svc.targets.iter())
+                        .zip(svc.targets().iter())
                         .map(|(t, live)| TargetView { url: t.url(), weight: t.weight, in_flight: live.in_flight() })
                         .collect(),
                 })
@@ -509,12 +545,12 @@ mod tests {
         let second = RouteTable::build(2, specs, Some(&first), &mut count).unwrap();
         let a2 = second.service("a").unwrap();
         assert!(Arc::ptr_eq(&a, a2), "an equal spec keeps its service");
-        assert_eq!(a2.targets[0].in_flight(), 1, "in-flight counts carry over");
+        assert_eq!(a2.targets()[0].in_flight(), 1, "in-flight counts carry over");
         assert_eq!(second.service("b").unwrap().attached, 3, "a changed spec is attached anew");
         assert_eq!(second.service("c").unwrap().attached, 4);
         assert_eq!(second.lookup("b.test", "/").unwrap().spec.targets[0].port, 2);
         drop(held);
-        assert_eq!(a2.targets[0].in_flight(), 0);
+        assert_eq!(a2.targets()[0].in_flight(), 0);
         assert!(second.service("zzz").is_none());
     }
 

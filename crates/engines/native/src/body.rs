@@ -1,10 +1,11 @@
 //! Bodies streamed through the proxy, never buffered whole.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use gatehouse_model::InFlight;
+use gatehouse_model::{InFlight, Scope, Signalled};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -107,13 +108,38 @@ impl Body for RequestBody {
 }
 
 /// A response body on its way to the client: one Gatehouse wrote, or a target's (which
-/// holds the target's in-flight count until it is done).
+/// holds the target's in-flight count until it is done, and ends with an error, cutting the
+/// client's connection or stream, when a deploy's drain timeout passes first).
 pub struct ProxyBody(Kind);
 
 enum Kind {
     Local(Option<Bytes>),
-    H1 { body: h1::ResponseBody, _in_flight: InFlight },
-    H2 { body: Incoming, _in_flight: InFlight },
+    H1 { body: h1::ResponseBody, drain: Signalled },
+    H2 { body: Incoming, drain: Signalled },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("response cut: its target was drained by a deploy")]
+pub(crate) struct DrainedError;
+
+/// Polls a target's body unless its drain timeout has passed; the signal is only waited for
+/// once the body itself has to wait.
+fn poll_drained<B>(
+    body: Pin<&mut B>,
+    drain: &mut Signalled,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if drain.is_signalled() {
+        return Poll::Ready(Some(Err(DrainedError.into())));
+    }
+    match body.poll_frame(cx) {
+        Poll::Pending if Pin::new(drain).poll(cx).is_ready() => Poll::Ready(Some(Err(DrainedError.into()))),
+        polled => polled.map_err(Into::into),
+    }
 }
 
 impl ProxyBody {
@@ -126,11 +152,11 @@ impl ProxyBody {
     }
 
     pub(crate) fn h1(body: h1::ResponseBody, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::H1 { body, _in_flight: in_flight })
+        ProxyBody(Kind::H1 { body, drain: in_flight.into_signalled(Scope::All) })
     }
 
     pub(crate) fn h2(body: Incoming, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::H2 { body, _in_flight: in_flight })
+        ProxyBody(Kind::H2 { body, drain: in_flight.into_signalled(Scope::All) })
     }
 }
 
@@ -141,8 +167,8 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            Kind::H1 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::H2 { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::H1 { body, drain } => poll_drained(Pin::new(body), drain, cx),
+            Kind::H2 { body, drain } => poll_drained(Pin::new(body), drain, cx),
         }
     }
 

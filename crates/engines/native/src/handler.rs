@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::{Metrics, ServiceMetrics};
-use gatehouse_model::{normalize_host, PickContext, Route, Scheme, Service, ServiceSpec, TargetSpec};
+use gatehouse_model::{normalize_host, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -104,7 +104,7 @@ async fn proxy(
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
-    if service.targets.is_empty() {
+    if service.targets().is_empty() {
         return Err(LocalError::NoTargets);
     }
     let spec = &service.spec;
@@ -142,7 +142,7 @@ async fn proxy(
 
     let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..) };
     let mut tried = [0usize; MAX_TRIES];
-    let tries = (spec.retries as usize + 1).min(service.targets.len()).min(MAX_TRIES);
+    let tries = (spec.retries as usize + 1).min(service.targets().len()).min(MAX_TRIES);
     let runtime = &service.attached;
     for attempt in 0..tries {
         let Some(index) = service.pick(&pick, &tried[..attempt]) else {
@@ -156,8 +156,14 @@ async fn proxy(
         let in_flight = service.begin(index);
         let started = Instant::now();
         let key = &runtime.pool_keys(spec)[index];
-        let (mut parts, body) = match send(outgoing, target, key, spec, upgrade, timer).await {
+        let sent = tokio::select! {
+            biased;
+            sent = send(outgoing, target, key, spec, upgrade, timer) => sent,
+            () = in_flight.signalled(Scope::All) => Err(Failure::Drained),
+        };
+        let (mut parts, body) = match sent {
             Ok(sent) => sent,
+            Err(Failure::Drained) => return Err(LocalError::Drained),
             Err(Failure::NotConnected(e, back)) => {
                 upstream_warning(runtime, &spec.name, format_args!("target unreachable: {e}"));
                 outgoing = *back;
@@ -186,7 +192,7 @@ async fn proxy(
             Answer::H1(body) if switching => {
                 let (upstream, from_target) = body.into_upgraded().ok_or(LocalError::BadUpstream)?;
                 let metrics = conn.shared.metrics.clone();
-                let tunnel = Tunnel { upstream, from_target, metrics, _in_flight: in_flight };
+                let tunnel = Tunnel { upstream, from_target, metrics, in_flight };
                 Ok((Response::from_parts(parts, ProxyBody::empty()), Some(tunnel)))
             }
             Answer::H1(body) => Ok((Response::from_parts(parts, ProxyBody::h1(body, in_flight)), None)),
@@ -200,6 +206,8 @@ enum Failure {
     /// No connection could be made; the request was not sent and comes back for another try.
     NotConnected(ConnectError, Box<Request<RequestBody>>),
     Timeout,
+    /// The service's drain timeout passed first.
+    Drained,
     Failed(BoxError),
 }
 
@@ -353,7 +361,8 @@ pub(crate) struct Tunnel {
     /// What the target sent right after its `101`.
     from_target: Bytes,
     metrics: Arc<Metrics>,
-    _in_flight: gatehouse_model::InFlight,
+    /// Counts the tunnel on its target; a deploy closes it at the switch.
+    in_flight: gatehouse_model::InFlight,
 }
 
 impl Tunnel {
@@ -366,8 +375,14 @@ impl Tunnel {
         }
         self.from_target = Bytes::new();
         self.metrics.open_websockets.inc();
-        if let Err(e) = tokio::io::copy_bidirectional(client, &mut upstream).await {
-            tracing::debug!(error = %e, "tunnel closed with an error");
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(client, &mut upstream) => {
+                if let Err(e) = copied {
+                    tracing::debug!(error = %e, "tunnel closed with an error");
+                }
+            }
+            // Both sides are closed when the tunnel is dropped.
+            () = self.in_flight.signalled(Scope::Tunnels) => tracing::debug!("tunnel closed: its target was switched away from"),
         }
         self.metrics.open_websockets.dec();
     }

@@ -21,6 +21,8 @@ pub(crate) enum LocalError {
     Unreachable,
     /// A target did not answer in time.
     Timeout,
+    /// A deploy's drain timeout passed while the request waited for its target.
+    Drained,
     BodyTooLarge,
     /// A target answered with something that is not valid HTTP, or broke the exchange.
     BadUpstream,
@@ -35,7 +37,7 @@ impl LocalError {
             LocalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             LocalError::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::Unreachable | LocalError::BadUpstream => StatusCode::BAD_GATEWAY,
-            LocalError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            LocalError::Timeout | LocalError::Drained => StatusCode::GATEWAY_TIMEOUT,
             LocalError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -51,6 +53,7 @@ impl LocalError {
             LocalError::NoTargets => "no_targets",
             LocalError::Unreachable => "upstream_unreachable",
             LocalError::Timeout => "upstream_timeout",
+            LocalError::Drained => "drain_cancelled",
             LocalError::BodyTooLarge => "body_too_large",
             LocalError::BadUpstream => "bad_upstream_response",
         }
@@ -65,6 +68,7 @@ impl LocalError {
             LocalError::NoTargets => "no healthy targets for this service\n",
             LocalError::Unreachable => "no target could be reached\n",
             LocalError::Timeout => "the target did not answer in time\n",
+            LocalError::Drained => "request cancelled: its target was drained by a deploy\n",
             LocalError::BodyTooLarge => "request body too large\n",
             LocalError::BadUpstream => "the target sent an invalid response\n",
         }

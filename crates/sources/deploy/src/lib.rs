@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatehouse_model::{Retired, ServiceSpec};
+use gatehouse_model::{Retired, Scope, ServiceSpec};
 use serde::Serialize;
 
 pub use gate::GateFailure;
@@ -62,7 +62,8 @@ pub struct DeployOutcome {
     pub gate_ms: u64,
     /// Time the old targets took to become idle, or the drain timeout.
     pub drain_ms: u64,
-    /// Requests still in flight on the old targets when the drain timeout passed.
+    /// Requests still in flight on the old targets when the drain timeout passed; they were
+    /// cancelled.
     pub drain_left: u32,
 }
 
@@ -70,7 +71,8 @@ pub struct DeployOutcome {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Drained {
     pub drain_ms: u64,
-    /// Requests still in flight when the timeout passed (0: everything finished).
+    /// Requests still in flight when the timeout passed, then cancelled (0: everything
+    /// finished).
     pub left: u32,
 }
 
@@ -293,14 +295,36 @@ impl DeploySource {
     }
 }
 
-/// Waits until nothing is in flight on `retired`, at most `timeout`.
+/// How long cancelled requests get to let go of their targets after the drain timeout.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+/// Drains `retired`: its tunnels (WebSockets) are closed at once, as kamal-proxy does; other
+/// requests may finish until `timeout`, then the rest are cancelled (a request waiting for
+/// its response head gets 504, a response being sent is cut).
 pub async fn drain(retired: &[Retired], timeout: Duration) -> Drained {
     let started = Instant::now();
+    for service in retired {
+        service.signal(Scope::Tunnels);
+    }
     let in_flight = || retired.iter().map(Retired::in_flight).sum::<u32>();
+    let left = wait_idle(&in_flight, timeout).await;
+    let drain_ms = started.elapsed().as_millis() as u64;
+    if left > 0 {
+        for service in retired {
+            service.signal(Scope::All);
+        }
+        wait_idle(&in_flight, CANCEL_GRACE).await;
+    }
+    Drained { drain_ms, left }
+}
+
+/// Waits until `in_flight` reads 0, at most `timeout`; returns the last count.
+async fn wait_idle(in_flight: &impl Fn() -> u32, timeout: Duration) -> u32 {
+    let started = Instant::now();
     loop {
         let left = in_flight();
         if left == 0 || started.elapsed() >= timeout {
-            return Drained { drain_ms: started.elapsed().as_millis() as u64, left };
+            return left;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
