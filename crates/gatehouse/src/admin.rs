@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use gatehouse_deploy::{DeployError, DeployRequest};
+use gatehouse_deploy::{DeployError, DeployRequest, ServiceState, StateChange};
 use serde_json::json;
 
 use crate::clock::rfc3339;
@@ -39,6 +39,8 @@ pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}/deploy", post(deploy))
         .route("/v1/services/{name}", delete(remove))
+        // pause, stop and resume
+        .route("/v1/services/{name}/{action}", post(change_state))
         .layer(Extension(access))
         .with_state(gateway)
 }
@@ -199,6 +201,45 @@ async fn remove(
         Ok(Ok(())) => Json(json!({"removed": true})).into_response(),
         Ok(Err(e)) => deploy_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the remove task failed: {e}")),
+    }
+}
+
+/// Pause, stop and resume: an optional JSON [`StateChange`], then the change, run to its end
+/// even if the caller goes away.
+async fn change_state(
+    State(gw): State<Arc<Gateway>>,
+    Extension(access): Extension<Access>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = may_change_services(&gw, access, &headers) {
+        return refused;
+    }
+    let state = match action.as_str() {
+        "pause" => |c: &StateChange| ServiceState::Paused { max_pause_ms: c.max_pause_ms },
+        "stop" => |c: &StateChange| ServiceState::Stopped { message: c.message.clone() },
+        "resume" => |_: &StateChange| ServiceState::Running,
+        _ => return error(StatusCode::NOT_FOUND, format!("no action `{action}`: deploy, pause, stop or resume")),
+    };
+    let change: StateChange = if body.is_empty() {
+        StateChange::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("the request is not valid: {e}")),
+        }
+    };
+    let state = state(&change);
+    let drain = std::time::Duration::from_millis(change.drain_timeout_ms);
+    let task = tokio::spawn(async move {
+        let deploys = gw.deploys().clone();
+        deploys.set_state(&*gw, &name, state, drain).await
+    });
+    match task.await {
+        Ok(Ok(drained)) => Json(drained).into_response(),
+        Ok(Err(e)) => deploy_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the task failed: {e}")),
     }
 }
 

@@ -141,6 +141,38 @@ pub async fn deploy(socket: &Path, args: &DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `pause`, `stop` and `resume`, as kamal-proxy takes them.
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    pub service: String,
+    /// How long requests in flight may run on (pause, stop).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// How long a paused service holds a request before answering 504 (pause).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    max_pause: Duration,
+    /// What a stopped service answers, with 503 (stop).
+    #[arg(long, default_value = "")]
+    message: String,
+}
+
+/// Sends `action` (`pause`, `stop` or `resume`) for the service.
+pub async fn change_state(socket: &Path, action: &str, args: &StateArgs) -> anyhow::Result<()> {
+    gatehouse_deploy::check_name(&args.service).map_err(anyhow::Error::msg)?;
+    let change = gatehouse_deploy::StateChange {
+        drain_timeout_ms: millis(args.drain_timeout),
+        max_pause_ms: millis(args.max_pause),
+        message: args.message.clone(),
+    };
+    let path = format!("/v1/services/{}/{action}", args.service);
+    let reply = call(socket, http::Method::POST, &path, serde_json::to_vec(&change)?).await?;
+    match reply["left"].as_u64() {
+        Some(n) if n > 0 => println!("{action}: {} ({n} requests cut at the drain timeout)", args.service),
+        _ => println!("{action}: {}", args.service),
+    }
+    Ok(())
+}
+
 pub async fn remove(socket: &Path, service: &str) -> anyhow::Result<()> {
     gatehouse_deploy::check_name(service).map_err(anyhow::Error::msg)?;
     call(socket, http::Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await?;

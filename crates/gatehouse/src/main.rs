@@ -83,6 +83,13 @@ enum Command {
     /// Remove a deployed service at once, without a drain.
     #[command(alias = "rm")]
     Remove { service: String },
+    /// Hold new requests to a deployed service until `resume` (or --max-pause, then 504),
+    /// after draining the ones in flight.
+    Pause(control::StateArgs),
+    /// Answer 503 with --message for a deployed service, after draining the requests in flight.
+    Stop(control::StateArgs),
+    /// Serve a paused or stopped service again; held requests go on.
+    Resume(control::StateArgs),
     /// List the deployed services.
     #[command(alias = "ls")]
     List {
@@ -109,16 +116,12 @@ fn main() -> ExitCode {
         std::env::args()
             .map(|a| if a == "-sync-haproxy-state-config" { "sync-haproxy-state-config".into() } else { a });
     let cli = Cli::parse_from(args);
-    if let Some(command @ (Command::Deploy(_) | Command::Remove { .. } | Command::List { .. })) = &cli.command {
-        return report(control_command(command, &cli.connection, cli.config.as_deref()));
-    }
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
         (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
         (Some(Command::SyncHaproxyStateConfig), Some(path)) => sync_haproxy_state_config(&path),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
-        (Some(Command::Deploy(_) | Command::Remove { .. } | Command::List { .. }), _) => Ok(()),
         (Some(Command::Check | Command::Run | Command::Render { .. } | Command::SyncHaproxyStateConfig), None) => {
             eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
             return ExitCode::from(2);
@@ -127,6 +130,8 @@ fn main() -> ExitCode {
             eprintln!("gatehouse: nothing to do. Try `gatehouse demo`, or `gatehouse run --config FILE` (see --help).");
             return ExitCode::from(2);
         }
+        // The control commands: deploy, remove, list, pause, stop, resume.
+        (Some(command), config) => control_command(&command, &cli.connection, config.as_deref()),
     };
     report(result)
 }
@@ -154,7 +159,10 @@ fn control_command(
             Command::Deploy(args) => control::deploy(&socket, args).await,
             Command::Remove { service } => control::remove(&socket, service).await,
             Command::List { json } => control::list(&socket, *json).await,
-            _ => Ok(()),
+            Command::Pause(args) => control::change_state(&socket, "pause", args).await,
+            Command::Stop(args) => control::change_state(&socket, "stop", args).await,
+            Command::Resume(args) => control::change_state(&socket, "resume", args).await,
+            _ => anyhow::bail!("not a control command"),
         }
     })
 }

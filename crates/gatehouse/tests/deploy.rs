@@ -389,3 +389,49 @@ async fn the_drain_timeout_cancels_what_is_left_and_websockets_close_at_the_swit
     assert_eq!(backend_of(&gh, "web.test").await, "200 green");
     assert_eq!(gh.metric("gatehouse_proxy_errors_total{kind=\"drain_cancelled\"}").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_requests_until_resume_and_stop_answers_with_its_message() {
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+    let at = gh.listener();
+
+    ok(&cli(state.path(), &["pause", "web"]));
+    let held: Vec<_> =
+        (0..5).map(|i| tokio::spawn(async move { get(at, "web.test", &format!("/held-{i}")).await })).collect();
+    support::eventually("five requests held", || async { gh.metric("gatehouse_paused_requests").await == 5.0 }).await;
+    let probe = get(at, "web.test", "/up").await;
+    assert_eq!((probe.status, probe.body.as_str()), (200, "OK\n"), "the health path is answered while paused");
+    let before = blue.requests();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(held.iter().all(|h| !h.is_finished()), "nothing is answered while paused");
+    assert_eq!(blue.requests(), before, "nothing reaches the target while paused");
+    let listed = ok(&cli(state.path(), &["list"]));
+    assert!(listed.contains("paused"), "{listed}");
+
+    ok(&cli(state.path(), &["resume", "web"]));
+    for h in held {
+        assert_eq!(h.await.unwrap().header("x-backend"), "blue");
+    }
+    assert_eq!(gh.metric("gatehouse_paused_requests").await, 0.0);
+
+    // --max-pause bounds the wait.
+    ok(&cli(state.path(), &["pause", "web", "--max-pause", "300ms"]));
+    let started = Instant::now();
+    assert_eq!(get(at, "web.test", "/").await.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    ok(&cli(state.path(), &["stop", "web", "--message", "Back at noon"]));
+    let stopped = get(at, "web.test", "/").await;
+    assert_eq!((stopped.status, stopped.body.as_str()), (503, "Back at noon\n"));
+    assert_eq!(get(at, "web.test", "/up").await.status, 200);
+
+    // The state survives a restart.
+    drop(gh);
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    assert_eq!(get(gh.listener(), "web.test", "/").await.status, 503);
+    ok(&cli(state.path(), &["resume", "web"]));
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue");
+}

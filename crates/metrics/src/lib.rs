@@ -23,6 +23,7 @@ pub mod names {
     pub const PROXY_ERRORS: &str = "proxy_errors";
     pub const OPEN_CONNECTIONS: &str = "open_connections";
     pub const OPEN_WEBSOCKETS: &str = "open_websockets";
+    pub const PAUSED_REQUESTS: &str = "paused_requests";
     pub const ROUTE_TABLE_GENERATION: &str = "route_table_generation";
     pub const RELOADS: &str = "reloads";
     pub const DROVE_POLL_SECONDS: &str = "drove_poll_seconds";
@@ -117,6 +118,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub open_connections: Gauge,
     pub open_websockets: Gauge,
+    /// Requests held by paused services now.
+    pub paused_requests: Gauge,
     pub route_table_generation: Gauge,
     drove: DroveFamilies,
     pub templated: TemplatedMetrics,
@@ -272,6 +275,12 @@ impl Metrics {
         registry.register(names::OPEN_CONNECTIONS, "Client connections open now", open_connections.clone());
         let open_websockets = Gauge::default();
         registry.register(names::OPEN_WEBSOCKETS, "Upgraded (WebSocket) tunnels open now", open_websockets.clone());
+        let paused_requests = Gauge::default();
+        registry.register(
+            names::PAUSED_REQUESTS,
+            "Requests waiting for a paused service to resume",
+            paused_requests.clone(),
+        );
         let route_table_generation = Gauge::default();
         registry.register(
             names::ROUTE_TABLE_GENERATION,
@@ -388,6 +397,7 @@ impl Metrics {
             reloads,
             open_connections,
             open_websockets,
+            paused_requests,
             route_table_generation,
             templated,
         }

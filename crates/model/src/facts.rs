@@ -128,6 +128,21 @@ mod duration_ms {
     }
 }
 
+/// Whether a service takes traffic (kamal-proxy's pause and stop).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Availability {
+    #[default]
+    Serving,
+    /// New requests wait until the service serves again, at most `max_pause` (then 504).
+    Paused {
+        #[serde(with = "duration_ms")]
+        max_pause: Duration,
+    },
+    /// Requests get 503 with this message.
+    Stopped { message: String },
+}
+
 /// Everything a source says about one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceSpec {
@@ -150,6 +165,10 @@ pub struct ServiceSpec {
     pub tls_verify: bool,
     /// How many further targets to try when a connection cannot be made.
     pub retries: u32,
+    pub availability: Availability,
+    /// While paused or stopped, GET and HEAD of this path are answered 200 by the proxy, so
+    /// load balancers in front keep the host.
+    pub health_path: Option<String>,
 }
 
 impl ServiceSpec {
@@ -168,6 +187,8 @@ impl ServiceSpec {
             upstream_http2: false,
             tls_verify: true,
             retries: 2,
+            availability: Availability::Serving,
+            health_path: None,
         }
     }
 }

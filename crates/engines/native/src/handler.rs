@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::{Metrics, ServiceMetrics};
-use gatehouse_model::{normalize_host, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec};
+use gatehouse_model::{
+    normalize_host, Availability, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec,
+};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -28,6 +30,8 @@ use crate::upstream::{self, BoxedIo, ConnectError, ConnectOptions};
 pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// Woken at every snapshot install: requests held by a paused service look again.
+    pub installed: tokio::sync::Notify,
 }
 
 /// What a request knows about the connection it came on.
@@ -98,9 +102,21 @@ async fn proxy(
 ) -> Result<Handled, LocalError> {
     let host = request_host(&req)?;
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
-    let found = snap.table.lookup(&normalize_host(host_text), req.uri().path()).ok_or(LocalError::NoRoute)?;
+    let route_host = normalize_host(host_text);
+    let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
+    let found = match found.spec.availability {
+        Availability::Serving => found.clone(),
+        _ => match held(&req, &route_host, found.clone(), conn, snap, request_id).await {
+            Held::Serving(route) => route,
+            Held::Answered(answer) => return Ok((*answer, None)),
+            Held::Failed(route, err) => {
+                *routed = Some(route);
+                return Err(err);
+            }
+        },
+    };
     // Kept for the error path's metrics; the request borrows it from there.
-    let service: &Route<ServiceRuntime> = routed.insert(found.clone());
+    let service: &Route<ServiceRuntime> = routed.insert(found);
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
@@ -200,6 +216,80 @@ async fn proxy(
         };
     }
     Err(LocalError::Unreachable)
+}
+
+/// What became of a request to a paused or stopped service.
+enum Held {
+    /// The service serves (again): proxy to this route.
+    Serving(Route<ServiceRuntime>),
+    /// Gatehouse answered itself (the health path, or a stopped service's 503).
+    Answered(Box<Response<ProxyBody>>),
+    Failed(Route<ServiceRuntime>, LocalError),
+}
+
+/// Holds a request while its service is paused (until it resumes or `max_pause` passes),
+/// answers 503 with the message while it is stopped, and 200 to GET and HEAD of its health
+/// path in either state.
+async fn held(
+    req: &Request<ClientBody>,
+    route_host: &str,
+    mut route: Route<ServiceRuntime>,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+    request_id: &HeaderValue,
+) -> Held {
+    let path = req.uri().path();
+    let health_probe = matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut deadline = None;
+    let mut counted = None;
+    loop {
+        let probe = health_probe && route.spec.health_path.as_deref() == Some(path);
+        let reply = |status: StatusCode, text: Bytes| {
+            route.attached.metrics.record_status(status.as_u16());
+            Held::Answered(Box::new(crate::local::answer(status, text, &snap.xproxy, request_id)))
+        };
+        match &route.spec.availability {
+            Availability::Serving => return Held::Serving(route),
+            _ if probe => return reply(StatusCode::OK, Bytes::from_static(b"OK\n")),
+            Availability::Stopped { message } => {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(format!("{message}\n")))
+            }
+            Availability::Paused { max_pause } => {
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + *max_pause);
+                counted.get_or_insert_with(|| PausedGauge::new(&conn.shared.metrics));
+                let installed = conn.shared.installed.notified();
+                tokio::pin!(installed);
+                // Registered before looking, so an install in between is not missed.
+                installed.as_mut().enable();
+                let current = conn.shared.snapshot.load();
+                match current.table.lookup(route_host, path) {
+                    Some(now) if !Arc::ptr_eq(now, &route) => route = now.clone(),
+                    Some(_) => {
+                        if tokio::time::timeout_at(until, installed).await.is_err() {
+                            return Held::Failed(route, LocalError::PausedTooLong);
+                        }
+                    }
+                    None => return Held::Failed(route, LocalError::NoRoute),
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request in `paused_requests` while it lives.
+struct PausedGauge(Arc<Metrics>);
+
+impl PausedGauge {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.paused_requests.inc();
+        PausedGauge(metrics.clone())
+    }
+}
+
+impl Drop for PausedGauge {
+    fn drop(&mut self) {
+        self.0.paused_requests.dec();
+    }
 }
 
 enum Failure {

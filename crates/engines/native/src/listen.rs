@@ -13,7 +13,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ClientBody;
@@ -83,7 +83,7 @@ impl NativeProxy {
             bound.push(Listener { socket, tls });
         }
         metrics.route_table_generation.set(snapshot.generation() as i64);
-        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snapshot), metrics });
+        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snapshot), metrics, installed: Notify::new() });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
         for n in 0..workers.max(1) {
@@ -107,6 +107,7 @@ impl NativeProxy {
     pub fn install(&self, snapshot: Snapshot) {
         self.shared.metrics.route_table_generation.set(snapshot.generation() as i64);
         self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.installed.notify_waiters();
     }
 
     pub fn current(&self) -> Arc<Snapshot> {

@@ -23,6 +23,8 @@ pub(crate) enum LocalError {
     Timeout,
     /// A deploy's drain timeout passed while the request waited for its target.
     Drained,
+    /// The service stayed paused longer than its `max_pause`.
+    PausedTooLong,
     BodyTooLarge,
     /// A target answered with something that is not valid HTTP, or broke the exchange.
     BadUpstream,
@@ -37,7 +39,7 @@ impl LocalError {
             LocalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             LocalError::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::Unreachable | LocalError::BadUpstream => StatusCode::BAD_GATEWAY,
-            LocalError::Timeout | LocalError::Drained => StatusCode::GATEWAY_TIMEOUT,
+            LocalError::Timeout | LocalError::Drained | LocalError::PausedTooLong => StatusCode::GATEWAY_TIMEOUT,
             LocalError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -54,6 +56,7 @@ impl LocalError {
             LocalError::Unreachable => "upstream_unreachable",
             LocalError::Timeout => "upstream_timeout",
             LocalError::Drained => "drain_cancelled",
+            LocalError::PausedTooLong => "paused_too_long",
             LocalError::BodyTooLarge => "body_too_large",
             LocalError::BadUpstream => "bad_upstream_response",
         }
@@ -69,18 +72,15 @@ impl LocalError {
             LocalError::Unreachable => "no target could be reached\n",
             LocalError::Timeout => "the target did not answer in time\n",
             LocalError::Drained => "request cancelled: its target was drained by a deploy\n",
+            LocalError::PausedTooLong => "the service is paused\n",
             LocalError::BodyTooLarge => "request body too large\n",
             LocalError::BadUpstream => "the target sent an invalid response\n",
         }
     }
 
     pub fn respond(self, xproxy: &HeaderValue, request_id: &HeaderValue) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::local(Bytes::from_static(self.text().as_bytes())));
-        *resp.status_mut() = self.status();
+        let mut resp = answer(self.status(), Bytes::from_static(self.text().as_bytes()), xproxy, request_id);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert(crate::headers::X_PROXY, xproxy.clone());
-        h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
         if matches!(
             self,
             LocalError::BadRequest(_)
@@ -93,4 +93,20 @@ impl LocalError {
         }
         resp
     }
+}
+
+/// A short plain-text answer of Gatehouse's own.
+pub(crate) fn answer(
+    status: StatusCode,
+    text: Bytes,
+    xproxy: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(crate::headers::X_PROXY, xproxy.clone());
+    h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
+    resp
 }

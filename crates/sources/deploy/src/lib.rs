@@ -16,11 +16,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatehouse_model::{Retired, Scope, ServiceSpec};
+use gatehouse_model::{Availability, Retired, Scope, ServiceSpec};
 use serde::Serialize;
 
 pub use gate::GateFailure;
-pub use options::{check_name, service_spec, DeployOptions, DeployRequest, HealthCheckOptions};
+pub use options::{check_name, service_spec, DeployOptions, DeployRequest, HealthCheckOptions, StateChange};
 pub use store::{FileStore, Loaded, ServiceRecord, ServiceState, Store, StoreError, STATE_VERSION};
 
 /// The `source` of the services this crate produces.
@@ -115,7 +115,7 @@ impl DeploySource {
         let mut records = BTreeMap::new();
         let mut specs = BTreeMap::new();
         for record in loaded.records {
-            match service_spec(&record.name, &record.options) {
+            match spec_of(&record) {
                 Ok(spec) => {
                     specs.insert(record.name.clone(), Arc::new(spec));
                     records.insert(record.name.clone(), record);
@@ -178,9 +178,11 @@ impl DeploySource {
                 })?;
         }
         let gate_ms = started.elapsed().as_millis() as u64;
+        // A paused or stopped service stays so across a deploy, as in kamal-proxy.
         let state = self.records.lock().await.get(name).map(|r| r.state.clone()).unwrap_or_default();
         let record = ServiceRecord { name: name.to_string(), options: request.options.clone(), state };
-        let retired = self.commit(routes, name, Some(record), spec.clone()).await?;
+        let installed = Arc::new(spec_of(&record).map_err(DeployError::Invalid)?);
+        let retired = self.commit(routes, name, Some(record), installed).await?;
         tracing::info!(service = name, gate_ms, "switched to the new targets; draining the old ones");
         let drained = drain(&retired, request.options.drain_timeout()).await;
         log_drain(name, drained);
@@ -191,6 +193,33 @@ impl DeploySource {
             drain_ms: drained.drain_ms,
             drain_left: drained.left,
         })
+    }
+
+    /// Pauses, stops or resumes `name`. Pausing and stopping drain the requests in flight
+    /// (the drain's result is returned); resuming releases the held requests.
+    pub async fn set_state(
+        &self,
+        routes: &dyn Routes,
+        name: &str,
+        state: ServiceState,
+        drain_timeout: Duration,
+    ) -> Result<Drained, DeployError> {
+        let lock = self.service_lock(name);
+        let _one_at_a_time = lock.lock().await;
+        let Some(mut record) = self.records.lock().await.get(name).cloned() else {
+            return Err(DeployError::NotFound(name.to_string()));
+        };
+        record.state = state;
+        let spec = Arc::new(spec_of(&record).map_err(DeployError::Invalid)?);
+        let serving = spec.availability == Availability::Serving;
+        let retired = self.commit(routes, name, Some(record), spec).await?;
+        tracing::info!(service = name, state = if serving { "running" } else { "held" }, "service state changed");
+        if serving {
+            return Ok(Drained { drain_ms: 0, left: 0 });
+        }
+        let drained = drain(&retired, drain_timeout).await;
+        log_drain(name, drained);
+        Ok(drained)
     }
 
     /// Unroutes `name` at once, without a drain (kamal-proxy's `remove`).
@@ -293,6 +322,20 @@ impl DeploySource {
             Err(e) => Err(StoreError::Write { path: self.store.location().into(), source: std::io::Error::other(e) }),
         }
     }
+}
+
+/// The route facts of a saved service, its pause or stop included.
+fn spec_of(record: &ServiceRecord) -> Result<ServiceSpec, String> {
+    let mut spec = service_spec(&record.name, &record.options)?;
+    spec.health_path = Some(record.options.health_check.path.clone());
+    spec.availability = match &record.state {
+        ServiceState::Running => Availability::Serving,
+        ServiceState::Paused { max_pause_ms } => {
+            Availability::Paused { max_pause: Duration::from_millis(*max_pause_ms) }
+        }
+        ServiceState::Stopped { message } => Availability::Stopped { message: message.clone() },
+    };
+    Ok(spec)
 }
 
 /// How long cancelled requests get to let go of their targets after the drain timeout.

@@ -76,6 +76,24 @@ pub struct DeployRequest {
     pub options: DeployOptions,
 }
 
+/// A `pause`, `stop` or `resume` call (kamal-proxy's flags and defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateChange {
+    /// How long requests in flight may run on (pause and stop).
+    pub drain_timeout_ms: u64,
+    /// How long a paused service holds a request before answering 504.
+    pub max_pause_ms: u64,
+    /// What a stopped service answers, with 503.
+    pub message: String,
+}
+
+impl Default for StateChange {
+    fn default() -> Self {
+        StateChange { drain_timeout_ms: 30_000, max_pause_ms: 30_000, message: String::new() }
+    }
+}
+
 impl HealthCheckOptions {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
