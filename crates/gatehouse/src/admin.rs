@@ -175,7 +175,7 @@ async fn deploy(
     // switch would leave the saved state ahead of the routes.
     let task = tokio::spawn(async move {
         let deploys = gw.deploys().clone();
-        deploys.deploy(&*gw, &name, request).await
+        deploys.deploy(&name, request).await
     });
     match task.await {
         Ok(Ok(outcome)) => Json(outcome).into_response(),
@@ -195,7 +195,7 @@ async fn remove(
     }
     let task = tokio::spawn(async move {
         let deploys = gw.deploys().clone();
-        deploys.remove(&*gw, &name).await
+        deploys.remove(&name).await
     });
     match task.await {
         Ok(Ok(())) => Json(json!({"removed": true})).into_response(),
@@ -234,7 +234,7 @@ async fn change_state(
     let drain = std::time::Duration::from_millis(change.drain_timeout_ms);
     let task = tokio::spawn(async move {
         let deploys = gw.deploys().clone();
-        deploys.set_state(&*gw, &name, state, drain).await
+        deploys.set_state(&name, state, drain).await
     });
     match task.await {
         Ok(Ok(drained)) => Json(drained).into_response(),
@@ -250,6 +250,7 @@ fn deploy_error(e: DeployError) -> Response {
         DeployError::NotFound(_) => StatusCode::NOT_FOUND,
         DeployError::Unhealthy(_) => StatusCode::FAILED_DEPENDENCY,
         DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }

@@ -78,7 +78,8 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let generation = 1;
         // Deployed services are restored before anything listens: no 404 window after a restart.
-        let deploys = Arc::new(DeploySource::open(Arc::new(FileStore::new(config.deploy_state.clone()))));
+        let store = Arc::new(FileStore::new(config.deploy_state.clone()));
+        let deploys = Arc::new(DeploySource::open(store, metrics.deploys.clone()));
         let snapshot = snapshot(&config, deploys.services(), Vec::new(), generation, None, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
@@ -124,6 +125,8 @@ impl Gateway {
             deploys,
             templated: OnceLock::new(),
         });
+        let routes: Weak<dyn Routes> = Arc::downgrade(&gateway) as Weak<dyn Routes>;
+        gateway.deploys.attach(routes);
         if !drove_settings.namespaces.is_empty() {
             let weak: Weak<Gateway> = Arc::downgrade(&gateway);
             let source = DroveSource::start(drove_settings, &gateway.metrics, move |changed: &[String]| {

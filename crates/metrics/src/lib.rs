@@ -24,6 +24,13 @@ pub mod names {
     pub const OPEN_CONNECTIONS: &str = "open_connections";
     pub const OPEN_WEBSOCKETS: &str = "open_websockets";
     pub const PAUSED_REQUESTS: &str = "paused_requests";
+    pub const DEPLOYS: &str = "deploys";
+    pub const DEPLOY_SECONDS: &str = "deploy_seconds";
+    pub const HEALTH_CHECKS: &str = "health_checks";
+    pub const TARGET_HEALTHY: &str = "target_healthy";
+    pub const HEALTH_PANICS: &str = "health_panics";
+    pub const DRAIN_SECONDS: &str = "drain_seconds";
+    pub const DRAIN_CANCELLED: &str = "drain_cancelled_requests";
     pub const ROUTE_TABLE_GENERATION: &str = "route_table_generation";
     pub const RELOADS: &str = "reloads";
     pub const DROVE_POLL_SECONDS: &str = "drove_poll_seconds";
@@ -75,6 +82,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    service: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabels {
     namespace: String,
 }
@@ -121,8 +134,54 @@ pub struct Metrics {
     /// Requests held by paused services now.
     pub paused_requests: Gauge,
     pub route_table_generation: Gauge,
+    pub deploys: DeployMetrics,
     drove: DroveFamilies,
     pub templated: TemplatedMetrics,
+}
+
+/// The deploy source: deploys, health checks, drains.
+#[derive(Clone)]
+pub struct DeployMetrics {
+    deploys: Family<ResultLabels, Counter>,
+    /// From a deploy call to its switch (the health gate, the save and the swap), in seconds.
+    pub deploy_seconds: Histogram,
+    health_checks: Family<ResultLabels, Counter>,
+    target_healthy: Family<TargetLabels, Gauge>,
+    health_panics: Family<ServiceLabels, Counter>,
+    /// From the switch to the old targets being idle (or the drain timeout), in seconds.
+    pub drain_seconds: Histogram,
+    /// Requests still running on drained targets at the drain timeout, then cancelled.
+    pub drain_cancelled: Counter,
+}
+
+impl DeployMetrics {
+    /// Counts a deploy by its result (`ok`, `unhealthy`, `conflict`, `invalid`, `failed`).
+    pub fn deploy(&self, result: &'static str) {
+        self.deploys.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn health_check(&self, passed: bool) {
+        let result = if passed { "pass" } else { "fail" };
+        self.health_checks.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// 1 while a target is in rotation, 0 while health checks keep it out.
+    pub fn target_health(&self, service: &str, target: &str, up: bool) {
+        let labels = TargetLabels { service: service.to_string(), target: target.to_string() };
+        self.target_healthy.get_or_create(&labels).set(i64::from(up));
+    }
+
+    /// Drops a service's target series (its targets changed or it went away).
+    pub fn forget_targets(&self, service: &str, targets: &[String]) {
+        for target in targets {
+            self.target_healthy.remove(&TargetLabels { service: service.to_string(), target: target.clone() });
+        }
+    }
+
+    /// Counts a moment when every target of a service was down, so all of them took traffic.
+    pub fn health_panic(&self, service: &str) {
+        self.health_panics.get_or_create(&ServiceLabels { service: service.to_string() }).inc();
+    }
 }
 
 /// The nginx and HAProxy engines, under drove-gateway's names (counted once per attempt,
@@ -281,6 +340,43 @@ impl Metrics {
             "Requests waiting for a paused service to resume",
             paused_requests.clone(),
         );
+        // 5 ms .. ~40 s.
+        let deploys = DeployMetrics {
+            deploys: Family::default(),
+            deploy_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            health_checks: Family::default(),
+            target_healthy: Family::default(),
+            health_panics: Family::default(),
+            drain_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            drain_cancelled: Counter::default(),
+        };
+        registry.register(names::DEPLOYS, "Deploys, by result", deploys.deploys.clone());
+        registry.register(
+            names::DEPLOY_SECONDS,
+            "From a deploy call to its switch (health gate, save, swap)",
+            deploys.deploy_seconds.clone(),
+        );
+        registry.register(names::HEALTH_CHECKS, "Target health checks, by result", deploys.health_checks.clone());
+        registry.register(
+            names::TARGET_HEALTHY,
+            "1 while a deployed target is in rotation, 0 while its health checks keep it out",
+            deploys.target_healthy.clone(),
+        );
+        registry.register(
+            names::HEALTH_PANICS,
+            "Times every target of a service was down, so all of them took traffic",
+            deploys.health_panics.clone(),
+        );
+        registry.register(
+            names::DRAIN_SECONDS,
+            "From a switch to the old targets being idle or the drain timeout",
+            deploys.drain_seconds.clone(),
+        );
+        registry.register(
+            names::DRAIN_CANCELLED,
+            "Requests still running on drained targets at the drain timeout, then cancelled",
+            deploys.drain_cancelled.clone(),
+        );
         let route_table_generation = Gauge::default();
         registry.register(
             names::ROUTE_TABLE_GENERATION,
@@ -399,6 +495,7 @@ impl Metrics {
             open_websockets,
             paused_requests,
             route_table_generation,
+            deploys,
             templated,
         }
     }

@@ -155,6 +155,8 @@ pub struct ServiceSpec {
     /// Remove `path_prefix` from the path before forwarding.
     pub strip_prefix: bool,
     pub targets: Vec<TargetSpec>,
+    /// Targets the source's health checks keep out of rotation (shown, never routed to).
+    pub down_targets: Vec<TargetSpec>,
     pub balance: BalancePolicy,
     pub timeouts: Timeouts,
     /// Largest request body accepted, in bytes; larger ones get 413.
@@ -181,6 +183,7 @@ impl ServiceSpec {
             path_prefix: "/".to_string(),
             strip_prefix: false,
             targets: Vec::new(),
+            down_targets: Vec::new(),
             balance: BalancePolicy::default(),
             timeouts: Timeouts::default(),
             max_body_size: None,

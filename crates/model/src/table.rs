@@ -55,6 +55,11 @@ impl InFlight {
         &self.live.retirement
     }
 
+    /// Whether the service's drain has signalled `scope` (one atomic load).
+    pub fn is_signalled(&self, scope: Scope) -> bool {
+        self.live.retirement.is_signalled(scope)
+    }
+
     /// Resolves when the service's drain signals `scope`; allocates nothing (for a request
     /// waiting in place).
     pub async fn signalled(&self, scope: Scope) {

@@ -9,15 +9,19 @@
 
 mod gate;
 pub mod health;
+mod monitor;
 mod options;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use gatehouse_metrics::DeployMetrics;
 use gatehouse_model::{Availability, Retired, Scope, ServiceSpec};
 use serde::Serialize;
+
+use crate::monitor::ServiceHealth;
 
 pub use gate::GateFailure;
 pub use options::{check_name, service_spec, DeployOptions, DeployRequest, HealthCheckOptions, StateChange};
@@ -51,6 +55,21 @@ pub enum DeployError {
     Unhealthy(GateFailure),
     #[error("the deploy state could not be saved, nothing was changed: {0}")]
     Store(#[from] StoreError),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl DeployError {
+    /// The `result` label of `gatehouse_deploys_total`.
+    fn result(&self) -> &'static str {
+        match self {
+            DeployError::Invalid(_) => "invalid",
+            DeployError::Conflict(_) => "conflict",
+            DeployError::NotFound(_) => "not_found",
+            DeployError::Unhealthy(_) => "unhealthy",
+            DeployError::Store(_) | DeployError::ShuttingDown => "failed",
+        }
+    }
 }
 
 /// What a deploy did, for the CLI and the log.
@@ -65,6 +84,21 @@ pub struct DeployOutcome {
     /// Requests still in flight on the old targets when the drain timeout passed; they were
     /// cancelled.
     pub drain_left: u32,
+}
+
+/// What a change does to a service's target health.
+enum HealthChange {
+    /// Same targets: their health carries over.
+    Keep,
+    /// New targets: this health (`None`: a single target, not watched).
+    Replace(Option<ServiceHealth>),
+}
+
+/// A deploy at its switch: what it replaced, for the drain.
+struct Switched {
+    retired: Vec<Retired>,
+    gate_ms: u64,
+    targets: Vec<String>,
 }
 
 /// A drain's result.
@@ -84,10 +118,24 @@ pub struct ServiceView {
     pub path_prefixes: Vec<String>,
     pub targets: Vec<String>,
     pub state: ServiceState,
+    /// Each target's health, when its checks run (services with several targets).
+    pub health: Vec<TargetView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub target: String,
+    pub healthy: bool,
+    pub last_error: Option<String>,
 }
 
 pub struct DeploySource {
     store: Arc<dyn Store>,
+    metrics: DeployMetrics,
+    /// The owner of the route table, set once by [`DeploySource::attach`].
+    routes: OnceLock<Weak<dyn Routes>>,
+    /// Target health of services with several targets, by service.
+    health: Mutex<HashMap<String, ServiceHealth>>,
     /// The saved state; held across a save so saves never interleave.
     records: tokio::sync::Mutex<BTreeMap<String, ServiceRecord>>,
     /// Route facts of every service, read by table rebuilds.
@@ -101,7 +149,7 @@ pub struct DeploySource {
 impl DeploySource {
     /// Restores the saved services (each unreadable one is skipped and listed in
     /// `restore_problems`). Restored services serve at once, as before the restart.
-    pub fn open(store: Arc<dyn Store>) -> Self {
+    pub fn open(store: Arc<dyn Store>, metrics: DeployMetrics) -> Self {
         let (loaded, mut problems) = match store.load() {
             Ok(loaded) => {
                 let skipped = loaded.skipped.clone();
@@ -114,9 +162,13 @@ impl DeploySource {
         }
         let mut records = BTreeMap::new();
         let mut specs = BTreeMap::new();
+        let mut health = HashMap::new();
         for record in loaded.records {
             match spec_of(&record) {
                 Ok(spec) => {
+                    if spec.targets.len() > 1 {
+                        health.insert(record.name.clone(), ServiceHealth::all_up(&spec.targets));
+                    }
                     specs.insert(record.name.clone(), Arc::new(spec));
                     records.insert(record.name.clone(), record);
                 }
@@ -128,11 +180,37 @@ impl DeploySource {
         }
         DeploySource {
             store,
+            metrics,
+            routes: OnceLock::new(),
+            health: Mutex::new(health),
             records: tokio::sync::Mutex::new(records),
             specs: Mutex::new(specs),
             service_locks: Mutex::new(HashMap::new()),
             restore_problems: problems,
         }
+    }
+
+    /// Connects the source to the owner of the route table and starts the health checks of
+    /// the restored services (on the current Tokio runtime).
+    pub fn attach(self: &Arc<Self>, routes: Weak<dyn Routes>) {
+        let _ = self.routes.set(routes);
+        let mut health = self.lock_health();
+        let records = self.records.try_lock();
+        for (name, service) in health.iter_mut() {
+            let options = records.as_ref().ok().and_then(|r| r.get(name)).map(|r| r.options.health_check.clone());
+            if let Some(options) = options {
+                service.monitor =
+                    Some(monitor::spawn(Arc::downgrade(self), name.clone(), service.targets.clone(), options));
+            }
+        }
+    }
+
+    fn routes(&self) -> Result<Arc<dyn Routes>, DeployError> {
+        self.routes.get().and_then(Weak::upgrade).ok_or(DeployError::ShuttingDown)
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServiceHealth>> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Route facts of every deployed service.
@@ -155,13 +233,33 @@ impl DeploySource {
 
     /// Deploys `name`: gate, save, switch, drain. Returns once the old targets are idle or
     /// the drain timeout passed, so stopping the old release afterwards loses nothing.
-    pub async fn deploy(
-        &self,
-        routes: &dyn Routes,
+    pub async fn deploy(self: &Arc<Self>, name: &str, request: DeployRequest) -> Result<DeployOutcome, DeployError> {
+        let started = Instant::now();
+        let result = self.deploy_gated(name, request).await;
+        match &result {
+            Ok(_) => self.metrics.deploy("ok"),
+            Err(e) => self.metrics.deploy(e.result()),
+        }
+        let (switched, drain_timeout) = result?;
+        self.metrics.deploy_seconds.observe(started.elapsed().as_secs_f64());
+        let drained = self.drain(name, &switched.retired, drain_timeout).await;
+        Ok(DeployOutcome {
+            service: name.to_string(),
+            targets: switched.targets,
+            gate_ms: switched.gate_ms,
+            drain_ms: drained.drain_ms,
+            drain_left: drained.left,
+        })
+    }
+
+    /// A deploy up to its switch.
+    async fn deploy_gated(
+        self: &Arc<Self>,
         name: &str,
         request: DeployRequest,
-    ) -> Result<DeployOutcome, DeployError> {
-        let spec = Arc::new(service_spec(name, &request.options).map_err(DeployError::Invalid)?);
+    ) -> Result<(Switched, Duration), DeployError> {
+        let spec = service_spec(name, &request.options).map_err(DeployError::Invalid)?;
+        let routes = self.routes()?;
         let lock = self.service_lock(name);
         let _one_at_a_time = lock.lock().await;
         if let Some(holder) = routes.holder(&spec) {
@@ -181,49 +279,42 @@ impl DeploySource {
         // A paused or stopped service stays so across a deploy, as in kamal-proxy.
         let state = self.records.lock().await.get(name).map(|r| r.state.clone()).unwrap_or_default();
         let record = ServiceRecord { name: name.to_string(), options: request.options.clone(), state };
-        let installed = Arc::new(spec_of(&record).map_err(DeployError::Invalid)?);
-        let retired = self.commit(routes, name, Some(record), installed).await?;
+        // The gate (or --force) says every new target is healthy.
+        let health = (spec.targets.len() > 1).then(|| ServiceHealth::all_up(&spec.targets));
+        let retired = self.commit(&*routes, record, HealthChange::Replace(health)).await?;
+        self.watch_health(name, &request.options);
         tracing::info!(service = name, gate_ms, "switched to the new targets; draining the old ones");
-        let drained = drain(&retired, request.options.drain_timeout()).await;
-        log_drain(name, drained);
-        Ok(DeployOutcome {
-            service: name.to_string(),
-            targets: spec.targets.iter().map(|t| t.url()).collect(),
-            gate_ms,
-            drain_ms: drained.drain_ms,
-            drain_left: drained.left,
-        })
+        let targets = spec.targets.iter().map(|t| t.url()).collect();
+        Ok((Switched { retired, gate_ms, targets }, request.options.drain_timeout()))
     }
 
     /// Pauses, stops or resumes `name`. Pausing and stopping drain the requests in flight
     /// (the drain's result is returned); resuming releases the held requests.
     pub async fn set_state(
-        &self,
-        routes: &dyn Routes,
+        self: &Arc<Self>,
         name: &str,
         state: ServiceState,
         drain_timeout: Duration,
     ) -> Result<Drained, DeployError> {
+        let routes = self.routes()?;
         let lock = self.service_lock(name);
         let _one_at_a_time = lock.lock().await;
         let Some(mut record) = self.records.lock().await.get(name).cloned() else {
             return Err(DeployError::NotFound(name.to_string()));
         };
         record.state = state;
-        let spec = Arc::new(spec_of(&record).map_err(DeployError::Invalid)?);
-        let serving = spec.availability == Availability::Serving;
-        let retired = self.commit(routes, name, Some(record), spec).await?;
+        let serving = record.state == ServiceState::Running;
+        let retired = self.commit(&*routes, record, HealthChange::Keep).await?;
         tracing::info!(service = name, state = if serving { "running" } else { "held" }, "service state changed");
         if serving {
             return Ok(Drained { drain_ms: 0, left: 0 });
         }
-        let drained = drain(&retired, drain_timeout).await;
-        log_drain(name, drained);
-        Ok(drained)
+        Ok(self.drain(name, &retired, drain_timeout).await)
     }
 
     /// Unroutes `name` at once, without a drain (kamal-proxy's `remove`).
-    pub async fn remove(&self, routes: &dyn Routes, name: &str) -> Result<(), DeployError> {
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), DeployError> {
+        let routes = self.routes()?;
         let lock = self.service_lock(name);
         let _one_at_a_time = lock.lock().await;
         let mut records = self.records.lock().await;
@@ -234,16 +325,15 @@ impl DeploySource {
             records.insert(name.to_string(), old);
             return Err(e.into());
         }
-        let old_spec = self.lock_specs().remove(name);
+        self.lock_specs().remove(name);
+        if let Some(health) = self.lock_health().remove(name) {
+            let targets: Vec<String> = health.targets.iter().map(|t| t.url()).collect();
+            self.metrics.forget_targets(name, &targets);
+        }
         if let Err(e) = routes.apply(Vec::new(), &[name]) {
-            // Removing a name cannot conflict; this is the table owner refusing outright.
+            // Removing a name cannot conflict; the route table's owner refused outright. The
+            // service is no longer saved, so it will not come back after a restart either.
             tracing::error!(service = name, error = %e, "could not unroute the removed service");
-            if let Some(spec) = old_spec {
-                self.lock_specs().insert(name.to_string(), spec);
-            }
-            records.insert(name.to_string(), old);
-            self.save(&records).await?;
-            return Err(DeployError::Conflict(e));
         }
         tracing::info!(service = name, "service removed");
         Ok(())
@@ -252,6 +342,7 @@ impl DeploySource {
     /// Every deployed service.
     pub async fn list(&self) -> Vec<ServiceView> {
         let records = self.records.lock().await;
+        let health = self.lock_health();
         records
             .values()
             .map(|r| ServiceView {
@@ -264,53 +355,184 @@ impl DeploySource {
                 },
                 targets: r.options.targets.clone(),
                 state: r.state.clone(),
+                health: health.get(&r.name).map_or_else(Vec::new, |h| {
+                    h.targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| TargetView {
+                            target: t.url(),
+                            healthy: h.counters[i].is_up(),
+                            last_error: h.last_errors[i].clone(),
+                        })
+                        .collect()
+                }),
             })
             .collect()
     }
 
-    /// Saves `record` (or the removal of `name`), then puts `spec` in service. A failed
-    /// switch puts the saved state back, so the file never names a service that is not
-    /// routed.
+    /// Starts (or restarts) the health checks of a service with several targets; a service
+    /// with one target is only checked by its deploy's gate, as in kamal-proxy.
+    fn watch_health(self: &Arc<Self>, name: &str, options: &DeployOptions) {
+        let mut health = self.lock_health();
+        let Some(service) = health.get_mut(name) else { return };
+        if let Some(old) = service.monitor.take() {
+            old.abort();
+        }
+        for target in &service.targets {
+            self.metrics.target_health(name, &target.url(), true);
+        }
+        service.monitor = Some(monitor::spawn(
+            Arc::downgrade(self),
+            name.to_string(),
+            service.targets.clone(),
+            options.health_check.clone(),
+        ));
+    }
+
+    /// Counts a round of health checks of `service`; when a target entered or left the
+    /// rotation, routes the service's healthy targets. Returns false when `targets` are no
+    /// longer the service's (its monitor then stops).
+    pub(crate) async fn observe_health(
+        &self,
+        service: &str,
+        targets: &[gatehouse_model::TargetSpec],
+        results: &[Result<(), String>],
+        options: &HealthCheckOptions,
+    ) -> bool {
+        let flipped = {
+            let mut health = self.lock_health();
+            let Some(current) = health.get_mut(service).filter(|h| h.targets == targets) else { return false };
+            for result in results {
+                self.metrics.health_check(result.is_ok());
+            }
+            let flipped = current.observe(results, options.rise, options.fall);
+            for &(i, up) in &flipped {
+                let target = current.targets[i].url();
+                self.metrics.target_health(service, &target, up);
+                match (up, &current.last_errors[i]) {
+                    (true, _) => tracing::info!(service, target, "target healthy again: back in rotation"),
+                    (false, error) => tracing::warn!(
+                        service,
+                        target,
+                        error = error.as_deref().unwrap_or(""),
+                        "target unhealthy: out of rotation"
+                    ),
+                }
+            }
+            if !flipped.is_empty() && current.rotation().panic {
+                self.metrics.health_panic(service);
+                tracing::error!(service, "every target is unhealthy: all of them take traffic until one recovers");
+            }
+            flipped
+        };
+        if flipped.is_empty() {
+            return true;
+        }
+        let Ok(routes) = self.routes() else { return false };
+        let lock = self.service_lock(service);
+        let _one_at_a_time = lock.lock().await;
+        let record = self.records.lock().await.get(service).cloned();
+        let published = record.and_then(|r| self.published(&r).ok());
+        if let Some(spec) = published {
+            let spec = Arc::new(spec);
+            self.lock_specs().insert(service.to_string(), spec.clone());
+            if let Err(e) = routes.apply(vec![spec], &[]) {
+                tracing::error!(service, error = %e, "could not apply a health change");
+            }
+        }
+        true
+    }
+
+    /// The route facts of `record` with only its healthy targets in rotation.
+    fn published(&self, record: &ServiceRecord) -> Result<ServiceSpec, String> {
+        let mut spec = spec_of(record)?;
+        let health = self.lock_health();
+        if let Some(health) = health.get(&record.name).filter(|h| h.targets == spec.targets) {
+            let rotation = health.rotation();
+            spec.down_targets = rotation.down.iter().map(|&i| spec.targets[i].clone()).collect();
+            spec.targets = rotation.up.iter().map(|&i| spec.targets[i].clone()).collect();
+        }
+        Ok(spec)
+    }
+
+    /// Saves `record`, then puts its service in service with its targets' health changed as
+    /// `health` says. A failed switch puts the saved state (and the health) back, so the file
+    /// never names a service that is not routed.
     async fn commit(
         &self,
         routes: &dyn Routes,
-        name: &str,
-        record: Option<ServiceRecord>,
-        spec: Arc<ServiceSpec>,
+        record: ServiceRecord,
+        health: HealthChange,
     ) -> Result<Vec<Retired>, DeployError> {
+        let name = record.name.clone();
         let mut records = self.records.lock().await;
-        let previous = match record {
-            Some(record) => records.insert(name.to_string(), record),
-            None => records.remove(name),
+        let previous = records.insert(name.clone(), record.clone());
+        let previous_health = match health {
+            HealthChange::Keep => None,
+            HealthChange::Replace(Some(h)) => Some(self.lock_health().insert(name.clone(), h)),
+            HealthChange::Replace(None) => Some(self.lock_health().remove(&name)),
         };
-        let restore = |records: &mut BTreeMap<String, ServiceRecord>| match &previous {
-            Some(old) => {
-                records.insert(name.to_string(), old.clone());
-            }
-            None => {
-                records.remove(name);
+        let undo = |records: &mut BTreeMap<String, ServiceRecord>, previous_health: Option<Option<ServiceHealth>>| {
+            match &previous {
+                Some(old) => records.insert(name.clone(), old.clone()),
+                None => records.remove(&name),
+            };
+            let mut health = self.lock_health();
+            match previous_health {
+                None => {}
+                Some(Some(h)) => {
+                    health.insert(name.clone(), h);
+                }
+                Some(None) => {
+                    health.remove(&name);
+                }
             }
         };
         if let Err(e) = self.save(&records).await {
-            restore(&mut records);
+            undo(&mut records, previous_health);
             return Err(e.into());
         }
-        let old_spec = self.lock_specs().insert(name.to_string(), spec.clone());
+        let spec = match self.published(&record) {
+            Ok(spec) => Arc::new(spec),
+            Err(e) => {
+                undo(&mut records, previous_health);
+                self.save(&records).await?;
+                return Err(DeployError::Invalid(e));
+            }
+        };
+        let old_spec = self.lock_specs().insert(name.clone(), spec.clone());
         match routes.apply(vec![spec], &[]) {
             Ok(retired) => Ok(retired),
             Err(holder) => {
                 {
                     let mut specs = self.lock_specs();
                     match old_spec {
-                        Some(old) => specs.insert(name.to_string(), old),
-                        None => specs.remove(name),
+                        Some(old) => specs.insert(name.clone(), old),
+                        None => specs.remove(&name),
                     };
                 }
-                restore(&mut records);
+                undo(&mut records, previous_health);
                 self.save(&records).await?;
                 Err(DeployError::Conflict(holder))
             }
         }
+    }
+
+    async fn drain(&self, name: &str, retired: &[Retired], timeout: Duration) -> Drained {
+        let drained = drain(retired, timeout).await;
+        self.metrics.drain_seconds.observe(drained.drain_ms as f64 / 1000.0);
+        self.metrics.drain_cancelled.inc_by(u64::from(drained.left));
+        if drained.left == 0 {
+            tracing::info!(service = name, drain_ms = drained.drain_ms, "old targets drained");
+        } else {
+            tracing::warn!(
+                service = name,
+                drain_ms = drained.drain_ms,
+                cancelled = drained.left,
+                "drain timeout passed: requests still in flight were cancelled"
+            );
+        }
+        drained
     }
 
     async fn save(&self, records: &BTreeMap<String, ServiceRecord>) -> Result<(), StoreError> {
@@ -370,18 +592,5 @@ async fn wait_idle(in_flight: &impl Fn() -> u32, timeout: Duration) -> u32 {
             return left;
         }
         tokio::time::sleep(DRAIN_POLL).await;
-    }
-}
-
-fn log_drain(service: &str, drained: Drained) {
-    if drained.left == 0 {
-        tracing::info!(service, drain_ms = drained.drain_ms, "old targets drained");
-    } else {
-        tracing::warn!(
-            service,
-            drain_ms = drained.drain_ms,
-            left = drained.left,
-            "drain timeout passed with requests in flight"
-        );
     }
 }
