@@ -435,3 +435,54 @@ async fn pause_holds_requests_until_resume_and_stop_answers_with_its_message() {
     ok(&cli(state.path(), &["resume", "web"]));
     assert_eq!(backend_of(&gh, "web.test").await, "200 blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_targets_leave_the_rotation_and_come_back() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let targets = format!("{},{}", blue.addr, green.addr);
+    ok(&cli(
+        state.path(),
+        &["deploy", "web", "--host", "web.test", "--target", &targets, "--health-check-interval", "100ms"],
+    ));
+    let seen = support::client::bodies(gh.listener(), "web.test", 6).await;
+    assert_eq!(seen.len(), 2, "both targets serve: {seen:?}");
+
+    let green_addr = green.addr;
+    drop(green);
+    // fall = 3 failures at 100 ms.
+    support::eventually("green leaves the rotation", || async {
+        gh.metric(&format!("gatehouse_target_healthy{{service=\"web\",target=\"http://{green_addr}\"}}")).await == 0.0
+    })
+    .await;
+    let listed: serde_json::Value = serde_json::from_slice(&cli(state.path(), &["list", "--json"]).stdout).unwrap();
+    let health = &listed["services"][0]["health"];
+    assert_eq!(health[1]["healthy"], false, "{listed}");
+    assert!(health[1]["last_error"].as_str().unwrap().to_lowercase().contains("refused"), "{listed}");
+    let routes = gh.admin_get("/v1/routes").await.body;
+    assert!(routes.contains("down_targets"), "{routes}");
+    for _ in 0..10 {
+        assert_eq!(backend_of(&gh, "web.test").await, "200 blue", "only the healthy target takes requests");
+    }
+
+    let green = backend::start_at("green", green_addr).await;
+    support::eventually("green is back", || async {
+        gh.metric(&format!("gatehouse_target_healthy{{service=\"web\",target=\"http://{green_addr}\"}}")).await == 1.0
+    })
+    .await;
+    support::eventually("green takes requests again", || async { backend_of(&gh, "web.test").await == "200 green" })
+        .await;
+
+    // Every target down: all of them keep taking traffic (panic mode), never none.
+    drop(green);
+    drop(blue);
+    support::eventually("panic mode", || async {
+        gh.metric("gatehouse_health_panics_total{service=\"web\"}").await >= 1.0
+    })
+    .await;
+    // (Pooled connections to the stopped backends may still answer.)
+    let status = get(gh.listener(), "web.test", "/").await.status;
+    assert!(status == 200 || status == 502, "the targets are still tried, not unrouted: {status}");
+    assert!(gh.metric("gatehouse_health_checks_total{result=\"fail\"}").await > 0.0);
+}

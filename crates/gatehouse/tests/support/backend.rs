@@ -88,6 +88,11 @@ pub async fn start(name: &'static str) -> Backend {
     serve(name, Protocol::Http1, None).await
 }
 
+/// An HTTP/1 backend on a given address (to bring one back where it was).
+pub async fn start_at(name: &'static str, addr: SocketAddr) -> Backend {
+    serve_at(name, Protocol::Http1, None, addr).await
+}
+
 pub async fn start_h2c(name: &'static str) -> Backend {
     serve(name, Protocol::H2c, None).await
 }
@@ -113,7 +118,16 @@ pub fn closed_port() -> SocketAddr {
 }
 
 async fn serve(name: &'static str, protocol: Protocol, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_at(name, protocol, tls, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn serve_at(
+    name: &'static str,
+    protocol: Protocol,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    addr: SocketAddr,
+) -> Backend {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(Stats::default());
     let shared = stats.clone();
