@@ -252,7 +252,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
             if !prefix.get_ref().starts_with('/') {
                 c.error(Some(prefix.span()), format!("`path_prefix` `{}` must start with `/`", prefix.get_ref()));
             }
-            spec.path_prefix = prefix.get_ref().clone();
+            spec.path_prefixes = vec![prefix.get_ref().clone()];
         }
         spec.strip_prefix = s.strip_prefix;
         for target in s.targets.get_ref() {

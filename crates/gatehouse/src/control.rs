@@ -85,6 +85,9 @@ pub struct DeployArgs {
     /// Switch without waiting for the health check.
     #[arg(long)]
     force: bool,
+    /// Print the outcome as JSON (times in microseconds).
+    #[arg(long)]
+    json: bool,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -124,15 +127,20 @@ pub async fn deploy(socket: &Path, args: &DeployArgs) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&args.request())?;
     let path = format!("/v1/services/{}/deploy", args.service);
     let reply = call(socket, http::Method::POST, &path, body).await?;
+    if args.json {
+        println!("{reply}");
+        return Ok(());
+    }
+    let ms = |field: &str| reply[field].as_u64().unwrap_or(0) as f64 / 1000.0;
+    let targets: Vec<&str> =
+        reply["targets"].as_array().map(|t| t.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
     println!(
-        "deployed {} to {} (health gate {} ms, drain {} ms{})",
+        "deployed {} to {} (health gate {:.1} ms, switch {:.1} ms, drain {:.1} ms{})",
         args.service,
-        reply["targets"]
-            .as_array()
-            .map(|t| t.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default(),
-        reply["gate_ms"],
-        reply["drain_ms"],
+        targets.join(", "),
+        ms("gate_us"),
+        ms("switch_us"),
+        ms("drain_us"),
         match reply["drain_left"].as_u64() {
             Some(0) | None => String::new(),
             Some(n) => format!(", {n} requests cut at the drain timeout"),

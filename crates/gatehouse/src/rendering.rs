@@ -43,7 +43,7 @@ pub fn rendering_data(
     for service in config.services.iter().chain(deployed.iter().map(|s| &**s)) {
         // Templates route by whole vhosts: a service on a path prefix or a wildcard has no
         // drove-gateway shape.
-        if service.path_prefix != "/" {
+        if service.path_prefixes != ["/"] {
             continue;
         }
         let hosts: Vec<HostData> = service

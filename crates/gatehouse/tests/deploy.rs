@@ -486,3 +486,21 @@ async fn unhealthy_targets_leave_the_rotation_and_come_back() {
     assert!(status == 200 || status == 502, "the targets are still tried, not unrouted: {status}");
     assert!(gh.metric("gatehouse_health_checks_total{result=\"fail\"}").await > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_path_prefixes_and_a_service_without_hosts() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "assets", "a.test", &green, &["--path-prefix", "/static", "--path-prefix", "/img"]));
+    let catch_all = blue.addr.to_string();
+    ok(&cli(state.path(), &["deploy", "fallback", "--target", &catch_all, "--health-check-interval", "100ms"]));
+    assert_eq!(get(gh.listener(), "a.test", "/img/x.png").await.header("x-backend"), "green");
+    assert_eq!(green.last().target, "/x.png");
+    assert_eq!(get(gh.listener(), "a.test", "/static/app.js").await.header("x-backend"), "green");
+    assert_eq!(get(gh.listener(), "a.test", "/").await.status, 404, "a routed host does not fall through");
+    assert_eq!(backend_of(&gh, "anything.test").await, "200 blue", "no --host: every other host");
+    assert_eq!(backend_of(&gh, "file.test").await, "502 ", "the file's service keeps its host");
+    let list = ok(&cli(state.path(), &["list"]));
+    assert!(list.contains("/static,/img") && list.contains('*'), "{list}");
+}

@@ -150,9 +150,10 @@ pub struct ServiceSpec {
     /// Which source said so ("file", later "deploy" and "drove:<namespace>").
     pub source: String,
     pub hosts: Vec<HostPattern>,
-    /// Requests whose path starts with this prefix (on a segment boundary); `/` is all.
-    pub path_prefix: String,
-    /// Remove `path_prefix` from the path before forwarding.
+    /// Requests whose path starts with one of these prefixes (on a segment boundary); `/`
+    /// is all.
+    pub path_prefixes: Vec<String>,
+    /// Remove the matched prefix from the path before forwarding.
     pub strip_prefix: bool,
     pub targets: Vec<TargetSpec>,
     /// Targets the source's health checks keep out of rotation (shown, never routed to).
@@ -180,7 +181,7 @@ impl ServiceSpec {
             name: name.into(),
             source: source.into(),
             hosts: Vec::new(),
-            path_prefix: "/".to_string(),
+            path_prefixes: vec!["/".to_string()],
             strip_prefix: false,
             targets: Vec::new(),
             down_targets: Vec::new(),

@@ -5,13 +5,15 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// A host a service answers for: an exact name or a `*.suffix` wildcard.
+/// A host a service answers for: an exact name, a `*.suffix` wildcard, or `*`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostPattern {
     Exact(String),
     /// Stored with its leading dot: `*.example.com` is `.example.com`. Matches any
     /// name below the suffix (`a.example.com`, `a.b.example.com`), not the suffix itself.
     Wildcard(String),
+    /// `*`: any host no exact name or wildcard routes (kamal-proxy's service without hosts).
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +33,9 @@ impl HostPattern {
         let lower = raw.trim().trim_end_matches('.').to_ascii_lowercase();
         if lower.is_empty() {
             return Err(HostPatternError::Empty);
+        }
+        if lower == "*" {
+            return Ok(HostPattern::Any);
         }
         let (wildcard, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -54,6 +59,7 @@ impl fmt::Display for HostPattern {
         match self {
             HostPattern::Exact(name) => f.write_str(name),
             HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+            HostPattern::Any => f.write_str("*"),
         }
     }
 }
@@ -103,6 +109,7 @@ mod tests {
         assert_eq!(HostPattern::parse("App.Example.com.").unwrap(), HostPattern::Exact("app.example.com".into()));
         assert_eq!(HostPattern::parse("*.Example.com").unwrap(), HostPattern::Wildcard(".example.com".into()));
         assert_eq!(HostPattern::parse("*.example.com").unwrap().to_string(), "*.example.com");
+        assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
     }
 
     #[test]

@@ -141,21 +141,21 @@ impl<X> Service<X> {
         self.balancer.pick(&self.live.targets, ctx, tried)
     }
 
-    /// The path to forward: `path` with the prefix removed when the service strips it.
+    /// The path to forward: `path` with the longest of the service's prefixes that matches
+    /// it removed, when the service strips them.
     pub fn forward_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        let prefix = self.spec.path_prefix.as_str();
-        if !self.spec.strip_prefix || prefix == "/" {
+        if !self.spec.strip_prefix {
             return Cow::Borrowed(path);
         }
+        let matched = self.spec.path_prefixes.iter().filter(|p| prefix_matches(p, path)).max_by_key(|p| p.len());
+        let Some(prefix) = matched.filter(|p| p.as_str() != "/") else {
+            return Cow::Borrowed(path);
+        };
         match path.get(prefix.len()..) {
             Some("") | None => Cow::Borrowed("/"),
             Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
             Some(rest) => Cow::Owned(format!("/{rest}")),
         }
-    }
-
-    fn matches_path(&self, path: &str) -> bool {
-        prefix_matches(&self.spec.path_prefix, path)
     }
 }
 
@@ -180,8 +180,8 @@ fn canonical_prefix(prefix: &str) -> &str {
 
 pub type Route<X = ()> = Arc<Service<X>>;
 
-/// Services of one host, longest path prefix first.
-type HostRoutes<X> = Vec<Route<X>>;
+/// The (path prefix, service) pairs of one host, longest prefix first.
+type HostRoutes<X> = Vec<(String, Route<X>)>;
 
 /// An immutable snapshot of every route. Engines share it through an `Arc` and swap
 /// in a new one on change; [`RouteTable::update`] shares everything untouched with the
@@ -191,6 +191,8 @@ pub struct RouteTable<X = ()> {
     exact: CowMap<HostRoutes<X>>,
     /// Keyed by suffix with its leading dot (`.example.com`).
     wildcard: CowMap<HostRoutes<X>>,
+    /// `*`: hosts nothing else routes.
+    any: Arc<HostRoutes<X>>,
     /// Keyed by service name.
     services: CowMap<Route<X>>,
 }
@@ -201,6 +203,7 @@ impl<X> Clone for RouteTable<X> {
             generation: self.generation,
             exact: self.exact.clone(),
             wildcard: self.wildcard.clone(),
+            any: self.any.clone(),
             services: self.services.clone(),
         }
     }
@@ -208,7 +211,13 @@ impl<X> Clone for RouteTable<X> {
 
 impl<X> Default for RouteTable<X> {
     fn default() -> Self {
-        RouteTable { generation: 0, exact: CowMap::new(), wildcard: CowMap::new(), services: CowMap::new() }
+        RouteTable {
+            generation: 0,
+            exact: CowMap::new(),
+            wildcard: CowMap::new(),
+            any: Arc::new(Vec::new()),
+            services: CowMap::new(),
+        }
     }
 }
 
@@ -221,15 +230,23 @@ impl<X> std::fmt::Debug for RouteTable<X> {
     }
 }
 
-/// Checks a spec's path prefix and removes its trailing slash.
+/// Checks a spec's path prefixes and removes their trailing slashes and repeats (none is `/`).
 fn canonical(mut spec: Arc<ServiceSpec>) -> Result<Arc<ServiceSpec>, BuildError> {
-    if !spec.path_prefix.starts_with('/') {
-        return Err(BuildError::BadPrefix { service: spec.name.clone(), prefix: spec.path_prefix.clone() });
+    if let Some(bad) = spec.path_prefixes.iter().find(|p| !p.starts_with('/')) {
+        return Err(BuildError::BadPrefix { service: spec.name.clone(), prefix: bad.clone() });
     }
-    let prefix = canonical_prefix(&spec.path_prefix);
-    if prefix != spec.path_prefix {
-        let prefix = prefix.to_string();
-        Arc::make_mut(&mut spec).path_prefix = prefix;
+    let mut prefixes: Vec<String> = Vec::with_capacity(spec.path_prefixes.len().max(1));
+    for prefix in &spec.path_prefixes {
+        let prefix = canonical_prefix(prefix);
+        if !prefixes.iter().any(|p| p == prefix) {
+            prefixes.push(prefix.to_string());
+        }
+    }
+    if prefixes.is_empty() {
+        prefixes.push("/".to_string());
+    }
+    if prefixes != spec.path_prefixes {
+        Arc::make_mut(&mut spec).path_prefixes = prefixes;
     }
     Ok(spec)
 }
@@ -287,15 +304,16 @@ impl<X> RouteTable<X> {
             }
             table.remove(&spec.name);
             for host in &spec.hosts {
-                let owner =
-                    table.routes_of(host).and_then(|r| r.iter().find(|s| s.spec.path_prefix == spec.path_prefix));
-                if let Some(owner) = owner {
-                    return Err(BuildError::DuplicateRoute {
-                        host: host.to_string(),
-                        prefix: spec.path_prefix.clone(),
-                        first: owner.spec.name.clone(),
-                        second: spec.name.clone(),
-                    });
+                for prefix in &spec.path_prefixes {
+                    let owner = table.routes_of(host).and_then(|r| r.iter().find(|(p, _)| p == prefix));
+                    if let Some((_, owner)) = owner {
+                        return Err(BuildError::DuplicateRoute {
+                            host: host.to_string(),
+                            prefix: prefix.clone(),
+                            first: owner.spec.name.clone(),
+                            second: spec.name.clone(),
+                        });
+                    }
                 }
             }
             let service = match kept {
@@ -319,6 +337,7 @@ impl<X> RouteTable<X> {
         match host {
             HostPattern::Exact(name) => self.exact.get(name),
             HostPattern::Wildcard(suffix) => self.wildcard.get(suffix),
+            HostPattern::Any => Some(&self.any),
         }
     }
 
@@ -327,10 +346,13 @@ impl<X> RouteTable<X> {
             let routes = match host {
                 HostPattern::Exact(name) => self.exact.get_or_insert_with(name, Vec::new),
                 HostPattern::Wildcard(suffix) => self.wildcard.get_or_insert_with(suffix, Vec::new),
+                HostPattern::Any => Arc::make_mut(&mut self.any),
             };
-            routes.push(service.clone());
+            for prefix in &service.spec.path_prefixes {
+                routes.push((prefix.clone(), service.clone()));
+            }
             if routes.len() > 1 {
-                routes.sort_by_key(|s| std::cmp::Reverse(s.spec.path_prefix.len()));
+                routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
             }
         }
         self.services.insert(service.spec.name.clone(), service);
@@ -339,15 +361,16 @@ impl<X> RouteTable<X> {
     fn remove(&mut self, name: &str) {
         let Some(service) = self.services.remove(name) else { return };
         for host in &service.spec.hosts {
-            let map = match host {
-                HostPattern::Exact(_) => &mut self.exact,
-                HostPattern::Wildcard(_) => &mut self.wildcard,
-            };
-            let key = match host {
-                HostPattern::Exact(k) | HostPattern::Wildcard(k) => k.as_str(),
+            let (map, key) = match host {
+                HostPattern::Exact(k) => (&mut self.exact, k.as_str()),
+                HostPattern::Wildcard(k) => (&mut self.wildcard, k.as_str()),
+                HostPattern::Any => {
+                    Arc::make_mut(&mut self.any).retain(|(_, s)| !Arc::ptr_eq(s, &service));
+                    continue;
+                }
             };
             if let Some(routes) = map.get_mut(key) {
-                routes.retain(|s| !Arc::ptr_eq(s, &service));
+                routes.retain(|(_, s)| !Arc::ptr_eq(s, &service));
                 if routes.is_empty() {
                     map.remove(key);
                 }
@@ -371,8 +394,10 @@ impl<X> RouteTable<X> {
     /// The service for a normalised host (see [`crate::normalize_host`]) and a request path.
     /// An exact host wins over wildcards, and a longer wildcard suffix over a shorter one;
     /// within the host, the longest matching path prefix wins.
+    /// A host no exact name or wildcard routes falls to the `*` services.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Route<X>> {
-        self.host_routes(host)?.iter().find(|s| s.matches_path(path))
+        let routes = self.host_routes(host).unwrap_or(&self.any);
+        routes.iter().find(|(prefix, _)| prefix_matches(prefix, path)).map(|(_, s)| s)
     }
 
     fn host_routes(&self, host: &str) -> Option<&HostRoutes<X>> {
@@ -403,13 +428,15 @@ fn check_conflicts(specs: &[Arc<ServiceSpec>]) -> Result<(), BuildError> {
             return Err(BuildError::DuplicateService(spec.name.clone()));
         }
         for host in &spec.hosts {
-            if let Some(first) = owners.insert((host, &spec.path_prefix), &spec.name) {
-                return Err(BuildError::DuplicateRoute {
-                    host: host.to_string(),
-                    prefix: spec.path_prefix.clone(),
-                    first: first.to_string(),
-                    second: spec.name.clone(),
-                });
+            for prefix in &spec.path_prefixes {
+                if let Some(first) = owners.insert((host, prefix), &spec.name) {
+                    return Err(BuildError::DuplicateRoute {
+                        host: host.to_string(),
+                        prefix: prefix.clone(),
+                        first: first.to_string(),
+                        second: spec.name.clone(),
+                    });
+                }
             }
         }
     }
@@ -464,7 +491,7 @@ mod tests {
     fn svc(name: &str, hosts: &[&str], prefix: &str) -> ServiceSpec {
         let mut spec = ServiceSpec::new(name, "test");
         spec.hosts = hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect();
-        spec.path_prefix = prefix.to_string();
+        spec.path_prefixes = vec![prefix.to_string()];
         spec.targets = vec![TargetSpec { scheme: Scheme::Http, host: "127.0.0.1".into(), port: 1, weight: 1 }];
         spec
     }
@@ -506,6 +533,28 @@ mod tests {
         assert_eq!(name(&t, "a.test", "/api/v2/x"), Some("v2"));
         assert_eq!(name(&t, "a.test", "/apix"), Some("root"));
         assert_eq!(name(&t, "a.test", "/"), Some("root"));
+    }
+
+    #[test]
+    fn several_prefixes_and_a_catch_all() {
+        let mut multi = svc("multi", &["a.test"], "/");
+        multi.path_prefixes = vec!["/app/".into(), "/static".into(), "/app".into()];
+        multi.strip_prefix = true;
+        let t = table(vec![multi, svc("deep", &["a.test"], "/app/admin"), svc("any", &["*"], "/")]).unwrap();
+        assert_eq!(name(&t, "a.test", "/static/x.css"), Some("multi"));
+        assert_eq!(name(&t, "a.test", "/app/admin/x"), Some("deep"), "the longest prefix wins across services");
+        assert_eq!(name(&t, "a.test", "/other"), None, "a routed host does not fall to `*`");
+        assert_eq!(name(&t, "b.test", "/x"), Some("any"));
+        let s = t.service("multi").unwrap();
+        assert_eq!(s.spec.path_prefixes, ["/app", "/static"], "canonical and without repeats");
+        assert_eq!(s.forward_path("/static/x.css"), "/x.css");
+        assert_eq!(s.forward_path("/app"), "/");
+        let err = t.update(2, vec![Arc::new(svc("clash", &["a.test"], "/static"))], &[], |_| ()).unwrap_err();
+        assert!(matches!(err, BuildError::DuplicateRoute { ref first, .. } if first == "multi"), "{err}");
+        let gone = t.update(2, Vec::new(), &["any", "multi"], |_| ()).unwrap();
+        assert_eq!(name(&gone, "b.test", "/"), None);
+        assert_eq!(name(&gone, "a.test", "/static"), None);
+        assert_eq!(name(&gone, "a.test", "/app/admin"), Some("deep"));
     }
 
     #[test]

@@ -77,10 +77,12 @@ impl DeployError {
 pub struct DeployOutcome {
     pub service: String,
     pub targets: Vec<String>,
-    /// Time the new targets took to pass the gate (0 with `force`).
-    pub gate_ms: u64,
-    /// Time the old targets took to become idle, or the drain timeout.
-    pub drain_ms: u64,
+    /// Microseconds the new targets took to pass the gate (0 with `force`).
+    pub gate_us: u64,
+    /// Microseconds from the gate to the new routes in service (the save and the swap).
+    pub switch_us: u64,
+    /// Microseconds the old targets took to become idle, or the drain timeout.
+    pub drain_us: u64,
     /// Requests still in flight on the old targets when the drain timeout passed; they were
     /// cancelled.
     pub drain_left: u32,
@@ -97,14 +99,15 @@ enum HealthChange {
 /// A deploy at its switch: what it replaced, for the drain.
 struct Switched {
     retired: Vec<Retired>,
-    gate_ms: u64,
+    gate_us: u64,
+    switch_us: u64,
     targets: Vec<String>,
 }
 
 /// A drain's result.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Drained {
-    pub drain_ms: u64,
+    pub drain_us: u64,
     /// Requests still in flight when the timeout passed, then cancelled (0: everything
     /// finished).
     pub left: u32,
@@ -246,8 +249,9 @@ impl DeploySource {
         Ok(DeployOutcome {
             service: name.to_string(),
             targets: switched.targets,
-            gate_ms: switched.gate_ms,
-            drain_ms: drained.drain_ms,
+            gate_us: switched.gate_us,
+            switch_us: switched.switch_us,
+            drain_us: drained.drain_us,
             drain_left: drained.left,
         })
     }
@@ -275,7 +279,8 @@ impl DeploySource {
                     DeployError::Unhealthy(failure)
                 })?;
         }
-        let gate_ms = started.elapsed().as_millis() as u64;
+        let gated = Instant::now();
+        let gate_us = micros(gated - started);
         // A paused or stopped service stays so across a deploy, as in kamal-proxy.
         let state = self.records.lock().await.get(name).map(|r| r.state.clone()).unwrap_or_default();
         let record = ServiceRecord { name: name.to_string(), options: request.options.clone(), state };
@@ -283,9 +288,10 @@ impl DeploySource {
         let health = (spec.targets.len() > 1).then(|| ServiceHealth::all_up(&spec.targets));
         let retired = self.commit(&*routes, record, HealthChange::Replace(health)).await?;
         self.watch_health(name, &request.options);
-        tracing::info!(service = name, gate_ms, "switched to the new targets; draining the old ones");
+        let switch_us = micros(gated.elapsed());
+        tracing::info!(service = name, gate_us, switch_us, "switched to the new targets; draining the old ones");
         let targets = spec.targets.iter().map(|t| t.url()).collect();
-        Ok((Switched { retired, gate_ms, targets }, request.options.drain_timeout()))
+        Ok((Switched { retired, gate_us, switch_us, targets }, request.options.drain_timeout()))
     }
 
     /// Pauses, stops or resumes `name`. Pausing and stopping drain the requests in flight
@@ -307,7 +313,7 @@ impl DeploySource {
         let retired = self.commit(&*routes, record, HealthChange::Keep).await?;
         tracing::info!(service = name, state = if serving { "running" } else { "held" }, "service state changed");
         if serving {
-            return Ok(Drained { drain_ms: 0, left: 0 });
+            return Ok(Drained { drain_us: 0, left: 0 });
         }
         Ok(self.drain(name, &retired, drain_timeout).await)
     }
@@ -347,7 +353,7 @@ impl DeploySource {
             .values()
             .map(|r| ServiceView {
                 name: r.name.clone(),
-                hosts: r.options.hosts.clone(),
+                hosts: if r.options.hosts.is_empty() { vec!["*".into()] } else { r.options.hosts.clone() },
                 path_prefixes: if r.options.path_prefixes.is_empty() {
                     vec!["/".into()]
                 } else {
@@ -520,14 +526,14 @@ impl DeploySource {
 
     async fn drain(&self, name: &str, retired: &[Retired], timeout: Duration) -> Drained {
         let drained = drain(retired, timeout).await;
-        self.metrics.drain_seconds.observe(drained.drain_ms as f64 / 1000.0);
+        self.metrics.drain_seconds.observe(drained.drain_us as f64 / 1e6);
         self.metrics.drain_cancelled.inc_by(u64::from(drained.left));
         if drained.left == 0 {
-            tracing::info!(service = name, drain_ms = drained.drain_ms, "old targets drained");
+            tracing::info!(service = name, drain_us = drained.drain_us, "old targets drained");
         } else {
             tracing::warn!(
                 service = name,
-                drain_ms = drained.drain_ms,
+                drain_us = drained.drain_us,
                 cancelled = drained.left,
                 "drain timeout passed: requests still in flight were cancelled"
             );
@@ -573,14 +579,14 @@ pub async fn drain(retired: &[Retired], timeout: Duration) -> Drained {
     }
     let in_flight = || retired.iter().map(Retired::in_flight).sum::<u32>();
     let left = wait_idle(&in_flight, timeout).await;
-    let drain_ms = started.elapsed().as_millis() as u64;
+    let drain_us = micros(started.elapsed());
     if left > 0 {
         for service in retired {
             service.signal(Scope::All);
         }
         wait_idle(&in_flight, CANCEL_GRACE).await;
     }
-    Drained { drain_ms, left }
+    Drained { drain_us, left }
 }
 
 /// Waits until `in_flight` reads 0, at most `timeout`; returns the last count.
@@ -593,4 +599,8 @@ async fn wait_idle(in_flight: &impl Fn() -> u32, timeout: Duration) -> u32 {
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

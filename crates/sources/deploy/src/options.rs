@@ -147,20 +147,19 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         }
         spec.targets.push(parsed);
     }
-    if options.hosts.is_empty() {
-        return Err("at least one --host is needed (a catch-all service is not supported yet)".into());
-    }
-    for host in &options.hosts {
+    // No host: the service answers hosts nothing else routes, as in kamal-proxy.
+    let hosts: &[String] = if options.hosts.is_empty() { &[String::from("*")] } else { &options.hosts };
+    for host in hosts {
         let pattern = HostPattern::parse(host).map_err(|e| e.to_string())?;
         if !spec.hosts.contains(&pattern) {
             spec.hosts.push(pattern);
         }
     }
-    match options.path_prefixes.as_slice() {
-        [] => {}
-        [prefix] if prefix.starts_with('/') => spec.path_prefix = prefix.clone(),
-        [prefix] => return Err(format!("--path-prefix `{prefix}` must start with `/`")),
-        _ => return Err("only one --path-prefix per service is supported yet; deploy one service per prefix".into()),
+    if let Some(bad) = options.path_prefixes.iter().find(|p| !p.starts_with('/')) {
+        return Err(format!("--path-prefix `{bad}` must start with `/`"));
+    }
+    if !options.path_prefixes.is_empty() {
+        spec.path_prefixes = options.path_prefixes.clone();
     }
     spec.strip_prefix = options.strip_path_prefix;
     let hc = &options.health_check;
@@ -217,7 +216,7 @@ mod tests {
     fn bad_options_say_what_to_fix() {
         let err = |o: DeployOptions| service_spec("web", &o).unwrap_err();
         assert!(err(options(&[], &["x.test"])).contains("--target"));
-        assert!(err(options(&["a:1"], &[])).contains("--host"));
+        assert_eq!(service_spec("web", &options(&["a:1"], &[])).unwrap().hosts, [HostPattern::Any], "no host: `*`");
         assert!(err(options(&["a:1", "http://a:1"], &["x.test"])).contains("twice"));
         assert!(err(options(&["unix:/s.sock"], &["x.test"])).contains("Unix"));
         assert!(err(options(&["a:1"], &["bad host"])).contains("bad host"));

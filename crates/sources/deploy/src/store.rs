@@ -184,7 +184,7 @@ mod tests {
         let text = serde_json::json!({"version": 1, "services": [
             {"name": "broken", "options": {"targets": "not a list"}},
             good,
-            {"name": "nohost", "options": {"targets": ["a:1"]}},
+            {"name": "badhost", "options": {"targets": ["a:1"], "hosts": ["a b"]}},
             serde_json::to_value(record("good")).unwrap(),
         ]});
         std::fs::write(&path, text.to_string()).unwrap();
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(loaded.records[0].name, "good");
         assert_eq!(loaded.skipped.len(), 3, "{:?}", loaded.skipped);
         assert!(loaded.skipped[0].contains("broken"));
-        assert!(loaded.skipped[1].contains("--host"));
+        assert!(loaded.skipped[1].contains("badhost"));
         assert!(loaded.skipped[2].contains("twice"));
     }
 
