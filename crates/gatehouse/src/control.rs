@@ -62,7 +62,7 @@ pub struct DeployArgs {
     #[arg(long = "path-prefix")]
     path_prefix: Vec<String>,
     /// Remove the path prefix before forwarding.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     strip_path_prefix: bool,
     #[arg(long, default_value = "/up")]
     health_check_path: String,
@@ -82,8 +82,56 @@ pub struct DeployArgs {
     /// How long a target has to answer (504 after).
     #[arg(long, default_value = "30s", value_parser = duration)]
     target_timeout: Duration,
-    /// Switch without waiting for the health check.
+    /// The Host header of the health checks.
     #[arg(long)]
+    health_check_host: Option<String>,
+    /// Read the whole request body before the target sees it (memory, then a temp file).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    buffer_requests: bool,
+    /// Read the whole response before the client sees it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    buffer_responses: bool,
+    /// Bytes a buffer keeps in memory before it spills to a temp file.
+    #[arg(long, default_value = "1048576", value_parser = size)]
+    buffer_memory: u64,
+    /// Larger request bodies get 413 (0: no limit).
+    #[arg(long, default_value = "0", value_parser = size)]
+    max_request_body: u64,
+    /// Larger buffered responses get 502 (0: no limit).
+    #[arg(long, default_value = "0", value_parser = size)]
+    max_response_body: u64,
+    /// Keep the client's X-Forwarded-* headers (default: on without --tls).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    forward_headers: Option<bool>,
+    /// A request header to write into the access log (repeatable, or comma-separated).
+    #[arg(long = "log-request-header", value_delimiter = ',')]
+    log_request_header: Vec<String>,
+    /// A response header to write into the access log (repeatable, or comma-separated).
+    #[arg(long = "log-response-header", value_delimiter = ',')]
+    log_response_header: Vec<String>,
+    /// A target for GET and HEAD requests (not built yet: refused).
+    #[arg(long = "read-target", value_delimiter = ',')]
+    read_target: Vec<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    read_target_websockets: bool,
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    writer_affinity_timeout: Duration,
+    /// A folder of error pages (not built yet: refused).
+    #[arg(long)]
+    error_pages: Option<String>,
+    /// Automatic certificates (not built yet: refused).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    tls: bool,
+    #[arg(long)]
+    tls_certificate_path: Option<String>,
+    #[arg(long)]
+    tls_private_key_path: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_redirect: bool,
+    #[arg(long)]
+    canonical_host: Option<String>,
+    /// Switch without waiting for the health check.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     force: bool,
     /// Print the outcome as JSON (times in microseconds).
     #[arg(long)]
@@ -92,6 +140,10 @@ pub struct DeployArgs {
 
 fn duration(text: &str) -> Result<Duration, String> {
     gatehouse_config::parse_duration(text)
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    gatehouse_config::parse_size(text)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -112,11 +164,29 @@ impl DeployArgs {
                     interval_ms: millis(self.health_check_interval),
                     timeout_ms: millis(self.health_check_timeout),
                     port: self.health_check_port,
+                    host: self.health_check_host.clone(),
                     ..Default::default()
                 },
                 deploy_timeout_ms: millis(self.deploy_timeout),
                 drain_timeout_ms: millis(self.drain_timeout),
                 target_timeout_ms: millis(self.target_timeout),
+                buffer_requests: self.buffer_requests,
+                buffer_responses: self.buffer_responses,
+                buffer_memory: self.buffer_memory,
+                max_request_body: self.max_request_body,
+                max_response_body: self.max_response_body,
+                forward_headers: self.forward_headers,
+                log_request_headers: self.log_request_header.clone(),
+                log_response_headers: self.log_response_header.clone(),
+                read_targets: self.read_target.clone(),
+                read_target_websockets: self.read_target_websockets,
+                writer_affinity_timeout_ms: millis(self.writer_affinity_timeout),
+                error_pages: self.error_pages.clone(),
+                tls: self.tls,
+                tls_certificate_path: self.tls_certificate_path.clone(),
+                tls_private_key_path: self.tls_private_key_path.clone(),
+                tls_redirect: self.tls_redirect,
+                canonical_host: self.canonical_host.clone(),
             },
         }
     }

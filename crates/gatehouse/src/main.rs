@@ -79,7 +79,7 @@ enum Command {
     SyncHaproxyStateConfig,
     /// Deploy a service to new targets on a running instance: health-check them, switch
     /// every host and path at once, drain the old targets (kamal-proxy's `deploy`).
-    Deploy(control::DeployArgs),
+    Deploy(Box<control::DeployArgs>),
     /// Remove a deployed service at once, without a drain.
     #[command(alias = "rm")]
     Remove { service: String },

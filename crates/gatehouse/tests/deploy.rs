@@ -504,3 +504,76 @@ async fn several_path_prefixes_and_a_service_without_hosts() {
     let list = ok(&cli(state.path(), &["list"]));
     assert!(list.contains("/static,/img") && list.contains('*'), "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamal_command_lines_buffering_and_forwarding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let target = format!("--target={}", blue.addr);
+    // What Kamal 2 runs (kamal-proxy's flag forms: --flag=value, bare booleans).
+    ok(&cli(
+        state.path(),
+        &[
+            "deploy",
+            "app-web",
+            &target,
+            "--host=app.test",
+            "--deploy-timeout=30s",
+            "--drain-timeout=30s",
+            "--health-check-interval=1s",
+            "--health-check-timeout=5s",
+            "--health-check-path=/up",
+            "--target-timeout=30s",
+            "--buffer-requests",
+            "--buffer-responses",
+            "--buffer-memory=1000",
+            "--max-request-body=50000",
+            "--max-response-body=20000",
+            "--log-request-header=Cache-Control",
+            "--log-request-header=Last-Modified",
+            "--log-request-header=User-Agent",
+            "--forward-headers",
+        ],
+    ));
+    let at = gh.listener();
+
+    // A body sent in pieces reaches the target only once whole (past the memory part, so
+    // through the temp file too).
+    let mut slow = tokio::net::TcpStream::connect(at).await.unwrap();
+    slow.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+        .await
+        .unwrap();
+    let before = blue.requests();
+    for _ in 0..3 {
+        slow.write_all(format!("{:x}\r\n{}\r\n", 10_000, "x".repeat(10_000)).as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(blue.requests(), before, "nothing reaches the target before the body is whole");
+    }
+    slow.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut reply)).await.unwrap().unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]).to_string();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("blue 30000"), "{reply}");
+    let seen = blue.last();
+    assert_eq!(seen.headers["content-length"], "30000", "sent with its length, not chunked");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "--forward-headers appends");
+
+    // Limits: the request body (413), the buffered response (502).
+    let mut big = KeepAlive::connect(at).await;
+    let too_big =
+        http::Request::post("/").header("host", "app.test").body(bytes::Bytes::from(vec![b'y'; 60_000])).unwrap();
+    assert_eq!(big.send(too_big).await.unwrap().status, 413);
+    assert_eq!(get(at, "app.test", "/size?n=5000").await.body.len(), 5000);
+    assert_eq!(get(at, "app.test", "/size?n=30000").await.status, 502);
+
+    // Options this build does not carry out are refused with what to do, never ignored.
+    for (flag, says) in
+        [("--tls", "ACME"), ("--read-target=127.0.0.1:1", "--read-target"), ("--error-pages=/x", "error-pages")]
+    {
+        let out = cli(state.path(), &["deploy", "other", &target, "--host=o.test", flag]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{flag}: {stderr}");
+    }
+}

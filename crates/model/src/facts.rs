@@ -128,6 +128,31 @@ mod duration_ms {
     }
 }
 
+/// Whether bodies are read whole before they are passed on (kamal-proxy's buffering), so a
+/// slow client never ties up an application worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Buffering {
+    pub requests: bool,
+    pub responses: bool,
+    /// Bytes kept in memory before a buffer spills to a temp file.
+    pub memory: u64,
+    /// A buffered response larger than this is answered 502.
+    pub max_response_body: Option<u64>,
+}
+
+impl Default for Buffering {
+    fn default() -> Self {
+        Buffering { requests: false, responses: false, memory: 1 << 20, max_response_body: None }
+    }
+}
+
+/// Headers of a service's requests and responses written into the access log (lower case).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LogHeaders {
+    pub request: Vec<String>,
+    pub response: Vec<String>,
+}
+
 /// Whether a service takes traffic (kamal-proxy's pause and stop).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -169,6 +194,11 @@ pub struct ServiceSpec {
     /// How many further targets to try when a connection cannot be made.
     pub retries: u32,
     pub availability: Availability,
+    pub buffering: Buffering,
+    /// Keep the client's forwarding headers (append to X-Forwarded-For) instead of replacing
+    /// them: for a service behind another proxy.
+    pub forward_headers: bool,
+    pub log_headers: LogHeaders,
     /// While paused or stopped, GET and HEAD of this path are answered 200 by the proxy, so
     /// load balancers in front keep the host.
     pub health_path: Option<String>,
@@ -192,6 +222,9 @@ impl ServiceSpec {
             tls_verify: true,
             retries: 2,
             availability: Availability::Serving,
+            buffering: Buffering::default(),
+            forward_headers: false,
+            log_headers: LogHeaders::default(),
             health_path: None,
         }
     }

@@ -9,6 +9,7 @@ use gatehouse_model::{InFlight, Scope, Signalled};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::buffer::Buffered;
 use crate::h1;
 
 /// A request body as the client connection delivers it.
@@ -18,6 +19,9 @@ pub(crate) enum ClientBody {
     H1(h1::RequestBodyPipe),
     /// An HTTP/2 stream's body, read by hyper.
     H2(Incoming),
+    /// Read whole before going upstream (the service buffers requests); boxed so the
+    /// common variants stay small.
+    Buffered(Box<Buffered>),
 }
 
 /// Any error of a body passing through.
@@ -32,6 +36,7 @@ impl Body for ClientBody {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::H1(pipe) => Pin::new(pipe).poll_frame(cx).map_err(Into::into),
             ClientBody::H2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            ClientBody::Buffered(whole) => Pin::new(&mut **whole).poll_frame(cx),
         }
     }
 
@@ -40,6 +45,7 @@ impl Body for ClientBody {
             ClientBody::Empty => true,
             ClientBody::H1(pipe) => pipe.is_end_stream(),
             ClientBody::H2(incoming) => incoming.is_end_stream(),
+            ClientBody::Buffered(whole) => whole.is_end_stream(),
         }
     }
 
@@ -48,6 +54,7 @@ impl Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::H1(pipe) => pipe.size_hint(),
             ClientBody::H2(incoming) => incoming.size_hint(),
+            ClientBody::Buffered(whole) => whole.size_hint(),
         }
     }
 }
@@ -114,8 +121,16 @@ pub struct ProxyBody(Kind);
 
 enum Kind {
     Local(Option<Bytes>),
-    H1 { body: h1::ResponseBody, drain: Signalled },
-    H2 { body: Incoming, drain: Signalled },
+    /// A target's response read whole; the target is no longer involved.
+    Buffered(Box<Buffered>),
+    H1 {
+        body: h1::ResponseBody,
+        drain: Signalled,
+    },
+    H2 {
+        body: Incoming,
+        drain: Signalled,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +166,10 @@ impl ProxyBody {
         ProxyBody(Kind::Local(None))
     }
 
+    pub(crate) fn buffered(whole: Buffered) -> Self {
+        ProxyBody(Kind::Buffered(Box::new(whole)))
+    }
+
     pub(crate) fn h1(body: h1::ResponseBody, in_flight: InFlight) -> Self {
         ProxyBody(Kind::H1 { body, drain: in_flight.into_signalled(Scope::All) })
     }
@@ -167,6 +186,7 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Kind::Buffered(whole) => Pin::new(&mut **whole).poll_frame(cx),
             Kind::H1 { body, drain } => poll_drained(Pin::new(body), drain, cx),
             Kind::H2 { body, drain } => poll_drained(Pin::new(body), drain, cx),
         }
@@ -175,6 +195,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Local(text) => text.is_none(),
+            Kind::Buffered(whole) => whole.is_end_stream(),
             Kind::H1 { body, .. } => body.is_end_stream(),
             Kind::H2 { body, .. } => body.is_end_stream(),
         }
@@ -183,6 +204,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            Kind::Buffered(whole) => whole.size_hint(),
             Kind::H1 { body, .. } => body.size_hint(),
             Kind::H2 { body, .. } => body.size_hint(),
         }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
 use crate::body::{BoxError, ClientBody, ProxyBody, RequestBody, RequestBodyError};
+use crate::buffer::{self, BufferError};
 use crate::h1::{self, SendError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
@@ -142,7 +143,7 @@ async fn proxy(
     if upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.https, &host);
+    headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.https, &host, spec.forward_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     if spec.upstream_http2 {
         // HTTP/2 carries the host as :authority.
@@ -153,7 +154,23 @@ async fn proxy(
         parts.version = Version::HTTP_11;
     }
     parts.uri = Uri::from(path_and_query.clone());
-    let body = if upgrade { RequestBody::empty() } else { RequestBody::new(body, spec.max_body_size) };
+    let body = if upgrade {
+        RequestBody::empty()
+    } else if spec.buffering.requests {
+        let reading = Box::pin(buffer::read_whole(body, spec.buffering.memory, spec.max_body_size));
+        let whole = reading.await.map_err(|e| match e {
+            BufferError::TooLarge => LocalError::BodyTooLarge,
+            BufferError::Idle(_) => LocalError::BodyTimeout,
+            BufferError::Read(_) => LocalError::BadRequest("the request body could not be read\n"),
+            BufferError::File(e) => {
+                upstream_warning(&service.attached, &spec.name, format_args!("cannot buffer a request body: {e}"));
+                LocalError::BufferFailed
+            }
+        })?;
+        RequestBody::new(ClientBody::Buffered(Box::new(whole)), None)
+    } else {
+        RequestBody::new(body, spec.max_body_size)
+    };
     let mut outgoing = Request::from_parts(parts, body);
 
     let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..) };
@@ -192,13 +209,36 @@ async fn proxy(
             upstream_warning(runtime, &spec.name, format_args!("unsolicited 101 from {}", target.url()));
             return Err(LocalError::BadUpstream);
         }
-        runtime.metrics.record_status(parts.status.as_u16());
         headers::remove_hop_by_hop(&mut parts.headers, switching);
         if switching {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
         parts.version = Version::HTTP_11;
+        if !switching && buffers_response(spec, &parts.headers) {
+            let (memory, limit) = (spec.buffering.memory, spec.buffering.max_response_body);
+            let whole = match body {
+                // Boxed: only buffering services pay for the size of this future.
+                Answer::H1(body) => Box::pin(buffer::read_whole(body, memory, limit)).await,
+                Answer::H2(body) => Box::pin(buffer::read_whole(body, memory, limit)).await,
+            };
+            // The target is done: a slow client no longer holds it.
+            drop(in_flight);
+            let whole = whole.map_err(|e| match e {
+                BufferError::TooLarge => LocalError::ResponseTooLarge,
+                e => {
+                    upstream_warning(
+                        runtime,
+                        &spec.name,
+                        format_args!("buffering a response of {}: {e}", target.url()),
+                    );
+                    LocalError::BadUpstream
+                }
+            })?;
+            runtime.metrics.record_status(parts.status.as_u16());
+            return Ok((Response::from_parts(parts, ProxyBody::buffered(whole)), None));
+        }
+        runtime.metrics.record_status(parts.status.as_u16());
         return match body {
             Answer::H1(body) if switching => {
                 let (upstream, from_target) = body.into_upgraded().ok_or(LocalError::BadUpstream)?;
@@ -211,6 +251,17 @@ async fn proxy(
         };
     }
     Err(LocalError::Unreachable)
+}
+
+/// Whether a target's response is read whole first: when the service buffers responses,
+/// except event streams and bodies of unknown length (kamal-proxy's rule), which are meant to
+/// arrive bit by bit.
+fn buffers_response(spec: &ServiceSpec, headers: &http::HeaderMap) -> bool {
+    spec.buffering.responses
+        && headers.contains_key(header::CONTENT_LENGTH)
+        && !headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().get(..17).is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream")))
 }
 
 /// What became of a request to a paused or stopped service.

@@ -83,11 +83,39 @@ pub(crate) fn te_has_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
-/// edge nothing before us is trusted.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool, host: &HeaderValue) {
-    headers.insert(X_FORWARDED_FOR, client.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if https { "https" } else { "http" }));
-    headers.insert(X_FORWARDED_HOST, host.clone());
+/// edge nothing before us is trusted. A service behind another proxy (`keep_client`,
+/// kamal-proxy's `--forward-headers`) keeps the client's: our peer is appended to its
+/// X-Forwarded-For, and its X-Forwarded-Proto and -Host stay.
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    https: bool,
+    host: &HeaderValue,
+    keep_client: bool,
+) {
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    if !keep_client {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        headers.insert(X_FORWARDED_PROTO, proto);
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        return;
+    }
+    let chain: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+    let forwarded_for = if chain.is_empty() {
+        client.clone()
+    } else {
+        let mut joined = chain.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, proto);
+    }
+    if !headers.contains_key(X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
 }
 
 /// A client address as a header value (IPv4-mapped IPv6 shown as IPv4).
@@ -151,10 +179,30 @@ mod tests {
             &client_address("::ffff:127.0.0.2".parse().unwrap()),
             true,
             &HeaderValue::from_static("a.test"),
+            false,
         );
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");
+    }
+
+    #[test]
+    fn forwarded_headers_kept_behind_another_proxy() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        let client = client_address("10.0.0.9".parse().unwrap());
+        set_forwarded(&mut h, &client, false, &HeaderValue::from_static("a.test"), true);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "https", "the front proxy's scheme stays");
+        assert_eq!(h[X_FORWARDED_HOST], "a.test");
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &client, false, &HeaderValue::from_static("a.test"), true);
+        assert_eq!(
+            (fresh[X_FORWARDED_FOR].to_str().unwrap(), fresh[X_FORWARDED_PROTO].to_str().unwrap()),
+            ("10.0.0.9", "http")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! listeners or open connections.
 
 mod body;
+mod buffer;
 mod h1;
 mod handler;
 mod headers;

@@ -26,6 +26,12 @@ pub(crate) enum LocalError {
     /// The service stayed paused longer than its `max_pause`.
     PausedTooLong,
     BodyTooLarge,
+    /// A request body being buffered stopped arriving.
+    BodyTimeout,
+    /// A request body could not be buffered (the temp file failed).
+    BufferFailed,
+    /// A buffered response was larger than the service allows.
+    ResponseTooLarge,
     /// A target answered with something that is not valid HTTP, or broke the exchange.
     BadUpstream,
 }
@@ -41,6 +47,9 @@ impl LocalError {
             LocalError::Unreachable | LocalError::BadUpstream => StatusCode::BAD_GATEWAY,
             LocalError::Timeout | LocalError::Drained | LocalError::PausedTooLong => StatusCode::GATEWAY_TIMEOUT,
             LocalError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LocalError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalError::BufferFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            LocalError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -58,6 +67,9 @@ impl LocalError {
             LocalError::Drained => "drain_cancelled",
             LocalError::PausedTooLong => "paused_too_long",
             LocalError::BodyTooLarge => "body_too_large",
+            LocalError::BodyTimeout => "body_timeout",
+            LocalError::BufferFailed => "buffer_failed",
+            LocalError::ResponseTooLarge => "response_too_large",
             LocalError::BadUpstream => "bad_upstream_response",
         }
     }
@@ -74,6 +86,9 @@ impl LocalError {
             LocalError::Drained => "request cancelled: its target was drained by a deploy\n",
             LocalError::PausedTooLong => "the service is paused\n",
             LocalError::BodyTooLarge => "request body too large\n",
+            LocalError::BodyTimeout => "the request body stopped arriving\n",
+            LocalError::BufferFailed => "the request could not be buffered\n",
+            LocalError::ResponseTooLarge => "the response is larger than this service allows\n",
             LocalError::BadUpstream => "the target sent an invalid response\n",
         }
     }
@@ -87,6 +102,8 @@ impl LocalError {
                 | LocalError::Malformed(_)
                 | LocalError::HeadersTooLarge
                 | LocalError::BodyTooLarge
+                | LocalError::BodyTimeout
+                | LocalError::BufferFailed
         ) {
             // The rest of the request may still be on the wire; do not read it as a new one.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

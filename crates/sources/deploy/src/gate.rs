@@ -33,7 +33,7 @@ pub async fn wait_healthy(
     health: &HealthCheckOptions,
     timeout: Duration,
 ) -> Result<(), GateFailure> {
-    let probe = Probe { path: health.path.clone(), port: health.port, timeout: health.timeout() };
+    let probe = Probe::from(health);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<(), String>)>(targets.len().max(1) * 2);
     let mut checks = JoinSet::new();
     for (index, target) in targets.iter().enumerate() {

@@ -53,6 +53,14 @@ pub struct Probe {
     pub path: String,
     pub port: Option<u16>,
     pub timeout: Duration,
+    /// The Host header; the target's address when unset.
+    pub host: Option<String>,
+}
+
+impl From<&crate::options::HealthCheckOptions> for Probe {
+    fn from(options: &crate::options::HealthCheckOptions) -> Self {
+        Probe { path: options.path.clone(), port: options.port, timeout: options.timeout(), host: options.host.clone() }
+    }
 }
 
 /// One GET of the health path: `Ok` for a 2xx within the timeout (redirects are not
@@ -75,7 +83,10 @@ async fn check_unbounded(target: &TargetSpec, probe: &Probe) -> Result<(), Strin
         hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
     let connection = tokio::spawn(connection);
     let request = http::Request::get(probe.path.as_str())
-        .header(http::header::HOST, gatehouse_model::host_port(&target.host, port))
+        .header(
+            http::header::HOST,
+            probe.host.clone().unwrap_or_else(|| gatehouse_model::host_port(&target.host, port)),
+        )
         .header(http::header::USER_AGENT, "gatehouse-health")
         .header(http::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
@@ -116,7 +127,7 @@ mod tests {
     async fn refused_connection_fails_with_the_reason() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let target = TargetSpec::parse_url(&format!("127.0.0.1:{port}"), true).unwrap();
-        let probe = Probe { path: "/up".into(), port: None, timeout: Duration::from_secs(2) };
+        let probe = Probe { path: "/up".into(), port: None, timeout: Duration::from_secs(2), host: None };
         let err = check(&target, &probe).await.unwrap_err();
         assert!(err.to_lowercase().contains("refused"), "{err}");
     }

@@ -78,7 +78,7 @@ pub(crate) fn spawn(
     health: HealthCheckOptions,
 ) -> AbortHandle {
     tokio::spawn(async move {
-        let probe = Probe { path: health.path.clone(), port: health.port, timeout: health.timeout() };
+        let probe = Probe::from(&health);
         let mut ticks = tokio::time::interval(health.interval());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is now: the gate has just checked them

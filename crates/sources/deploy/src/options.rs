@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{HostPattern, ServiceSpec, TargetSpec};
+use gatehouse_model::{Buffering, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -30,6 +30,33 @@ pub struct DeployOptions {
     pub drain_timeout_ms: u64,
     /// How long a target has to send its response head (504 after).
     pub target_timeout_ms: u64,
+    /// Read the whole request body before the target sees it (memory, then a temp file).
+    pub buffer_requests: bool,
+    /// Read the whole response before the client sees it.
+    pub buffer_responses: bool,
+    /// Bytes a buffer keeps in memory before it spills to a temp file.
+    pub buffer_memory: u64,
+    /// Larger request bodies get 413 (0: no limit).
+    pub max_request_body: u64,
+    /// Larger buffered responses get 502 (0: no limit).
+    pub max_response_body: u64,
+    /// Keep the client's X-Forwarded-For/-Proto/-Host (appending to X-Forwarded-For) instead of
+    /// replacing them; kamal-proxy's default is on without TLS.
+    pub forward_headers: Option<bool>,
+    /// Request and response headers written into the access log.
+    pub log_request_headers: Vec<String>,
+    pub log_response_headers: Vec<String>,
+    /// GET and HEAD go to these (kamal-proxy's readers).
+    pub read_targets: Vec<String>,
+    pub read_target_websockets: bool,
+    pub writer_affinity_timeout_ms: u64,
+    /// A folder with `502.html`, `503.html`, ... for Gatehouse's own answers.
+    pub error_pages: Option<String>,
+    pub tls: bool,
+    pub tls_certificate_path: Option<String>,
+    pub tls_private_key_path: Option<String>,
+    pub tls_redirect: bool,
+    pub canonical_host: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -43,6 +70,23 @@ impl Default for DeployOptions {
             deploy_timeout_ms: 30_000,
             drain_timeout_ms: 30_000,
             target_timeout_ms: 30_000,
+            buffer_requests: false,
+            buffer_responses: false,
+            buffer_memory: 1 << 20,
+            max_request_body: 0,
+            max_response_body: 0,
+            forward_headers: None,
+            log_request_headers: Vec::new(),
+            log_response_headers: Vec::new(),
+            read_targets: Vec::new(),
+            read_target_websockets: false,
+            writer_affinity_timeout_ms: 1000,
+            error_pages: None,
+            tls: false,
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+            tls_redirect: true,
+            canonical_host: None,
         }
     }
 }
@@ -59,11 +103,21 @@ pub struct HealthCheckOptions {
     pub rise: u32,
     /// Consecutive failures that take a healthy target out (HAProxy's `fall`).
     pub fall: u32,
+    /// The Host header of the checks (default: the target's address).
+    pub host: Option<String>,
 }
 
 impl Default for HealthCheckOptions {
     fn default() -> Self {
-        HealthCheckOptions { path: "/up".into(), interval_ms: 1000, timeout_ms: 5000, port: None, rise: 1, fall: 3 }
+        HealthCheckOptions {
+            path: "/up".into(),
+            interval_ms: 1000,
+            timeout_ms: 5000,
+            port: None,
+            rise: 1,
+            fall: 3,
+            host: None,
+        }
     }
 }
 
@@ -183,7 +237,53 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         return Err("health check rise and fall must be at least 1".into());
     }
     spec.timeouts.response_header = Duration::from_millis(options.target_timeout_ms);
+    not_yet(options)?;
+    spec.max_body_size = (options.max_request_body > 0).then_some(options.max_request_body);
+    spec.buffering = Buffering {
+        requests: options.buffer_requests,
+        responses: options.buffer_responses,
+        memory: options.buffer_memory,
+        max_response_body: (options.max_response_body > 0).then_some(options.max_response_body),
+    };
+    spec.forward_headers = options.forward_headers.unwrap_or(!options.tls);
+    spec.log_headers = LogHeaders {
+        request: header_names(&options.log_request_headers, "--log-request-header")?,
+        response: header_names(&options.log_response_headers, "--log-response-header")?,
+    };
     Ok(spec)
+}
+
+/// kamal-proxy options this build does not carry out: refused with what to do instead, never
+/// accepted and ignored.
+fn not_yet(options: &DeployOptions) -> Result<(), String> {
+    if options.tls {
+        return Err("--tls needs automatic certificates (ACME), which this build does not have yet; terminate TLS on a [[listeners]] entry with tls_certificates".into());
+    }
+    if options.tls_certificate_path.is_some() || options.tls_private_key_path.is_some() {
+        return Err("per-service certificates (--tls-certificate-path) are not supported yet; list them in [[listeners]] tls_certificates, which chooses by SNI".into());
+    }
+    if options.canonical_host.is_some() {
+        return Err("--canonical-host is not supported yet".into());
+    }
+    if !options.read_targets.is_empty() {
+        return Err("--read-target is not supported yet; deploy the readers as targets".into());
+    }
+    if options.error_pages.is_some() {
+        return Err("--error-pages is not supported yet".into());
+    }
+    Ok(())
+}
+
+/// Lower-cased header names, checked.
+fn header_names(names: &[String], flag: &str) -> Result<Vec<String>, String> {
+    names
+        .iter()
+        .map(|n| {
+            http::HeaderName::from_bytes(n.trim().as_bytes())
+                .map(|h| h.as_str().to_string())
+                .map_err(|_| format!("{flag} `{n}` is not a header name"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
