@@ -21,6 +21,8 @@ pub(crate) struct FileConfig {
     pub admin_socket: Option<Spanned<String>>,
     /// Where deployed services are saved.
     pub deploy_state: Option<Spanned<String>>,
+    /// "stdout", "off" or a file: one JSON line per request.
+    pub access_log: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     #[serde(default)]
     pub listeners: Vec<FileListener>,

@@ -53,6 +53,8 @@ pub struct Config {
     pub drove: DroveSettings,
     /// The deploy source's state file.
     pub deploy_state: PathBuf,
+    /// Where the access log goes (`None`: off).
+    pub access_log: Option<AccessLogDestination>,
     /// Things worth a log line that do not stop the file from loading.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
@@ -68,6 +70,14 @@ pub struct AdminSettings {
     /// The admin Unix socket, where the CLI's control commands go (`None`: off). Its file
     /// permissions are the access control, so no token is asked there.
     pub socket: Option<PathBuf>,
+}
+
+/// The access log's destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogDestination {
+    Stdout,
+    File(PathBuf),
 }
 
 /// Where the admin socket is when the file does not say: systemd's `RUNTIME_DIRECTORY`, else

@@ -153,6 +153,11 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         }
         None => crate::default_deploy_state(),
     };
+    let access_log = match file.access_log.as_ref().map(|v| v.get_ref().trim()) {
+        None | Some("off" | "") => None,
+        Some("stdout") => Some(crate::AccessLogDestination::Stdout),
+        Some(path) => Some(crate::AccessLogDestination::File(c.resolve(path))),
+    };
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
     if templated.is_some() && !listeners.is_empty() {
@@ -180,6 +185,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         services,
         drove,
         deploy_state,
+        access_log,
         warnings: Vec::new(),
     }
 }

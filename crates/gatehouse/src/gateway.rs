@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use gatehouse_config::{Config, ConfigError, ListenerSpec, TemplatedSettings};
+use gatehouse_config::{AccessLogDestination, Config, ConfigError, ListenerSpec, TemplatedSettings};
 use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{BuildError, HostPattern, Retired, ServiceSpec};
-use gatehouse_native::{CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError};
+use gatehouse_native::{
+    AccessLog, AccessLogTarget, CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError,
+};
 use gatehouse_templated::RenderingData;
 use serde::Serialize;
 
@@ -97,7 +99,17 @@ impl Gateway {
             listeners.push(ListenerConfig { address: l.address, tls });
         }
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone())?;
+        let access_log = match &config.access_log {
+            None => None,
+            Some(destination) => {
+                let target = match destination {
+                    AccessLogDestination::Stdout => AccessLogTarget::Stdout,
+                    AccessLogDestination::File(path) => AccessLogTarget::File(path.clone()),
+                };
+                Some(AccessLog::start(&target).with_context(|| format!("cannot open the access log {destination:?}"))?)
+            }
+        };
+        let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone(), access_log)?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls_certificates.is_empty() { "http" } else { "https" };
             tracing::info!(address = %bound, protocol = tls, "listening");

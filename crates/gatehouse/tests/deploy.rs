@@ -577,3 +577,50 @@ async fn kamal_command_lines_buffering_and_forwarding() {
         assert!(!out.status.success() && stderr.contains(says), "{flag}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_json_line_per_request() {
+    let blue = backend::start("blue").await;
+    let state = tempfile::tempdir().unwrap();
+    let log_path = state.path().join("access.log");
+    let gh =
+        Gatehouse::start(&config(state.path(), "127.0.0.1:0", &format!("access_log = \"{}\"", log_path.display())));
+    ok(&deploy(
+        state.path(),
+        "web",
+        "web.test",
+        &blue,
+        &["--log-request-header=Cache-Control", "--log-response-header=X-Backend"],
+    ));
+    let req = http::Request::get("/size?n=1234")
+        .header("host", "web.test")
+        .header("cache-control", "no-cache")
+        .header("user-agent", "test-agent")
+        .header("x-request-id", "req-1")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    assert_eq!(support::client::send(gh.listener(), req).await.status, 200);
+    assert_eq!(get(gh.listener(), "nowhere.test", "/x").await.status, 404);
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    support::eventually("two lines", || async { lines().len() >= 2 }).await;
+    let all = lines();
+    let line = all.iter().find(|l| l["request_id"] == "req-1").expect("the request's line");
+    assert_eq!(line["host"], "web.test");
+    assert_eq!((line["path"].as_str(), line["query"].as_str()), (Some("/size"), Some("n=1234")));
+    assert_eq!((line["status"].as_u64(), line["method"].as_str()), (Some(200), Some("GET")));
+    assert_eq!(line["service"], "web");
+    assert_eq!(line["target"], format!("http://{}", blue.addr));
+    assert_eq!(line["bytes_sent"], 1234);
+    assert_eq!((line["req_cache_control"].as_str(), line["resp_x_backend"].as_str()), (Some("no-cache"), Some("blue")));
+    assert_eq!(line["user_agent"], "test-agent");
+    assert_eq!(line["client_addr"], "127.0.0.1");
+    assert!(line["duration"].as_u64().unwrap() > 0);
+    let miss = all.iter().find(|l| l["host"] == "nowhere.test").expect("the 404's line");
+    assert_eq!((miss["status"].as_u64(), &miss["service"]), (Some(404), &serde_json::Value::Null));
+}

@@ -9,6 +9,7 @@ use gatehouse_model::{InFlight, Scope, Signalled};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access_log::Pending;
 use crate::buffer::Buffered;
 use crate::h1;
 
@@ -117,7 +118,11 @@ impl Body for RequestBody {
 /// A response body on its way to the client: one Gatehouse wrote, or a target's (which
 /// holds the target's in-flight count until it is done, and ends with an error, cutting the
 /// client's connection or stream, when a deploy's drain timeout passes first).
-pub struct ProxyBody(Kind);
+pub struct ProxyBody {
+    kind: Kind,
+    /// The access log's record, sent when the body is done (or dropped).
+    log: Option<Box<Pending>>,
+}
 
 enum Kind {
     Local(Option<Bytes>),
@@ -159,23 +164,31 @@ where
 
 impl ProxyBody {
     pub(crate) fn local(text: Bytes) -> Self {
-        ProxyBody(Kind::Local(Some(text)))
+        ProxyBody::of(Kind::Local(Some(text)))
     }
 
     pub(crate) fn empty() -> Self {
-        ProxyBody(Kind::Local(None))
+        ProxyBody::of(Kind::Local(None))
+    }
+
+    fn of(kind: Kind) -> Self {
+        ProxyBody { kind, log: None }
+    }
+
+    pub(crate) fn attach_log(&mut self, pending: Pending) {
+        self.log = Some(Box::new(pending));
     }
 
     pub(crate) fn buffered(whole: Buffered) -> Self {
-        ProxyBody(Kind::Buffered(Box::new(whole)))
+        ProxyBody::of(Kind::Buffered(Box::new(whole)))
     }
 
     pub(crate) fn h1(body: h1::ResponseBody, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::H1 { body, drain: in_flight.into_signalled(Scope::All) })
+        ProxyBody::of(Kind::H1 { body, drain: in_flight.into_signalled(Scope::All) })
     }
 
     pub(crate) fn h2(body: Incoming, in_flight: InFlight) -> Self {
-        ProxyBody(Kind::H2 { body, drain: in_flight.into_signalled(Scope::All) })
+        ProxyBody::of(Kind::H2 { body, drain: in_flight.into_signalled(Scope::All) })
     }
 }
 
@@ -184,16 +197,21 @@ impl Body for ProxyBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut self.0 {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Kind::Buffered(whole) => Pin::new(&mut **whole).poll_frame(cx),
             Kind::H1 { body, drain } => poll_drained(Pin::new(body), drain, cx),
             Kind::H2 { body, drain } => poll_drained(Pin::new(body), drain, cx),
+        };
+        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (&mut this.log, &polled) {
+            log.sent(frame.data_ref().map_or(0, Bytes::len));
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match &self.kind {
             Kind::Local(text) => text.is_none(),
             Kind::Buffered(whole) => whole.is_end_stream(),
             Kind::H1 { body, .. } => body.is_end_stream(),
@@ -202,7 +220,7 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.kind {
             Kind::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
             Kind::Buffered(whole) => whole.size_hint(),
             Kind::H1 { body, .. } => body.size_hint(),

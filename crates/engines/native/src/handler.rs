@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
+use crate::access_log;
 use crate::body::{BoxError, ClientBody, ProxyBody, RequestBody, RequestBodyError};
 use crate::buffer::{self, BufferError};
 use crate::h1::{self, SendError};
@@ -31,6 +32,7 @@ use crate::upstream::{self, BoxedIo, ConnectError, ConnectOptions};
 pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    pub access_log: Option<Arc<access_log::AccessLog>>,
     /// Woken at every snapshot install: requests held by a paused service look again.
     pub installed: tokio::sync::Notify,
 }
@@ -62,17 +64,43 @@ pub(crate) type Handled = (Response<ProxyBody>, Option<Tunnel>);
 /// later, which costs next to nothing), else a new timer per request (HTTP/2 streams).
 pub(crate) type ResponseTimer<'a> = Option<Pin<&'a mut Sleep>>;
 
+/// What the request path learnt on the way, for the error path and the access log.
+struct Trace {
+    routed: Option<Route<ServiceRuntime>>,
+    /// The last target tried (an index into the routed service's targets).
+    target: Option<usize>,
+    /// The access log's record, when the log is on.
+    log: Option<access_log::Start>,
+}
+
 pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer: ResponseTimer<'_>) -> Handled {
     let snap = conn.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
-    let mut routed = None;
-    match proxy(req, conn, &snap, &request_id, &mut routed, &mut timer).await {
+    let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer));
+    let mut trace = Trace { routed: None, target: None, log };
+    let (mut response, tunnel) = match proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await {
         Ok(handled) => handled,
         Err(err) => {
-            let metrics = routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
+            let metrics = trace.routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
             (local_error(err, conn, metrics, &snap, &request_id), None)
         }
+    };
+    if let (Some(log), Some(start)) = (&conn.shared.access_log, trace.log) {
+        let service = trace.routed.as_ref();
+        let target = service.zip(trace.target).and_then(|(s, i)| s.spec.targets.get(i)).map(TargetSpec::url);
+        let pending = access_log::Pending::new(
+            log.clone(),
+            start,
+            response.status().as_u16(),
+            response.headers(),
+            service.map(|s| s.name()),
+            target,
+            &request_id,
+            service.map(|s| &s.spec.log_headers),
+        );
+        response.body_mut().attach_log(pending);
     }
+    (response, tunnel)
 }
 
 /// Answers a request that could not even be read (it has no id yet: one is made).
@@ -98,7 +126,7 @@ async fn proxy(
     conn: &ConnInfo,
     snap: &Arc<Snapshot>,
     request_id: &HeaderValue,
-    routed: &mut Option<Route<ServiceRuntime>>,
+    trace: &mut Trace,
     timer: &mut ResponseTimer<'_>,
 ) -> Result<Handled, LocalError> {
     let host = request_host(&req)?;
@@ -111,13 +139,16 @@ async fn proxy(
             Held::Serving(route) => route,
             Held::Answered(answer) => return Ok((*answer, None)),
             Held::Failed(route, err) => {
-                *routed = Some(route);
+                trace.routed = Some(route);
                 return Err(err);
             }
         },
     };
     // Kept for the error path's metrics; the request borrows it from there.
-    let service: &Route<ServiceRuntime> = routed.insert(found);
+    let service: &Route<ServiceRuntime> = trace.routed.insert(found);
+    if let Some(log) = &mut trace.log {
+        log.take_headers(&service.spec.log_headers.request, req.headers());
+    }
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
@@ -182,6 +213,7 @@ async fn proxy(
             break;
         };
         tried[attempt] = index;
+        trace.target = Some(index);
         let target = &spec.targets[index];
         if spec.upstream_http2 {
             *outgoing.uri_mut() = absolute_uri(target, &host, &path_and_query)?;

@@ -6,6 +6,7 @@
 //! through an `ArcSwap`; installing a new one is a pointer swap that never touches
 //! listeners or open connections.
 
+mod access_log;
 mod body;
 mod buffer;
 mod h1;
@@ -18,6 +19,7 @@ mod throttle;
 mod tls;
 mod upstream;
 
+pub use access_log::{AccessLog, AccessLogTarget};
 pub use listen::{EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
 pub use tls::{server_config, CertError, CertStore, Certificates};

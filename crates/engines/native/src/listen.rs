@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLog;
 use crate::body::ClientBody;
 use crate::h1;
 use crate::handler::{self, ConnInfo, Shared};
@@ -66,6 +67,7 @@ impl NativeProxy {
         workers: usize,
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Result<Self, EngineError> {
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
@@ -83,7 +85,12 @@ impl NativeProxy {
             bound.push(Listener { socket, tls });
         }
         metrics.route_table_generation.set(snapshot.generation() as i64);
-        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snapshot), metrics, installed: Notify::new() });
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            access_log,
+            installed: Notify::new(),
+        });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
         for n in 0..workers.max(1) {
