@@ -35,13 +35,15 @@ wait_ready() {
 }
 
 # gatehouse_config: Gatehouse on $PROXY (one worker, admin on $ADMIN) with service "app" for
-# Host app.local on $BACKEND; callers append further [[services]].
+# Host app.local on $BACKEND; callers append further [[services]]. ACCESS_LOG=FILE turns the
+# access log on.
 gatehouse_config() {
   cat <<CONF
 address = "127.0.0.1"
 port = ${ADMIN##*:}
 loglevel = "warn"
 workers = 1
+access_log = "${ACCESS_LOG:-off}"
 [[listeners]]
 address = "$PROXY"
 [[services]]

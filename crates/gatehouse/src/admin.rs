@@ -35,6 +35,8 @@ pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
         // drove-gateway answers any method here; scripts written for it use GET.
         .route("/v1/reload", post(reload).get(reload))
         .route("/v1/metrics", get(metrics))
+        // kamal-proxy's metrics path, for scrapers set up for it.
+        .route("/metrics", get(metrics))
         .route("/v1/routes", get(routes))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}/deploy", post(deploy))

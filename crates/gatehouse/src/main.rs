@@ -7,6 +7,7 @@ mod clock;
 mod control;
 mod demo;
 mod gateway;
+mod kamal;
 mod logging;
 mod rendering;
 mod templated;
@@ -111,6 +112,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let program = std::env::args_os().next().map(std::path::PathBuf::from);
+    if program.as_deref().and_then(std::path::Path::file_name).is_some_and(|name| name == "kamal-proxy") {
+        return report(kamal::main(std::env::args().collect()));
+    }
     // drove-gateway's systemd drop-ins call `nixy -sync-haproxy-state-config -f FILE`.
     let args =
         std::env::args()

@@ -44,7 +44,18 @@ impl Gatehouse {
 
     /// Runs the binary with `args` and waits until its admin API listens.
     pub fn spawn(args: &[&str], dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary())
+        Self::spawn_as(Path::new(binary()), args, dir, config_path, env)
+    }
+
+    /// [`Gatehouse::spawn`] through another name for the binary (a `kamal-proxy` symlink).
+    pub fn spawn_as(
+        program: &Path,
+        args: &[&str],
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             // The default admin socket and deploy state go to the test's own folder.
             .env("XDG_RUNTIME_DIR", dir.path())
