@@ -1,21 +1,27 @@
 //! The access log: one JSON line per request (kamal-proxy's fields), written by a thread of
-//! its own so the request path only hands over a record. When the writer falls behind,
-//! records are dropped and counted rather than slowing requests down.
+//! its own. The request path only captures values it already holds (header values and the
+//! route are reference-counted, so nothing is copied or formatted) and pushes the record on
+//! a queue; the writer takes the queue every few milliseconds and formats the lines by hand.
+//! When the writer falls behind, records are dropped and counted rather than slowing
+//! requests down.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
 use crate::body::ClientBody;
+use crate::snapshot::ServiceRuntime;
 
 /// Records waiting for the writer at most; past this they are dropped.
-const QUEUE: usize = 16_384;
+const QUEUE: usize = 65_536;
+/// How often the writer takes the queue: records are batched, and a request never wakes it.
+const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +31,7 @@ pub enum AccessLogTarget {
 }
 
 pub struct AccessLog {
-    queue: SyncSender<Record>,
+    queue: Mutex<Vec<Record>>,
     dropped: AtomicU64,
 }
 
@@ -36,13 +42,34 @@ impl AccessLog {
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (queue, records) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("gatehouse-access-log".into()).spawn(move || write_all(records, out))?;
-        Ok(Arc::new(AccessLog { queue, dropped: AtomicU64::new(0) }))
+        let log = Arc::new(AccessLog { queue: Mutex::new(Vec::with_capacity(1024)), dropped: AtomicU64::new(0) });
+        let writer = Arc::downgrade(&log);
+        std::thread::Builder::new().name("gatehouse-access-log".into()).spawn(move || {
+            let mut out = io::BufWriter::with_capacity(256 * 1024, out);
+            let mut taken = Vec::with_capacity(1024);
+            let mut line = Vec::with_capacity(1024);
+            loop {
+                std::thread::sleep(WRITE_EVERY);
+                let Some(log) = writer.upgrade() else { break };
+                std::mem::swap(&mut *log.queue.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
+                drop(log);
+                for record in taken.drain(..) {
+                    line.clear();
+                    record.write_line(&mut line);
+                    let _ = out.write_all(&line);
+                }
+                let _ = out.flush();
+            }
+        })?;
+        Ok(log)
     }
 
-    fn send(&self, record: Record) {
-        if self.queue.try_send(record).is_err() {
+    fn push(&self, record: Record) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() < QUEUE {
+            queue.push(record);
+        } else {
+            drop(queue);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -53,39 +80,20 @@ impl AccessLog {
     }
 }
 
-/// Writes records as they come, flushing whenever the queue is empty.
-fn write_all(records: Receiver<Record>, out: Box<dyn Write + Send>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-    let mut next = records.recv();
-    while let Ok(record) = next {
-        let _ = serde_json::to_writer(&mut out, &record.line());
-        let _ = out.write_all(b"\n");
-        next = match records.try_recv() {
-            Ok(record) => Ok(record),
-            Err(TryRecvError::Empty) => {
-                let _ = out.flush();
-                records.recv()
-            }
-            Err(TryRecvError::Disconnected) => break,
-        };
-    }
-    let _ = out.flush();
-}
-
 /// What is known of a request when it arrives.
 pub(crate) struct Start {
     at: Instant,
     time: SystemTime,
     method: Method,
     host: Option<HeaderValue>,
-    path: String,
+    path: Option<PathAndQuery>,
     version: Version,
     client: SocketAddr,
     user_agent: Option<HeaderValue>,
     request_length: Option<HeaderValue>,
     request_type: Option<HeaderValue>,
-    /// The service's `--log-request-header`s, taken once the request is routed.
-    request_headers: Vec<(String, String)>,
+    /// The routed service's `--log-request-header`s, in its order.
+    request_headers: Vec<Option<HeaderValue>>,
 }
 
 impl Start {
@@ -96,7 +104,7 @@ impl Start {
             time: SystemTime::now(),
             method: req.method().clone(),
             host: h.get(http::header::HOST).cloned(),
-            path: req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            path: req.uri().path_and_query().cloned(),
             version: req.version(),
             client,
             user_agent: h.get(http::header::USER_AGENT).cloned(),
@@ -108,147 +116,212 @@ impl Start {
 
     /// Takes the request headers the routed service logs.
     pub fn take_headers(&mut self, names: &[String], headers: &HeaderMap) {
-        self.request_headers = picked(names, headers);
+        if !names.is_empty() {
+            self.request_headers = names.iter().map(|n| headers.get(n.as_str()).cloned()).collect();
+        }
     }
 }
 
-/// `(name with _ for -, value)` of each of `names` present in `headers`.
-fn picked(names: &[String], headers: &HeaderMap) -> Vec<(String, String)> {
-    names.iter().filter_map(|n| headers.get(n.as_str()).map(|v| (n.replace('-', "_"), text(v)))).collect()
-}
+type Route = gatehouse_model::Route<ServiceRuntime>;
 
 /// A request answered, waiting for its response body to end.
 pub(crate) struct Pending {
     log: Arc<AccessLog>,
-    record: Record,
+    record: Option<Record>,
 }
 
 impl Pending {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         log: Arc<AccessLog>,
         start: Start,
         status: u16,
         response: &HeaderMap,
-        service: Option<&str>,
-        target: Option<String>,
+        route: Option<(Route, Option<usize>)>,
         request_id: &HeaderValue,
-        log_headers: Option<&gatehouse_model::LogHeaders>,
     ) -> Self {
-        let response_headers = log_headers.map_or_else(Vec::new, |l| picked(&l.response, response));
+        let response_headers = match &route {
+            Some((service, _)) if !service.spec.log_headers.response.is_empty() => {
+                service.spec.log_headers.response.iter().map(|n| response.get(n.as_str()).cloned()).collect()
+            }
+            _ => Vec::new(),
+        };
         let record = Record {
             start,
             status,
-            service: service.map(str::to_string),
-            target,
-            request_id: text(request_id),
-            response_length: response.get(http::header::CONTENT_LENGTH).map(text),
-            response_type: response.get(http::header::CONTENT_TYPE).map(text),
+            route,
+            request_id: request_id.clone(),
+            response_length: response.get(http::header::CONTENT_LENGTH).cloned(),
+            response_type: response.get(http::header::CONTENT_TYPE).cloned(),
             response_headers,
             bytes_sent: 0,
-            duration_us: 0,
+            duration: Duration::ZERO,
         };
-        Pending { log, record }
+        Pending { log, record: Some(record) }
     }
 
     pub fn sent(&mut self, bytes: usize) {
-        self.record.bytes_sent += bytes as u64;
+        if let Some(record) = &mut self.record {
+            record.bytes_sent += bytes as u64;
+        }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let placeholder = Record::placeholder();
-        let mut record = std::mem::replace(&mut self.record, placeholder);
-        record.duration_us = u64::try_from(record.start.at.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.log.send(record);
+        if let Some(mut record) = self.record.take() {
+            record.duration = record.start.at.elapsed();
+            self.log.push(record);
+        }
     }
-}
-
-fn text(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
 
 struct Record {
     start: Start,
     status: u16,
-    service: Option<String>,
-    target: Option<String>,
-    request_id: String,
-    response_length: Option<String>,
-    response_type: Option<String>,
-    response_headers: Vec<(String, String)>,
+    /// The service and the target last tried.
+    route: Option<(Route, Option<usize>)>,
+    request_id: HeaderValue,
+    response_length: Option<HeaderValue>,
+    response_type: Option<HeaderValue>,
+    response_headers: Vec<Option<HeaderValue>>,
     bytes_sent: u64,
-    duration_us: u64,
+    duration: Duration,
 }
 
 impl Record {
-    fn placeholder() -> Self {
-        Record {
-            start: Start {
-                at: Instant::now(),
-                time: UNIX_EPOCH,
-                method: Method::GET,
-                host: None,
-                path: String::new(),
-                version: Version::HTTP_11,
-                client: SocketAddr::from(([0, 0, 0, 0], 0)),
-                user_agent: None,
-                request_length: None,
-                request_type: None,
-                request_headers: Vec::new(),
-            },
-            status: 0,
-            service: None,
-            target: None,
-            request_id: String::new(),
-            response_length: None,
-            response_type: None,
-            response_headers: Vec::new(),
-            bytes_sent: 0,
-            duration_us: 0,
-        }
-    }
-
-    /// The line as written: kamal-proxy's field names, plus `bytes_sent`.
-    fn line(&self) -> serde_json::Value {
+    /// The line: kamal-proxy's field names (durations in nanoseconds), plus `bytes_sent`.
+    fn write_line(&self, out: &mut Vec<u8>) {
         let s = &self.start;
         let time_ms = s.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let host = s.host.as_ref().map(text).unwrap_or_default();
-        let (path, query) = match s.path.split_once('?') {
-            Some((p, q)) => (p, q),
-            None => (s.path.as_str(), ""),
+        let path = s.path.as_ref().map_or("/", PathAndQuery::path);
+        let query = s.path.as_ref().and_then(PathAndQuery::query).unwrap_or("");
+        out.extend_from_slice(b"{\"time\":");
+        number(out, time_ms);
+        out.extend_from_slice(b",\"msg\":\"Request\"");
+        string_field(out, "host", s.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
+        string_field(out, "path", path.as_bytes());
+        string_field(out, "query", query.as_bytes());
+        string_field(out, "method", s.method.as_str().as_bytes());
+        let proto: &[u8] = match s.version {
+            Version::HTTP_10 => b"HTTP/1.0",
+            Version::HTTP_2 => b"HTTP/2.0",
+            _ => b"HTTP/1.1",
         };
-        let mut line = serde_json::json!({
-            "time": time_ms,
-            "msg": "Request",
-            "host": host,
-            "path": path,
-            "query": query,
-            "method": s.method.as_str(),
-            "proto": format!("{:?}", s.version),
-            "status": self.status,
-            "service": self.service,
-            "target": self.target,
-            "request_id": self.request_id,
-            "client_addr": s.client.ip().to_string(),
-            "client_port": s.client.port(),
-            "duration": self.duration_us * 1000,
-            "user_agent": s.user_agent.as_ref().map(text),
-            "req_content_length": s.request_length.as_ref().map(text),
-            "req_content_type": s.request_type.as_ref().map(text),
-            "resp_content_length": self.response_length,
-            "resp_content_type": self.response_type,
-            "bytes_sent": self.bytes_sent,
-        });
-        if let Some(fields) = line.as_object_mut() {
-            for (name, value) in &s.request_headers {
-                fields.insert(format!("req_{name}"), serde_json::Value::String(value.clone()));
+        string_field(out, "proto", proto);
+        out.extend_from_slice(b",\"status\":");
+        number(out, u64::from(self.status));
+        match &self.route {
+            Some((service, target)) => {
+                string_field(out, "service", service.spec.name.as_bytes());
+                match target.and_then(|i| service.spec.targets.get(i)) {
+                    Some(t) => string_field(out, "target", t.url().as_bytes()),
+                    None => out.extend_from_slice(b",\"target\":null"),
+                }
             }
-            for (name, value) in &self.response_headers {
-                fields.insert(format!("resp_{name}"), serde_json::Value::String(value.clone()));
+            None => out.extend_from_slice(b",\"service\":null,\"target\":null"),
+        }
+        string_field(out, "request_id", self.request_id.as_bytes());
+        string_field(out, "client_addr", s.client.ip().to_string().as_bytes());
+        out.extend_from_slice(b",\"client_port\":");
+        number(out, u64::from(s.client.port()));
+        out.extend_from_slice(b",\"duration\":");
+        number(out, u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
+        optional_field(out, "user_agent", s.user_agent.as_ref());
+        optional_field(out, "req_content_length", s.request_length.as_ref());
+        optional_field(out, "req_content_type", s.request_type.as_ref());
+        optional_field(out, "resp_content_length", self.response_length.as_ref());
+        optional_field(out, "resp_content_type", self.response_type.as_ref());
+        out.extend_from_slice(b",\"bytes_sent\":");
+        number(out, self.bytes_sent);
+        if let Some((service, _)) = &self.route {
+            let names = &service.spec.log_headers;
+            for (prefix, names, values) in
+                [("req_", &names.request, &s.request_headers), ("resp_", &names.response, &self.response_headers)]
+            {
+                for (name, value) in names.iter().zip(values) {
+                    if let Some(value) = value {
+                        let key = format!("{prefix}{}", name.replace('-', "_"));
+                        string_field(out, &key, value.as_bytes());
+                    }
+                }
             }
         }
-        line
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn string_field(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    string(out, value);
+}
+
+fn optional_field(out: &mut Vec<u8>, key: &str, value: Option<&HeaderValue>) {
+    match value {
+        Some(v) => string_field(out, key, v.as_bytes()),
+        None => {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":null");
+        }
+    }
+}
+
+/// A JSON string: quotes, backslashes and control bytes escaped; bytes that are not UTF-8
+/// (header values may carry them) become U+FFFD.
+fn string(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    let text = String::from_utf8_lossy(value);
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f | 0x7f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_numbers_are_valid_json() {
+        let mut out = Vec::new();
+        out.push(b'[');
+        string(&mut out, b"a\"b\\c\n\x01\xff");
+        out.push(b',');
+        number(&mut out, 0);
+        out.push(b',');
+        number(&mut out, u64::MAX);
+        out.push(b']');
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed[0], "a\"b\\c\n\u{1}\u{fffd}");
+        assert_eq!(parsed[2], u64::MAX);
     }
 }

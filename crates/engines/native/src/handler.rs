@@ -86,18 +86,9 @@ pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer:
         }
     };
     if let (Some(log), Some(start)) = (&conn.shared.access_log, trace.log) {
-        let service = trace.routed.as_ref();
-        let target = service.zip(trace.target).and_then(|(s, i)| s.spec.targets.get(i)).map(TargetSpec::url);
-        let pending = access_log::Pending::new(
-            log.clone(),
-            start,
-            response.status().as_u16(),
-            response.headers(),
-            service.map(|s| s.name()),
-            target,
-            &request_id,
-            service.map(|s| &s.spec.log_headers),
-        );
+        let route = trace.routed.map(|service| (service, trace.target));
+        let status = response.status().as_u16();
+        let pending = access_log::Pending::new(log.clone(), start, status, response.headers(), route, &request_id);
         response.body_mut().attach_log(pending);
     }
     (response, tunnel)
