@@ -214,14 +214,35 @@ impl Record {
             Some((service, target)) => {
                 string_field(out, "service", service.spec.name.as_bytes());
                 match target.and_then(|i| service.spec.targets.get(i)) {
-                    Some(t) => string_field(out, "target", t.url().as_bytes()),
+                    Some(t) => {
+                        // Written in place: the target's URL is never allocated.
+                        let scheme: &[u8] = match t.scheme {
+                            gatehouse_model::Scheme::Http => b"http://",
+                            gatehouse_model::Scheme::Https => b"https://",
+                        };
+                        out.extend_from_slice(b",\"target\":\"");
+                        out.extend_from_slice(scheme);
+                        let v6 = t.host.contains(':');
+                        if v6 {
+                            out.push(b'[');
+                        }
+                        escaped(out, t.host.as_bytes());
+                        if v6 {
+                            out.push(b']');
+                        }
+                        out.push(b':');
+                        number(out, u64::from(t.port));
+                        out.push(b'"');
+                    }
                     None => out.extend_from_slice(b",\"target\":null"),
                 }
             }
             None => out.extend_from_slice(b",\"service\":null,\"target\":null"),
         }
         string_field(out, "request_id", self.request_id.as_bytes());
-        string_field(out, "client_addr", s.client.ip().to_string().as_bytes());
+        out.extend_from_slice(b",\"client_addr\":\"");
+        let _ = write!(out, "{}", s.client.ip());
+        out.push(b'"');
         out.extend_from_slice(b",\"client_port\":");
         number(out, u64::from(s.client.port()));
         out.extend_from_slice(b",\"duration\":");
@@ -240,8 +261,11 @@ impl Record {
             {
                 for (name, value) in names.iter().zip(values) {
                     if let Some(value) = value {
-                        let key = format!("{prefix}{}", name.replace('-', "_"));
-                        string_field(out, &key, value.as_bytes());
+                        out.extend_from_slice(b",\"");
+                        out.extend_from_slice(prefix.as_bytes());
+                        out.extend(name.bytes().map(|b| if b == b'-' { b'_' } else { b }));
+                        out.extend_from_slice(b"\":");
+                        string(out, value.as_bytes());
                     }
                 }
             }
@@ -283,11 +307,20 @@ fn optional_field(out: &mut Vec<u8>, key: &str, value: Option<&HeaderValue>) {
 }
 
 /// A JSON string: quotes, backslashes and control bytes escaped; bytes that are not UTF-8
-/// (header values may carry them) become U+FFFD.
+/// (header values may carry them) become U+FFFD. Plain printable ASCII, nearly every value,
+/// is copied in one go.
 fn string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
-    let text = String::from_utf8_lossy(value);
-    for &b in text.as_bytes() {
+    if value.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.extend_from_slice(value);
+    } else {
+        escaped(out, String::from_utf8_lossy(value).as_bytes());
+    }
+    out.push(b'"');
+}
+
+fn escaped(out: &mut Vec<u8>, text: &[u8]) {
+    for &b in text {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -303,7 +336,6 @@ fn string(out: &mut Vec<u8>, value: &[u8]) {
             _ => out.push(b),
         }
     }
-    out.push(b'"');
 }
 
 #[cfg(test)]
