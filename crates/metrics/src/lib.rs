@@ -369,7 +369,7 @@ impl Metrics {
         );
         registry.register(
             names::DRAIN_SECONDS,
-            "From a switch to the old targets being idle or the drain timeout",
+            "From a switch to the old targets having no requests left, or the drain timeout",
             deploys.drain_seconds.clone(),
         );
         registry.register(
