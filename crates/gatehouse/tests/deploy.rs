@@ -570,7 +570,7 @@ async fn kamal_command_lines_buffering_and_forwarding() {
 
     // Options this build does not carry out are refused with what to do, never ignored.
     for (flag, says) in
-        [("--tls", "ACME"), ("--read-target=127.0.0.1:1", "--read-target"), ("--error-pages=/x", "error-pages")]
+        [("--tls", "ACME"), ("--read-target=127.0.0.1:1", "--read-target"), ("--error-pages=/nowhere", "/nowhere")]
     {
         let out = cli(state.path(), &["deploy", "other", &target, "--host=o.test", flag]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -623,4 +623,26 @@ async fn the_access_log_has_a_json_line_per_request() {
     assert!(line["duration"].as_u64().unwrap() > 0);
     let miss = all.iter().find(|l| l["host"] == "nowhere.test").expect("the 404's line");
     assert_eq!((miss["status"].as_u64(), &miss["service"]), (Some(404), &serde_json::Value::Null));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_answer_for_the_service() {
+    let state = tempfile::tempdir().unwrap();
+    let pages = state.path().join("pages");
+    std::fs::create_dir(&pages).unwrap();
+    std::fs::write(pages.join("502.html"), "<h1>We are deploying</h1>").unwrap();
+    std::fs::write(pages.join("503.html"), "<p>{{.Message}}</p>").unwrap();
+    std::fs::write(pages.join("notes.txt"), "ignored").unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let dead = backend::closed_port().to_string();
+    let folder = format!("--error-pages={}", pages.display());
+    ok(&cli(state.path(), &["deploy", "web", "--host", "web.test", "--target", &dead, "--force", &folder]));
+    let down = get(gh.listener(), "web.test", "/").await;
+    assert_eq!((down.status, down.body.as_str()), (502, "<h1>We are deploying</h1>"));
+    assert!(down.header("content-type").starts_with("text/html"));
+    ok(&cli(state.path(), &["stop", "web", "--message", "Back <soon>"]));
+    let stopped = get(gh.listener(), "web.test", "/").await;
+    assert_eq!((stopped.status, stopped.body.as_str()), (503, "<p>Back &lt;soon&gt;</p>"), "the message, escaped");
+    let other = get(gh.listener(), "other.test", "/").await;
+    assert_eq!(other.body, "no route for this host and path\n", "other answers keep their text");
 }

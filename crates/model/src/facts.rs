@@ -199,6 +199,10 @@ pub struct ServiceSpec {
     /// them: for a service behind another proxy.
     pub forward_headers: bool,
     pub log_headers: LogHeaders,
+    /// HTML pages for Gatehouse's own answers on this service, by status (kamal-proxy's
+    /// `--error-pages`); `{{.Message}}` in the 503 page is a stopped service's message.
+    #[serde(skip)]
+    pub error_pages: std::collections::BTreeMap<u16, String>,
     /// While paused or stopped, GET and HEAD of this path are answered 200 by the proxy, so
     /// load balancers in front keep the host.
     pub health_path: Option<String>,
@@ -225,6 +229,7 @@ impl ServiceSpec {
             buffering: Buffering::default(),
             forward_headers: false,
             log_headers: LogHeaders::default(),
+            error_pages: std::collections::BTreeMap::new(),
             health_path: None,
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use gatehouse_metrics::{Metrics, ServiceMetrics};
+use gatehouse_metrics::Metrics;
 use gatehouse_model::{
     normalize_host, Availability, InFlight, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec,
 };
@@ -80,10 +80,7 @@ pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer:
     let mut trace = Trace { routed: None, target: None, log };
     let (mut response, tunnel) = match proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await {
         Ok(handled) => handled,
-        Err(err) => {
-            let metrics = trace.routed.as_ref().map_or(&snap.unrouted, |s| &s.attached.metrics);
-            (local_error(err, conn, metrics, &snap, &request_id), None)
-        }
+        Err(err) => (local_error(err, conn, trace.routed.as_ref(), &snap, &request_id), None),
     };
     if let (Some(log), Some(start)) = (&conn.shared.access_log, trace.log) {
         let route = trace.routed.map(|service| (service, trace.target));
@@ -97,19 +94,20 @@ pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer:
 /// Answers a request that could not even be read (it has no id yet: one is made).
 pub(crate) fn refuse(err: LocalError, conn: &ConnInfo) -> Response<ProxyBody> {
     let snap = conn.shared.snapshot.load();
-    local_error(err, conn, &snap.unrouted, &snap, &headers::request_id(&http::HeaderMap::new()))
+    local_error(err, conn, None, &snap, &headers::request_id(&http::HeaderMap::new()))
 }
 
 fn local_error(
     err: LocalError,
     conn: &ConnInfo,
-    metrics: &ServiceMetrics,
+    service: Option<&Route<ServiceRuntime>>,
     snap: &Snapshot,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     conn.shared.metrics.proxy_error(err.kind());
+    let metrics = service.map_or(&snap.unrouted, |s| &s.attached.metrics);
     metrics.record_status(err.status().as_u16());
-    err.respond(&snap.xproxy, request_id)
+    err.respond(&snap.xproxy, request_id, service.map(|s| &s.spec.error_pages))
 }
 
 async fn proxy(
@@ -321,7 +319,16 @@ async fn held(
             Availability::Serving => return Held::Serving(route),
             _ if probe => return reply(StatusCode::OK, Bytes::from_static(b"OK\n")),
             Availability::Stopped { message } => {
-                return reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(format!("{message}\n")))
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                route.attached.metrics.record_status(status.as_u16());
+                let answer = match route.spec.error_pages.get(&503) {
+                    Some(page) => {
+                        let page = page.replace("{{.Message}}", &html_escape(message));
+                        crate::local::html(status, Bytes::from(page), &snap.xproxy, request_id)
+                    }
+                    None => crate::local::answer(status, Bytes::from(format!("{message}\n")), &snap.xproxy, request_id),
+                };
+                return Held::Answered(Box::new(answer));
             }
             Availability::Paused { max_pause } => {
                 let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + *max_pause);
@@ -343,6 +350,22 @@ async fn held(
             }
         }
     }
+}
+
+/// Text made safe to put into an HTML page.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Counts a request in `paused_requests` while it lives.

@@ -93,8 +93,18 @@ impl LocalError {
         }
     }
 
-    pub fn respond(self, xproxy: &HeaderValue, request_id: &HeaderValue) -> Response<ProxyBody> {
-        let mut resp = answer(self.status(), Bytes::from_static(self.text().as_bytes()), xproxy, request_id);
+    /// The answer: the service's error page for the status when it has one, else short text.
+    pub fn respond(
+        self,
+        xproxy: &HeaderValue,
+        request_id: &HeaderValue,
+        pages: Option<&std::collections::BTreeMap<u16, String>>,
+    ) -> Response<ProxyBody> {
+        let page = pages.and_then(|p| p.get(&self.status().as_u16()));
+        let mut resp = match page {
+            Some(page) => html(self.status(), Bytes::from(page.clone()), xproxy, request_id),
+            None => answer(self.status(), Bytes::from_static(self.text().as_bytes()), xproxy, request_id),
+        };
         let h = resp.headers_mut();
         if matches!(
             self,
@@ -110,6 +120,18 @@ impl LocalError {
         }
         resp
     }
+}
+
+/// An HTML answer of Gatehouse's own (a service's error page).
+pub(crate) fn html(
+    status: StatusCode,
+    page: Bytes,
+    xproxy: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let mut resp = answer(status, page, xproxy, request_id);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp
 }
 
 /// A short plain-text answer of Gatehouse's own.

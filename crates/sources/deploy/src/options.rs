@@ -246,6 +246,9 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         max_response_body: (options.max_response_body > 0).then_some(options.max_response_body),
     };
     spec.forward_headers = options.forward_headers.unwrap_or(!options.tls);
+    if let Some(folder) = &options.error_pages {
+        spec.error_pages = error_pages(std::path::Path::new(folder))?;
+    }
     spec.log_headers = LogHeaders {
         request: header_names(&options.log_request_headers, "--log-request-header")?,
         response: header_names(&options.log_response_headers, "--log-response-header")?,
@@ -268,10 +271,37 @@ fn not_yet(options: &DeployOptions) -> Result<(), String> {
     if !options.read_targets.is_empty() {
         return Err("--read-target is not supported yet; deploy the readers as targets".into());
     }
-    if options.error_pages.is_some() {
-        return Err("--error-pages is not supported yet".into());
-    }
     Ok(())
+}
+
+/// Largest error page read.
+const MAX_PAGE: u64 = 1 << 20;
+
+/// `<status>.html` files of `folder` (4xx and 5xx), read once at deploy and at restore.
+fn error_pages(folder: &std::path::Path) -> Result<std::collections::BTreeMap<u16, String>, String> {
+    let entries = std::fs::read_dir(folder).map_err(|e| format!("--error-pages {}: {e}", folder.display()))?;
+    let mut pages = std::collections::BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(status) = name.to_str().and_then(|n| n.strip_suffix(".html")).and_then(|n| n.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if !(400..600).contains(&status) {
+            continue;
+        }
+        let path = entry.path();
+        let too_big = entry.metadata().is_ok_and(|m| m.len() > MAX_PAGE);
+        if too_big {
+            return Err(format!("error page {} is larger than 1 MiB", path.display()));
+        }
+        let page = std::fs::read_to_string(&path).map_err(|e| format!("error page {}: {e}", path.display()))?;
+        pages.insert(status, page);
+    }
+    if pages.is_empty() {
+        return Err(format!("--error-pages {} has no 4xx.html or 5xx.html page", folder.display()));
+    }
+    Ok(pages)
 }
 
 /// Lower-cased header names, checked.
