@@ -52,6 +52,10 @@ impl AccessLog {
                 std::thread::sleep(WRITE_EVERY);
                 let Some(log) = writer.upgrade() else { break };
                 std::mem::swap(&mut *log.queue.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
+                let dropped = log.dropped.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::warn!(dropped, "the access log fell behind; records were dropped");
+                }
                 drop(log);
                 for record in taken.drain(..) {
                     line.clear();
@@ -72,11 +76,6 @@ impl AccessLog {
             drop(queue);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Records dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
