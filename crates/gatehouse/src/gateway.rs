@@ -387,8 +387,7 @@ impl Routes for Gateway {
         let retired = names
             .filter_map(|name| {
                 let old = current.table.service(name)?;
-                let kept = next.table.service(name).is_some_and(|new| Arc::ptr_eq(old, new));
-                (!kept).then(|| old.retired())
+                Some(old.retired_by(next.table.service(name).map(|s| &**s))).filter(|r| !r.is_empty())
             })
             .collect();
         self.proxy.install(next);

@@ -3,8 +3,9 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use crate::facts::{BalancePolicy, TargetSpec};
+use crate::facts::{BalancePolicy, Lane, TargetSpec};
 use crate::table::Target;
 
 /// Upper bound on precomputed entries (round-robin order, hash ring points) per service,
@@ -19,6 +20,8 @@ pub struct PickContext {
     pub client_ip: IpAddr,
     /// A fresh random number for policies that sample.
     pub random: u64,
+    /// Which of the service's target sets the request goes to.
+    pub lane: Lane,
 }
 
 #[derive(Debug)]
@@ -48,23 +51,26 @@ impl Balancer {
     }
 
     /// The index of the target to use, skipping those in `tried`; `None` when every
-    /// target has been tried (or there are none).
-    pub fn pick(&self, targets: &[Target], ctx: &PickContext, tried: &[usize]) -> Option<usize> {
+    /// target has been tried (or there are none). `targets` is one pool of a service, which
+    /// starts at index `offset` of the service's targets: `tried` and the answer use the
+    /// service's indices.
+    pub fn pick(&self, targets: &[Arc<Target>], ctx: &PickContext, tried: &[usize], offset: usize) -> Option<usize> {
         let n = targets.len();
         if n == 0 || tried.len() >= n {
             return None;
         }
-        match self {
+        let untried = |i: &usize| !tried.contains(&(i + offset));
+        let local = match self {
             Balancer::RoundRobin { order, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 (0..order.len())
                     .map(|step| order[(start + step) % order.len()] as usize)
-                    .find(|i| !tried.contains(i))
-                    .or_else(|| first_untried(n, tried))
+                    .find(untried)
+                    .or_else(|| (0..n).find(untried))
             }
             Balancer::LeastRequests => {
                 if n == 1 {
-                    return first_untried(n, tried);
+                    return (0..n).find(untried).map(|i| i + offset);
                 }
                 let a = (ctx.random as u32 as usize) % n;
                 let mut b = ((ctx.random >> 32) as usize) % (n - 1);
@@ -72,9 +78,9 @@ impl Balancer {
                     b += 1;
                 }
                 let load = |i: usize| targets[i].in_flight();
-                match (tried.contains(&a), tried.contains(&b)) {
-                    (false, false) => Some(if load(b) < load(a) { b } else { a }),
-                    _ => (0..n).filter(|i| !tried.contains(i)).min_by_key(|&i| load(i)),
+                match (untried(&a), untried(&b)) {
+                    (true, true) => Some(if load(b) < load(a) { b } else { a }),
+                    _ => (0..n).filter(untried).min_by_key(|&i| load(i)),
                 }
             }
             Balancer::IpHash { ring } => {
@@ -82,15 +88,12 @@ impl Balancer {
                 let start = ring.partition_point(|&(point, _)| point < h);
                 (0..ring.len())
                     .map(|step| ring[(start + step) % ring.len()].1 as usize)
-                    .find(|i| !tried.contains(i))
-                    .or_else(|| first_untried(n, tried))
+                    .find(untried)
+                    .or_else(|| (0..n).find(untried))
             }
-        }
+        };
+        local.map(|i| i + offset)
     }
-}
-
-fn first_untried(n: usize, tried: &[usize]) -> Option<usize> {
-    (0..n).find(|i| !tried.contains(i))
 }
 
 /// Weights reduced by their common divisor and, if their sum is over the cap once multiplied
@@ -189,12 +192,12 @@ mod tests {
             .collect()
     }
 
-    fn targets(specs: &[TargetSpec]) -> Vec<Target> {
-        specs.iter().map(|_| Target::default()).collect()
+    fn targets(specs: &[TargetSpec]) -> Vec<Arc<Target>> {
+        specs.iter().map(|_| Arc::default()).collect()
     }
 
     fn ctx(ip: [u8; 4], random: u64) -> PickContext {
-        PickContext { client_ip: IpAddr::V4(Ipv4Addr::from(ip)), random }
+        PickContext { client_ip: IpAddr::V4(Ipv4Addr::from(ip)), random, lane: Lane::default() }
     }
 
     #[test]
@@ -208,12 +211,12 @@ mod tests {
         let s = specs(&[2, 1]);
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::RoundRobin, &s);
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&t, &ctx([1, 1, 1, 1], 0), &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&t, &ctx([1, 1, 1, 1], 0), &[], 0).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 4);
         for _ in 0..5 {
-            assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 0), &[0]), Some(1));
+            assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 0), &[0], 0), Some(1));
         }
-        assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 0), &[0, 1]), None);
+        assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 0), &[0, 1], 0), None);
     }
 
     #[test]
@@ -232,9 +235,9 @@ mod tests {
         let b = Balancer::new(BalancePolicy::LeastRequests, &s);
         t[0].in_flight.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         for r in 0..20u64 {
-            assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], r * 7919), &[]), Some(1));
+            assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], r * 7919), &[], 0), Some(1));
         }
-        assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 3), &[1]), Some(0));
+        assert_eq!(b.pick(&t, &ctx([1, 1, 1, 1], 3), &[1], 0), Some(0));
     }
 
     #[test]
@@ -243,8 +246,8 @@ mod tests {
         let t = targets(&s);
         let b = Balancer::new(BalancePolicy::IpHash, &s);
         let clients: Vec<[u8; 4]> = (0..200u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()).collect();
-        let first: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 1), &[]).unwrap()).collect();
-        let again: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 99), &[]).unwrap()).collect();
+        let first: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 1), &[], 0).unwrap()).collect();
+        let again: Vec<_> = clients.iter().map(|c| b.pick(&t, &ctx(*c, 99), &[], 0).unwrap()).collect();
         assert_eq!(first, again, "same client, same target");
         let used: std::collections::HashSet<_> = first.iter().collect();
         assert_eq!(used.len(), 4, "every target gets clients");
@@ -255,7 +258,7 @@ mod tests {
         let moved = clients
             .iter()
             .zip(&first)
-            .filter(|(c, before)| **before != 3 && b3.pick(&t3, &ctx(**c, 1), &[]).unwrap() != **before)
+            .filter(|(c, before)| **before != 3 && b3.pick(&t3, &ctx(**c, 1), &[], 0).unwrap() != **before)
             .count();
         assert_eq!(moved, 0, "clients of remaining targets keep them");
     }

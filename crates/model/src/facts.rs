@@ -168,6 +168,25 @@ pub enum Availability {
     Stopped { message: String },
 }
 
+/// A second target set behind a cookie split (kamal-proxy's rollout): requests whose
+/// `kamal-rollout` cookie is in the allowlist, or hashes under the percentage, go to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollout {
+    pub targets: Vec<TargetSpec>,
+    pub read_targets: Vec<TargetSpec>,
+    /// Share of cookie values sent to the rollout, 0 to 100.
+    pub percent: u8,
+    /// Cookie values always sent to the rollout.
+    pub allowlist: Vec<String>,
+}
+
+/// Which of a service's target sets a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lane {
+    pub rollout: bool,
+    pub read: bool,
+}
+
 /// Everything a source says about one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceSpec {
@@ -181,6 +200,16 @@ pub struct ServiceSpec {
     /// Remove the matched prefix from the path before forwarding.
     pub strip_prefix: bool,
     pub targets: Vec<TargetSpec>,
+    /// GET and HEAD go to these when there are any (kamal-proxy's readers); the `targets`
+    /// are then the writers.
+    pub read_targets: Vec<TargetSpec>,
+    /// After a write, the client's reads go to the writers for this long (a `kamal-writer`
+    /// cookie); zero turns it off.
+    #[serde(with = "duration_ms")]
+    pub writer_affinity: Duration,
+    /// WebSocket upgrades count as reads (they go to writers otherwise).
+    pub read_target_websockets: bool,
+    pub rollout: Option<Rollout>,
     /// Targets the source's health checks keep out of rotation (shown, never routed to).
     pub down_targets: Vec<TargetSpec>,
     pub balance: BalancePolicy,
@@ -218,6 +247,10 @@ impl ServiceSpec {
             path_prefixes: vec!["/".to_string()],
             strip_prefix: false,
             targets: Vec::new(),
+            read_targets: Vec::new(),
+            writer_affinity: Duration::ZERO,
+            read_target_websockets: false,
+            rollout: None,
             down_targets: Vec::new(),
             balance: BalancePolicy::default(),
             timeouts: Timeouts::default(),
@@ -232,6 +265,37 @@ impl ServiceSpec {
             error_pages: std::collections::BTreeMap::new(),
             health_path: None,
         }
+    }
+}
+
+impl ServiceSpec {
+    /// The target sets in the order engines index them: writers, readers, then the rollout's
+    /// writers and readers.
+    pub fn target_sets(&self) -> [&[TargetSpec]; 4] {
+        let (rollout_writers, rollout_readers) =
+            self.rollout.as_ref().map_or((&[][..], &[][..]), |r| (&r.targets[..], &r.read_targets[..]));
+        [&self.targets, &self.read_targets, rollout_writers, rollout_readers]
+    }
+
+    /// Whether GET and HEAD may go to readers (of the active set or the rollout).
+    pub fn has_readers(&self) -> bool {
+        !self.read_targets.is_empty() || self.rollout.as_ref().is_some_and(|r| !r.read_targets.is_empty())
+    }
+
+    /// Every target, indexed as engines index them.
+    pub fn all_targets(&self) -> impl Iterator<Item = &TargetSpec> {
+        self.target_sets().into_iter().flatten()
+    }
+
+    /// The target at an engine index (see [`ServiceSpec::all_targets`]).
+    pub fn target(&self, mut index: usize) -> Option<&TargetSpec> {
+        for set in self.target_sets() {
+            match set.get(index) {
+                Some(target) => return Some(target),
+                None => index -= set.len(),
+            }
+        }
+        None
     }
 }
 

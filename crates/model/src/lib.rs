@@ -11,11 +11,14 @@ mod cow_map;
 mod facts;
 mod host;
 mod retire;
+pub mod split;
 mod table;
 
 pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
-pub use facts::{Availability, BalancePolicy, Buffering, LogHeaders, Scheme, ServiceSpec, TargetSpec, Timeouts};
+pub use facts::{
+    Availability, BalancePolicy, Buffering, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, TargetSpec, Timeouts,
+};
 pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
 pub use retire::{Scope, Signalled};
 pub use table::{BuildError, InFlight, Retired, Route, RouteTable, Service, Target};

@@ -125,7 +125,7 @@ mod tests {
         spec.targets = vec![TargetSpec { scheme: Scheme::Http, host: "h".into(), port: 1, weight: 1 }];
         let table: RouteTable = RouteTable::build(1, vec![Arc::new(spec)], None, |_| ()).unwrap();
         let service = table.service("a").unwrap();
-        let retired = service.retired();
+        let retired = service.retired_by::<()>(None);
         let waiting = service.begin(0);
         let body = service.begin(0).into_signalled(Scope::All);
         let tunnel = service.begin(0).into_signalled(Scope::Tunnels);

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::balance::{Balancer, PickContext};
 use crate::cow_map::CowMap;
-use crate::facts::ServiceSpec;
+use crate::facts::{Lane, ServiceSpec};
 use crate::host::HostPattern;
 use crate::retire::{Retirement, Scope, Signalled};
 
@@ -23,11 +23,13 @@ pub enum BuildError {
     BadPrefix { service: String, prefix: String },
 }
 
-/// The live state of one upstream of a service (its facts are the spec's target at the
-/// same index).
+/// The live state of one upstream of a service. A new table shares it with the previous
+/// one while the target stays in the service, so counts and drain signals follow the target,
+/// not the table.
 #[derive(Debug, Default)]
 pub struct Target {
     pub(crate) in_flight: AtomicU32,
+    retirement: Retirement,
 }
 
 impl Target {
@@ -36,34 +38,25 @@ impl Target {
     }
 }
 
-/// A service's live state shared with its requests: the targets' counts, and the signals
-/// a drain sends to the requests still on them.
-#[derive(Debug, Default)]
-pub(crate) struct Live {
-    targets: Box<[Target]>,
-    retirement: Retirement,
-}
-
 /// Counts a request against its target until dropped (it may outlive the route table).
 pub struct InFlight {
-    live: Arc<Live>,
-    target: usize,
+    target: Arc<Target>,
 }
 
 impl InFlight {
     pub(crate) fn retirement(&self) -> &Retirement {
-        &self.live.retirement
+        &self.target.retirement
     }
 
-    /// Whether the service's drain has signalled `scope` (one atomic load).
+    /// Whether the target's drain has signalled `scope` (one atomic load).
     pub fn is_signalled(&self, scope: Scope) -> bool {
-        self.live.retirement.is_signalled(scope)
+        self.target.retirement.is_signalled(scope)
     }
 
-    /// Resolves when the service's drain signals `scope`; allocates nothing (for a request
+    /// Resolves when the target's drain signals `scope`; allocates nothing (for a request
     /// waiting in place).
     pub async fn signalled(&self, scope: Scope) {
-        self.live.retirement.wait(scope).await
+        self.target.retirement.wait(scope).await
     }
 
     /// This count, awaitable for `scope` by a value that owns it (a response body).
@@ -74,71 +67,132 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.live.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The live counters of a service taken out of the table, for whoever drains it: requests
-/// (with their response bodies and tunnels) that started on it keep counting here.
-#[derive(Debug, Clone)]
+/// The live counters of targets taken out of service, for whoever drains them: requests
+/// (with their response bodies and tunnels) that started on them keep counting here.
+#[derive(Debug, Clone, Default)]
 pub struct Retired {
-    live: Arc<Live>,
+    targets: Vec<Arc<Target>>,
 }
 
 impl Retired {
-    /// Requests still in flight on any of the service's targets.
+    /// Requests still in flight on the retired targets.
     pub fn in_flight(&self) -> u32 {
-        self.live.targets.iter().map(Target::in_flight).sum()
+        self.targets.iter().map(|t| t.in_flight()).sum()
     }
 
-    /// Tells the requests on the service's targets to stop: tunnels only, or everything.
+    /// Tells the requests on the retired targets to stop: tunnels only, or everything.
     pub fn signal(&self, scope: Scope) {
-        self.live.retirement.signal(scope);
+        for target in &self.targets {
+            target.retirement.signal(scope);
+        }
+    }
+
+    /// How many targets were retired.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
     }
 }
 
-/// A service as engines use it: its facts, its targets, its balancer, and whatever the
+/// One target set of a service (writers, readers, rollout writers, rollout readers): a
+/// range of the service's targets and the balancer that picks within it.
+#[derive(Debug)]
+struct Pool {
+    start: usize,
+    len: usize,
+    balancer: Balancer,
+}
+
+/// A service as engines use it: its facts, its targets, its balancers, and whatever the
 /// engine attached to it. A table build reuses the whole service while its spec is
 /// unchanged, so balancer positions, in-flight counts and attachments carry over.
 #[derive(Debug)]
 pub struct Service<X = ()> {
     pub spec: Arc<ServiceSpec>,
-    live: Arc<Live>,
-    balancer: Balancer,
+    /// Indexed like [`ServiceSpec::all_targets`].
+    targets: Box<[Arc<Target>]>,
+    /// Writers, readers, rollout writers, rollout readers.
+    pools: [Pool; 4],
     /// Engine state derived from the spec (metrics handles, connection keys, ...).
     pub attached: X,
 }
 
 impl<X> Service<X> {
-    fn new(spec: Arc<ServiceSpec>, attached: X) -> Self {
-        let balancer = Balancer::new(spec.balance, &spec.targets);
-        let targets = spec.targets.iter().map(|_| Target::default()).collect();
-        Self { spec, live: Arc::new(Live { targets, retirement: Retirement::default() }), balancer, attached }
+    /// A service for `spec`; targets it shares with `previous` keep their live state, unless
+    /// the service's availability changed (a pause or stop drains every target).
+    fn new<Y>(spec: Arc<ServiceSpec>, previous: Option<&Service<Y>>, attached: X) -> Self {
+        let previous = previous.filter(|p| p.spec.availability == spec.availability);
+        let targets = spec
+            .all_targets()
+            .map(|t| {
+                previous
+                    .and_then(|p| p.spec.all_targets().position(|old| old == t).map(|i| &p.targets[i]))
+                    .filter(|live| !live.retirement.is_signalled(Scope::Tunnels))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut start = 0;
+        let pools = spec.target_sets().map(|set| {
+            let pool = Pool { start, len: set.len(), balancer: Balancer::new(spec.balance, set) };
+            start += set.len();
+            pool
+        });
+        Self { spec, targets, pools, attached }
     }
 
-    /// The live state of each target, indexed like the spec's.
-    pub fn targets(&self) -> &[Target] {
-        &self.live.targets
+    /// The live state of each target, indexed like [`ServiceSpec::all_targets`].
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    /// How many targets the lane of `ctx` can use.
+    pub fn lane_len(&self, ctx: &PickContext) -> usize {
+        self.pool(ctx.lane).len
+    }
+
+    /// The pool of a lane: readers fall back to the writers of their side when there are
+    /// none, and a rollout lane without targets to the active writers.
+    fn pool(&self, lane: Lane) -> &Pool {
+        let side = if lane.rollout && self.pools[2].len > 0 { 2 } else { 0 };
+        if lane.read && self.pools[side + 1].len > 0 {
+            &self.pools[side + 1]
+        } else {
+            &self.pools[side]
+        }
     }
 
     /// Counts a request as in flight on `target` until the guard is dropped.
     pub fn begin(&self, target: usize) -> InFlight {
-        self.live.targets[target].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { live: self.live.clone(), target }
+        let target = self.targets[target].clone();
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { target }
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    /// A handle on this service's in-flight counts that outlives the table.
-    pub fn retired(&self) -> Retired {
-        Retired { live: self.live.clone() }
+    /// The targets of this service that `next` (its replacement, if any) does not keep,
+    /// for a drain.
+    pub fn retired_by<Y>(&self, next: Option<&Service<Y>>) -> Retired {
+        let kept = |t: &Arc<Target>| next.is_some_and(|n| n.targets.iter().any(|k| Arc::ptr_eq(k, t)));
+        Retired { targets: self.targets.iter().filter(|t| !kept(t)).cloned().collect() }
     }
 
-    /// The next target to use, skipping those already tried for this request.
+    /// The next target of the request's lane to use, skipping those already tried for this
+    /// request.
     pub fn pick(&self, ctx: &PickContext, tried: &[usize]) -> Option<usize> {
-        self.balancer.pick(&self.live.targets, ctx, tried)
+        let pool = self.pool(ctx.lane);
+        let targets = &self.targets[pool.start..pool.start + pool.len];
+        pool.balancer.pick(targets, ctx, tried, pool.start)
     }
 
     /// The path to forward: `path` with the longest of the service's prefixes that matches
@@ -270,7 +324,8 @@ impl<X> RouteTable<X> {
                 Some(old) => old.clone(),
                 None => {
                     let attached = attach(&spec);
-                    Arc::new(Service::new(spec, attached))
+                    let before = previous.and_then(|p| p.service(&spec.name)).map(|s| &**s);
+                    Arc::new(Service::new(spec, before, attached))
                 }
             };
             table.insert(service);
@@ -320,7 +375,8 @@ impl<X> RouteTable<X> {
                 Some(kept) => kept,
                 None => {
                     let attached = attach(&spec);
-                    Arc::new(Service::new(spec, attached))
+                    let before = self.service(&spec.name).map(|s| &**s);
+                    Arc::new(Service::new(spec, before, attached))
                 }
             };
             table.insert(service);
@@ -471,8 +527,7 @@ impl<X> Serialize for RouteTable<X> {
                     spec: &svc.spec,
                     live_targets: svc
                         .spec
-                        .targets
-                        .iter()
+                        .all_targets()
                         .zip(svc.targets().iter())
                         .map(|(t, live)| TargetView { url: t.url(), weight: t.weight, in_flight: live.in_flight() })
                         .collect(),
@@ -606,6 +661,62 @@ mod tests {
         drop(held);
         assert_eq!(a2.targets()[0].in_flight(), 0);
         assert!(second.service("zzz").is_none());
+    }
+
+    #[test]
+    fn kept_targets_keep_their_counts_and_only_leaving_ones_are_retired() {
+        let target = |port: u16| TargetSpec { scheme: Scheme::Http, host: "127.0.0.1".into(), port, weight: 1 };
+        let mut spec = svc("a", &["a.test"], "/");
+        spec.targets = vec![target(1), target(2)];
+        let first = table(vec![spec.clone()]).unwrap();
+        let old = first.service("a").unwrap().clone();
+        let on_kept = old.begin(1);
+        let on_leaving = old.begin(0);
+        spec.targets = vec![target(2), target(3)];
+        let second = first.update(2, vec![Arc::new(spec.clone())], &[], |_| ()).unwrap();
+        let new = second.service("a").unwrap();
+        assert_eq!(new.targets()[0].in_flight(), 1, "target 2 carries its count over");
+        let retired = old.retired_by(Some(new));
+        assert_eq!((retired.len(), retired.in_flight()), (1, 1), "only target 1 is drained");
+        retired.signal(Scope::All);
+        assert!(on_leaving.is_signalled(Scope::All) && !on_kept.is_signalled(Scope::Tunnels));
+        assert_eq!(old.retired_by::<()>(None).len(), 2, "a removal retires everything");
+
+        spec.availability = crate::facts::Availability::Stopped { message: String::new() };
+        let third = second.update(3, vec![Arc::new(spec)], &[], |_| ()).unwrap();
+        let stopped = third.service("a").unwrap();
+        assert_eq!(stopped.targets()[0].in_flight(), 0, "a pause or stop starts afresh");
+        assert_eq!(new.retired_by(Some(stopped)).len(), 2, "and drains every target");
+    }
+
+    #[test]
+    fn lanes_pick_from_their_pool_and_fall_back_to_writers() {
+        let target = |port: u16| TargetSpec { scheme: Scheme::Http, host: "127.0.0.1".into(), port, weight: 1 };
+        let mut spec = svc("a", &["a.test"], "/");
+        spec.targets = vec![target(1)];
+        spec.read_targets = vec![target(2), target(3)];
+        spec.rollout = Some(crate::facts::Rollout {
+            targets: vec![target(4)],
+            read_targets: Vec::new(),
+            percent: 0,
+            allowlist: Vec::new(),
+        });
+        let t = table(vec![spec]).unwrap();
+        let s = t.service("a").unwrap();
+        let ctx = |rollout, read| PickContext {
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            random: 0,
+            lane: Lane { rollout, read },
+        };
+        let port = |i: usize| s.spec.target(i).unwrap().port;
+        assert_eq!(port(s.pick(&ctx(false, false), &[]).unwrap()), 1);
+        let reads: HashSet<u16> = (0..4).map(|_| port(s.pick(&ctx(false, true), &[]).unwrap())).collect();
+        assert_eq!(reads, HashSet::from([2, 3]));
+        assert_eq!(port(s.pick(&ctx(false, true), &[1]).unwrap()), 3, "tried targets are skipped");
+        assert_eq!(s.pick(&ctx(false, true), &[1, 2]), None);
+        assert_eq!(port(s.pick(&ctx(true, false), &[]).unwrap()), 4);
+        assert_eq!(port(s.pick(&ctx(true, true), &[]).unwrap()), 4, "no rollout readers: rollout writers");
+        assert_eq!(s.lane_len(&ctx(false, true)), 2);
     }
 
     #[test]

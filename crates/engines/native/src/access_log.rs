@@ -212,7 +212,7 @@ impl Record {
         match &self.route {
             Some((service, target)) => {
                 string_field(out, "service", service.spec.name.as_bytes());
-                match target.and_then(|i| service.spec.targets.get(i)) {
+                match target.and_then(|i| service.spec.target(i)) {
                     Some(t) => {
                         // Written in place: the target's URL is never allocated.
                         let scheme: &[u8] = match t.scheme {

@@ -10,9 +10,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{
-    normalize_host, Availability, InFlight, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec,
+    normalize_host, split, Availability, InFlight, Lane, PickContext, Route, Scheme, Scope, Service, ServiceSpec,
+    TargetSpec,
 };
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -151,6 +152,8 @@ async fn proxy(
         }
     }
     let upgrade = wants_upgrade(&req);
+    let read_method = matches!(*req.method(), Method::GET | Method::HEAD);
+    let split = Split::of(spec, &req, read_method, upgrade);
 
     let (mut parts, body) = req.into_parts();
     let path_and_query = forward_path(service, &parts.uri);
@@ -193,9 +196,9 @@ async fn proxy(
     };
     let mut outgoing = Request::from_parts(parts, body);
 
-    let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..) };
+    let pick = PickContext { client_ip: conn.peer.ip(), random: fastrand::u64(..), lane: split.lane };
     let mut tried = [0usize; MAX_TRIES];
-    let tries = (spec.retries as usize + 1).min(service.targets().len()).min(MAX_TRIES);
+    let tries = (spec.retries as usize + 1).min(service.lane_len(&pick)).min(MAX_TRIES);
     let runtime = &service.attached;
     for attempt in 0..tries {
         let Some(index) = service.pick(&pick, &tried[..attempt]) else {
@@ -203,7 +206,7 @@ async fn proxy(
         };
         tried[attempt] = index;
         trace.target = Some(index);
-        let target = &spec.targets[index];
+        let Some(target) = spec.target(index) else { break };
         if spec.upstream_http2 {
             *outgoing.uri_mut() = absolute_uri(target, &host, &path_and_query)?;
         }
@@ -235,6 +238,7 @@ async fn proxy(
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
+        split.writer_affinity(spec, &mut parts.headers);
         parts.version = Version::HTTP_11;
         if !switching && buffers_response(spec, &parts.headers) {
             let (memory, limit) = (spec.buffering.memory, spec.buffering.max_response_body);
@@ -272,6 +276,55 @@ async fn proxy(
         };
     }
     Err(LocalError::Unreachable)
+}
+
+/// A request's place in its service's read/write and rollout splits.
+struct Split {
+    lane: Lane,
+    /// A write to a service with readers: the response sends the client's next reads to
+    /// the writers.
+    wrote: bool,
+}
+
+impl Split {
+    fn of(spec: &ServiceSpec, req: &Request<ClientBody>, read_method: bool, upgrade: bool) -> Split {
+        let readers = spec.has_readers();
+        if !readers && spec.rollout.is_none() {
+            return Split { lane: Lane::default(), wrote: false };
+        }
+        let websocket = upgrade
+            && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let cookie =
+            |name| split::cookie(req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes), name);
+        let facts = split::RequestFacts {
+            read_method,
+            websocket,
+            rollout_cookie: cookie(split::ROLLOUT_COOKIE),
+            writer_cookie: cookie(split::WRITER_COOKIE),
+            now_ms: unix_ms(),
+        };
+        Split { lane: split::lane(spec, facts), wrote: readers && !split::is_read(spec, read_method, websocket) }
+    }
+
+    /// After a write, sets kamal-proxy's `kamal-writer` cookie unless the target answered
+    /// `X-Writer-Affinity: false`; that header never reaches the client.
+    fn writer_affinity(&self, spec: &ServiceSpec, headers: &mut http::HeaderMap) {
+        if !self.wrote {
+            return;
+        }
+        let opted_out = headers.remove(X_WRITER_AFFINITY).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
+        let cookie = split::writer_cookie(spec, unix_ms()).and_then(|c| HeaderValue::try_from(c).ok());
+        if let (false, Some(cookie)) = (opted_out, cookie) {
+            headers.append(header::SET_COOKIE, cookie);
+        }
+    }
+}
+
+const X_WRITER_AFFINITY: HeaderName = HeaderName::from_static("x-writer-affinity");
+
+fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether a target's response is read whole first: when the service buffers responses,

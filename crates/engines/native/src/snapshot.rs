@@ -38,8 +38,7 @@ impl ServiceRuntime {
     /// The upstream pool key of each of `spec`'s targets (`spec` is the service's own).
     pub(crate) fn pool_keys(&self, spec: &ServiceSpec) -> &[Arc<str>] {
         self.pool_keys.get_or_init(|| {
-            spec.targets
-                .iter()
+            spec.all_targets()
                 .map(|t| {
                     // Connections are only shared between uses that agree on every option
                     // that shaped them.
