@@ -41,10 +41,10 @@ pub fn lane(spec: &ServiceSpec, facts: RequestFacts<'_>) -> Lane {
     };
     let read = has_readers
         && is_read(spec, facts.read_method, facts.websocket)
-        && !facts
+        && facts
             .writer_cookie
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-            .is_some_and(|until| facts.now_ms < until);
+            .is_none_or(|until| facts.now_ms >= until);
     Lane { rollout, read }
 }
 
