@@ -4,15 +4,21 @@
 //! change what is served, so on TCP they always need the token; on the admin Unix socket the
 //! socket's file permissions are the access control.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use gatehouse_deploy::{DeployError, DeployRequest, ServiceState, StateChange};
+use gatehouse_deploy::{DeployError, DeployRequest, RolloutRequest, RolloutSplit, ServiceState, StateChange};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::clock::rfc3339;
@@ -28,6 +34,13 @@ pub enum Access {
 }
 
 pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
+    let changes = Router::new()
+        .route("/v1/services/{name}/deploy", post(deploy))
+        .route("/v1/services/{name}", delete(remove))
+        // pause, stop and resume
+        .route("/v1/services/{name}/{action}", post(change_state))
+        .route("/v1/services/{name}/rollout/{action}", post(rollout))
+        .route_layer(middleware::from_fn_with_state(gateway.clone(), guard_changes));
     Router::new()
         .route("/", get(version))
         .route("/v1/health", get(health))
@@ -39,12 +52,18 @@ pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/routes", get(routes))
         .route("/v1/services", get(list_services))
-        .route("/v1/services/{name}/deploy", post(deploy))
-        .route("/v1/services/{name}", delete(remove))
-        // pause, stop and resume
-        .route("/v1/services/{name}/{action}", post(change_state))
+        .merge(changes)
         .layer(Extension(access))
         .with_state(gateway)
+}
+
+/// Refuses a change of the deployed services unless the caller may make it.
+async fn guard_changes(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let access = request.extensions().get::<Access>().copied().unwrap_or(Access::Tcp);
+    match may_change_services(&gw, access, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
 }
 
 async fn version() -> &'static str {
@@ -159,89 +178,88 @@ async fn list_services(State(gw): State<Arc<Gateway>>) -> Response {
     Json(json!({"services": gw.deploys().list().await})).into_response()
 }
 
-async fn deploy(
-    State(gw): State<Arc<Gateway>>,
-    Extension(access): Extension<Access>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = may_change_services(&gw, access, &headers) {
-        return refused;
-    }
-    let request: DeployRequest = match serde_json::from_slice(&body) {
+async fn deploy(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let request: DeployRequest = match parse(&body, false) {
         Ok(request) => request,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("the deploy request is not valid: {e}")),
+        Err(e) => return invalid(e),
     };
-    // Run to the end even if the caller goes away: a deploy stopped between its save and its
-    // switch would leave the saved state ahead of the routes.
-    let task = tokio::spawn(async move {
-        let deploys = gw.deploys().clone();
-        deploys.deploy(&name, request).await
-    });
-    match task.await {
-        Ok(Ok(outcome)) => Json(outcome).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the deploy task failed: {e}")),
-    }
+    run(async move { gw.deploys().clone().deploy(&name, request).await }).await
 }
 
-async fn remove(
-    State(gw): State<Arc<Gateway>>,
-    Extension(access): Extension<Access>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = may_change_services(&gw, access, &headers) {
-        return refused;
-    }
-    let task = tokio::spawn(async move {
-        let deploys = gw.deploys().clone();
-        deploys.remove(&name).await
-    });
-    match task.await {
-        Ok(Ok(())) => Json(json!({"removed": true})).into_response(),
-        Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the remove task failed: {e}")),
-    }
+async fn remove(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    run(async move { gw.deploys().clone().remove(&name).await.map(|()| json!({"removed": true})) }).await
 }
 
-/// Pause, stop and resume: an optional JSON [`StateChange`], then the change, run to its end
-/// even if the caller goes away.
+/// Pause, stop and resume: an optional JSON [`StateChange`], then the change.
 async fn change_state(
     State(gw): State<Arc<Gateway>>,
-    Extension(access): Extension<Access>,
     Path((name, action)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = may_change_services(&gw, access, &headers) {
-        return refused;
-    }
     let state = match action.as_str() {
         "pause" => |c: &StateChange| ServiceState::Paused { max_pause_ms: c.max_pause_ms },
         "stop" => |c: &StateChange| ServiceState::Stopped { message: c.message.clone() },
         "resume" => |_: &StateChange| ServiceState::Running,
         _ => return error(StatusCode::NOT_FOUND, format!("no action `{action}`: deploy, pause, stop or resume")),
     };
-    let change: StateChange = if body.is_empty() {
-        StateChange::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(change) => change,
-            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("the request is not valid: {e}")),
-        }
+    let change: StateChange = match parse(&body, true) {
+        Ok(change) => change,
+        Err(e) => return invalid(e),
     };
     let state = state(&change);
-    let drain = std::time::Duration::from_millis(change.drain_timeout_ms);
-    let task = tokio::spawn(async move {
-        let deploys = gw.deploys().clone();
-        deploys.set_state(&name, state, drain).await
-    });
-    match task.await {
-        Ok(Ok(drained)) => Json(drained).into_response(),
+    let drain = Duration::from_millis(change.drain_timeout_ms);
+    run(async move { gw.deploys().clone().set_state(&name, state, drain).await }).await
+}
+
+/// `rollout deploy` ([`RolloutRequest`]), `rollout set` ([`RolloutSplit`]) and `rollout stop`
+/// (an optional [`StateChange`] for its drain timeout).
+async fn rollout(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let deploys = gw.deploys().clone();
+    match action.as_str() {
+        "deploy" => match parse::<RolloutRequest>(&body, false) {
+            Ok(request) => run(async move { deploys.rollout_deploy(&name, request).await }).await,
+            Err(e) => invalid(e),
+        },
+        "set" => match parse::<RolloutSplit>(&body, false) {
+            Ok(split) => run(async move { deploys.rollout_set(&name, split.clone()).await.map(|()| split) }).await,
+            Err(e) => invalid(e),
+        },
+        "stop" => match parse::<StateChange>(&body, true) {
+            Ok(change) => {
+                let drain = Duration::from_millis(change.drain_timeout_ms);
+                run(async move { deploys.rollout_stop(&name, drain).await }).await
+            }
+            Err(e) => invalid(e),
+        },
+        _ => error(StatusCode::NOT_FOUND, format!("no rollout action `{action}`: deploy, set or stop")),
+    }
+}
+
+/// The JSON request body (an empty body is the defaults when `optional`), or why not.
+fn parse<T: DeserializeOwned + Default>(body: &[u8], optional: bool) -> Result<T, String> {
+    if optional && body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("the request body is not valid: {e}"))
+}
+
+fn invalid(message: String) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+/// Runs a change of the deployed services to its end even if the caller goes away (a deploy
+/// stopped between its save and its switch would leave the saved state ahead of the routes).
+async fn run<T: Serialize + Send + 'static>(
+    change: impl Future<Output = Result<T, DeployError>> + Send + 'static,
+) -> Response {
+    match tokio::spawn(change).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
         Ok(Err(e)) => deploy_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the task failed: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the change failed: {e}")),
     }
 }
 
@@ -249,7 +267,7 @@ fn deploy_error(e: DeployError) -> Response {
     let status = match &e {
         DeployError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Conflict(_) => StatusCode::CONFLICT,
-        DeployError::NotFound(_) => StatusCode::NOT_FOUND,
+        DeployError::NotFound(_) | DeployError::NoRollout(_) => StatusCode::NOT_FOUND,
         DeployError::Unhealthy(_) => StatusCode::FAILED_DEPENDENCY,
         DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         DeployError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

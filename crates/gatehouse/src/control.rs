@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use gatehouse_deploy::{DeployOptions, DeployRequest, HealthCheckOptions};
+use gatehouse_deploy::{DeployOptions, DeployRequest, HealthCheckOptions, RolloutRequest, RolloutSplit, StateChange};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -109,11 +109,15 @@ pub struct DeployArgs {
     /// A response header to write into the access log (repeatable, or comma-separated).
     #[arg(long = "log-response-header", value_delimiter = ',')]
     log_response_header: Vec<String>,
-    /// A target for GET and HEAD requests (not built yet: refused).
+    /// A target for reads (GET, HEAD and OPTIONS); other requests go to the --target
+    /// writers (repeatable, or comma-separated).
     #[arg(long = "read-target", value_delimiter = ',')]
     read_target: Vec<String>,
+    /// Send WebSockets to the read targets too.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     read_target_websockets: bool,
+    /// After a write, the client's reads go to the writers for this long (a `kamal-writer`
+    /// cookie), so it reads what it wrote; 0 turns it off.
     #[arg(long, default_value = "1s", value_parser = duration)]
     writer_affinity_timeout: Duration,
     /// A folder of error pages (not built yet: refused).
@@ -237,7 +241,7 @@ pub struct StateArgs {
 /// Sends `action` (`pause`, `stop` or `resume`) for the service.
 pub async fn change_state(socket: &Path, action: &str, args: &StateArgs) -> anyhow::Result<()> {
     gatehouse_deploy::check_name(&args.service).map_err(anyhow::Error::msg)?;
-    let change = gatehouse_deploy::StateChange {
+    let change = StateChange {
         drain_timeout_ms: millis(args.drain_timeout),
         max_pause_ms: millis(args.max_pause),
         message: args.message.clone(),
@@ -247,6 +251,92 @@ pub async fn change_state(socket: &Path, action: &str, args: &StateArgs) -> anyh
     match reply["left"].as_u64() {
         Some(n) if n > 0 => println!("{action}: {} ({n} requests cut at the drain timeout)", args.service),
         _ => println!("{action}: {}", args.service),
+    }
+    Ok(())
+}
+
+/// `rollout deploy|set|stop`: kamal-proxy's canary.
+#[derive(clap::Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Deploy a second release of a service, health-gated like a deploy; requests the split
+    /// (`rollout set`) picks by their `kamal-rollout` cookie go to it.
+    Deploy(RolloutDeployArgs),
+    /// Choose which `kamal-rollout` cookie values go to the rollout.
+    Set(RolloutSetArgs),
+    /// Send every request to the active release again and drain the rollout's targets.
+    Stop(RolloutStopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RolloutDeployArgs {
+    pub service: String,
+    /// A target of the rollout, HOST:PORT or a URL (repeatable, or comma-separated).
+    #[arg(long, required = true, value_delimiter = ',')]
+    target: Vec<String>,
+    /// A read target of the rollout (repeatable, or comma-separated).
+    #[arg(long = "read-target", value_delimiter = ',')]
+    read_target: Vec<String>,
+    /// How long the new targets have to pass the health check.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    deploy_timeout: Duration,
+    /// How long requests in flight on a previous rollout's targets may run on.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Switch without waiting for the health check.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RolloutSetArgs {
+    pub service: String,
+    /// Share of `kamal-rollout` cookie values sent to the rollout, 0 to 100.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: u8,
+    /// Cookie values always sent to the rollout (comma-separated).
+    #[arg(long, alias = "list", value_delimiter = ',')]
+    allowlist: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RolloutStopArgs {
+    pub service: String,
+    /// How long requests in flight on the rollout's targets may run on.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+}
+
+pub async fn rollout(socket: &Path, command: &RolloutCommand) -> anyhow::Result<()> {
+    let (service, action, body) = match command {
+        RolloutCommand::Deploy(args) => {
+            let request = RolloutRequest {
+                targets: args.target.clone(),
+                read_targets: args.read_target.clone(),
+                deploy_timeout_ms: millis(args.deploy_timeout),
+                drain_timeout_ms: millis(args.drain_timeout),
+                force: args.force,
+            };
+            (&args.service, "deploy", serde_json::to_vec(&request)?)
+        }
+        RolloutCommand::Set(args) => {
+            let split = RolloutSplit { percent: args.percent, allowlist: args.allowlist.clone() };
+            (&args.service, "set", serde_json::to_vec(&split)?)
+        }
+        RolloutCommand::Stop(args) => {
+            let change = StateChange { drain_timeout_ms: millis(args.drain_timeout), ..Default::default() };
+            (&args.service, "stop", serde_json::to_vec(&change)?)
+        }
+    };
+    gatehouse_deploy::check_name(service).map_err(anyhow::Error::msg)?;
+    let reply = call(socket, http::Method::POST, &format!("/v1/services/{service}/rollout/{action}"), body).await?;
+    match command {
+        RolloutCommand::Deploy(_) => println!("rollout of {service} deployed to {}", strings(&reply["targets"])),
+        RolloutCommand::Set(args) => println!(
+            "rollout of {service}: {}% of cookie values{}",
+            args.percent,
+            if args.allowlist.is_empty() { String::new() } else { format!(", and {}", args.allowlist.join(",")) }
+        ),
+        RolloutCommand::Stop(_) => println!("rollout of {service} stopped"),
     }
     Ok(())
 }
@@ -265,23 +355,33 @@ pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let services = reply["services"].as_array().cloned().unwrap_or_default();
-    let strings = |v: &serde_json::Value| -> String {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
-    };
-    let rows: Vec<[String; 5]> = services
+    let rows: Vec<[String; 6]> = services
         .iter()
         .map(|s| {
+            let rollout = &s["rollout"];
             [
                 s["name"].as_str().unwrap_or("").to_string(),
                 strings(&s["hosts"]),
                 strings(&s["path_prefixes"]),
-                strings(&s["targets"]),
+                match strings(&s["read_targets"]) {
+                    readers if readers.is_empty() => strings(&s["targets"]),
+                    readers => format!("{} (reads: {readers})", strings(&s["targets"])),
+                },
                 s["state"]["state"].as_str().unwrap_or("").to_string(),
+                match rollout["percent"].as_u64() {
+                    Some(percent) => format!("{} ({percent}%)", strings(&rollout["targets"])),
+                    None => String::new(),
+                },
             ]
         })
         .collect();
-    print!("{}", table(["Service", "Host", "Path", "Target", "State"], &rows));
+    print!("{}", table(["Service", "Host", "Path", "Target", "State", "Rollout"], &rows));
     Ok(())
+}
+
+/// A JSON array of strings, comma-separated.
+fn strings(v: &serde_json::Value) -> String {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
 }
 
 /// Left-aligned columns, two spaces apart.

@@ -344,10 +344,26 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Why the engine cannot carry `spec` out, if it cannot: nginx and HAProxy templates
+    /// see one target list per service, so read targets and rollouts would be lost there.
+    fn engine_refuses(&self, spec: &ServiceSpec) -> Option<String> {
+        (self.templated.get().is_some() && (spec.has_readers() || spec.rollout.is_some())).then(|| {
+            format!(
+                "service `{}`: read targets and rollouts need Gatehouse's own proxy; nginx and HAProxy templates see one target list",
+                spec.name
+            )
+        })
+    }
+}
+
 /// The deploy source installs its services through the same route-table swap as the other
 /// sources.
 impl Routes for Gateway {
     fn holder(&self, spec: &ServiceSpec) -> Option<String> {
+        if let Some(refusal) = self.engine_refuses(spec) {
+            return Some(refusal);
+        }
         let config = self.config();
         if config.services.iter().any(|s| s.name == spec.name) {
             return Some(format!(
@@ -374,6 +390,9 @@ impl Routes for Gateway {
     }
 
     fn apply(&self, upserts: Vec<Arc<ServiceSpec>>, removals: &[&str]) -> Result<Vec<Retired>, String> {
+        if let Some(refusal) = upserts.iter().find_map(|spec| self.engine_refuses(spec)) {
+            return Err(refusal);
+        }
         let config = self.config();
         let file = Claims::of_file(&config);
         if let Some(spec) = upserts.iter().find(|s| file.shadow(s)) {

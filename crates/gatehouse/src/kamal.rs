@@ -38,11 +38,10 @@ enum KamalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Canary rollouts (not built yet: refused).
-    #[command(disable_help_flag = true)]
+    /// Canary rollouts.
     Rollout {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
+        #[command(subcommand)]
+        command: control::RolloutCommand,
     },
 }
 
@@ -102,9 +101,6 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
     let socket = socket();
     match cli.command {
         KamalCommand::Run(run) => serve(run),
-        KamalCommand::Rollout { .. } => {
-            anyhow::bail!("rollouts are not supported by this build yet; deploy the new version with `deploy`")
-        }
         other => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
@@ -115,7 +111,8 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
                     KamalCommand::Stop(args) => control::change_state(&socket, "stop", &args).await,
                     KamalCommand::Resume(args) => control::change_state(&socket, "resume", &args).await,
                     KamalCommand::List { json } => control::list(&socket, json).await,
-                    KamalCommand::Run(_) | KamalCommand::Rollout { .. } => Ok(()),
+                    KamalCommand::Rollout { command } => control::rollout(&socket, &command).await,
+                    KamalCommand::Run(_) => Ok(()),
                 }
             })
         }

@@ -98,6 +98,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Canary releases of a deployed service: `rollout deploy`, `set`, `stop`.
+    Rollout {
+        #[command(subcommand)]
+        command: control::RolloutCommand,
+    },
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -167,6 +172,7 @@ fn control_command(
             Command::Pause(args) => control::change_state(&socket, "pause", args).await,
             Command::Stop(args) => control::change_state(&socket, "stop", args).await,
             Command::Resume(args) => control::change_state(&socket, "resume", args).await,
+            Command::Rollout { command } => control::rollout(&socket, command).await,
             _ => anyhow::bail!("not a control command"),
         }
     })

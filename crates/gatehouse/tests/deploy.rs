@@ -569,9 +569,7 @@ async fn kamal_command_lines_buffering_and_forwarding() {
     assert_eq!(get(at, "app.test", "/size?n=30000").await.status, 502);
 
     // Options this build does not carry out are refused with what to do, never ignored.
-    for (flag, says) in
-        [("--tls", "ACME"), ("--read-target=127.0.0.1:1", "--read-target"), ("--error-pages=/nowhere", "/nowhere")]
-    {
+    for (flag, says) in [("--tls", "ACME"), ("--error-pages=/nowhere", "/nowhere")] {
         let out = cli(state.path(), &["deploy", "other", &target, "--host=o.test", flag]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(says), "{flag}: {stderr}");
@@ -645,4 +643,113 @@ async fn error_pages_answer_for_the_service() {
     assert_eq!((stopped.status, stopped.body.as_str()), (503, "<p>Back &lt;soon&gt;</p>"), "the message, escaped");
     let other = get(gh.listener(), "other.test", "/").await;
     assert_eq!(other.body, "no route for this host and path\n", "other answers keep their text");
+}
+
+/// A GET of `/` for `host` with `cookie`; which backend answered.
+async fn backend_with_cookie(conn: &mut KeepAlive, host: &str, cookie: &str) -> String {
+    let req = http::Request::get("/").header("host", host).header("cookie", cookie).body(bytes::Bytes::new()).unwrap();
+    conn.send(req).await.expect("request").header("x-backend").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_takes_its_share_of_cookies_and_its_allowlist_and_survives_a_restart() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let text = config(state.path(), "127.0.0.1:0", "");
+    let mut gh = Gatehouse::start(&text);
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+    let refused = cli(state.path(), &["rollout", "set", "web", "--percent", "10"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("rollout deploy"));
+    let green_addr = green.addr.to_string();
+    ok(&cli(state.path(), &["rollout", "deploy", "web", "--target", &green_addr]));
+    let mut conn = KeepAlive::connect(gh.listener()).await;
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=a").await, "blue", "no split yet");
+
+    ok(&cli(state.path(), &["rollout", "set", "web", "--percent", "30"]));
+    let mut to_green = 0;
+    for i in 0..1000 {
+        let cookie = format!("theme=dark; kamal-rollout=user-{i}");
+        let first = backend_with_cookie(&mut conn, "web.test", &cookie).await;
+        assert_eq!(backend_with_cookie(&mut conn, "web.test", &cookie).await, first, "a cookie sticks to its side");
+        to_green += usize::from(first == "green");
+    }
+    assert!((250..=350).contains(&to_green), "30% of 1000 cookie values, within 5%: {to_green}");
+    assert_eq!(backend_of(&gh, "web.test").await, "200 blue", "no cookie: the active targets");
+
+    ok(&cli(state.path(), &["rollout", "set", "web", "--percent", "0", "--allowlist", "vip,tester"]));
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=vip").await, "green");
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=user-1").await, "blue");
+    let list = ok(&cli(state.path(), &["list"]));
+    assert!(list.contains(&format!("{green_addr} (0%)")), "{list}");
+
+    // The rollout and its split are saved: a restart keeps them.
+    gh.signal("TERM");
+    assert!(gh.wait_exit(Duration::from_secs(10)).is_some());
+    let gh = Gatehouse::start(&text);
+    let mut conn = KeepAlive::connect(gh.listener()).await;
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=tester").await, "green");
+
+    ok(&cli(state.path(), &["rollout", "stop", "web"]));
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=vip").await, "blue", "stopped");
+    let listed: serde_json::Value = serde_json::from_slice(&cli(state.path(), &["list", "--json"]).stdout).unwrap();
+    assert!(listed["services"][0].get("rollout").is_none(), "{listed}");
+
+    // A rollout whose targets fail the gate changes nothing.
+    let closed = backend::closed_port().to_string();
+    let failed = cli(state.path(), &["rollout", "deploy", "web", "--target", &closed, "--deploy-timeout", "300ms"]);
+    assert!(!failed.status.success());
+    assert_eq!(backend_with_cookie(&mut conn, "web.test", "kamal-rollout=vip").await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_read_targets_and_a_writer_reads_its_writes() {
+    let (writer, reader) = tokio::join!(backend::start("writer"), backend::start("reader"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let reader_addr = reader.addr.to_string();
+    ok(&deploy(
+        state.path(),
+        "web",
+        "web.test",
+        &writer,
+        &["--read-target", &reader_addr, "--writer-affinity-timeout", "3s"],
+    ));
+    let mut conn = KeepAlive::connect(gh.listener()).await;
+    let send = |method: &str, cookie: Option<&str>| {
+        let mut req = http::Request::builder().method(method).uri("/").header("host", "web.test");
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        req.body(bytes::Bytes::from_static(b"x")).unwrap()
+    };
+    assert_eq!(conn.send(send("GET", None)).await.unwrap().header("x-backend"), "reader");
+    assert_eq!(conn.send(send("HEAD", None)).await.unwrap().header("x-backend"), "reader");
+    let wrote = conn.send(send("POST", None)).await.unwrap();
+    assert_eq!(wrote.header("x-backend"), "writer");
+    let set_cookie = wrote.header("set-cookie").to_string();
+    assert!(set_cookie.starts_with("kamal-writer=") && set_cookie.contains("Max-Age=4"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert_eq!(
+        conn.send(send("GET", Some(&cookie))).await.unwrap().header("x-backend"),
+        "writer",
+        "after a write, reads go to the writer"
+    );
+    assert_eq!(conn.send(send("GET", Some("kamal-writer=1"))).await.unwrap().header("x-backend"), "reader", "expired");
+
+    // WebSockets go to the writers unless --read-target-websockets.
+    let stream = tokio::net::TcpStream::connect(gh.listener()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://web.test/ws", stream).await.unwrap();
+    assert_eq!(writer.last().target, "/ws");
+    ws.close(None).await.ok();
+
+    // A reader that goes down leaves the rotation; reads then go to the writer.
+    let listed: serde_json::Value = serde_json::from_slice(&cli(state.path(), &["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed["services"][0]["read_targets"][0], reader_addr.as_str(), "{listed}");
+    drop(reader);
+    support::eventually("the reader leaves the rotation", || async {
+        gh.metric(&format!("gatehouse_target_healthy{{service=\"web\",target=\"http://{reader_addr}\"}}")).await == 0.0
+    })
+    .await;
+    let mut fresh = KeepAlive::connect(gh.listener()).await;
+    assert_eq!(fresh.send(send("GET", None)).await.unwrap().header("x-backend"), "writer");
 }

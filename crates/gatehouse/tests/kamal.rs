@@ -15,7 +15,7 @@ fn kamal(link: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kamal_proxy_name_runs_kamals_command_lines() {
-    let web = backend::start("web").await;
+    let (web, canary) = tokio::join!(backend::start("web"), backend::start("canary"));
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("kamal-proxy");
     std::os::unix::fs::symlink(binary(), &link).unwrap();
@@ -52,8 +52,18 @@ async fn the_kamal_proxy_name_runs_kamals_command_lines() {
     let listed = kamal(&link, &env, &["ls"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("app-web"), "{listed:?}");
     assert!(home.join(".config/kamal-proxy/gatehouse-deploys.json").exists(), "state in kamal-proxy's folder");
-    let rollout = kamal(&link, &env, &["rollout", "deploy", "app-web", &target]);
-    assert!(!rollout.status.success() && String::from_utf8_lossy(&rollout.stderr).contains("not supported"));
+    let canary_target = format!("--target={}", canary.addr);
+    for rollout in [
+        &["rollout", "deploy", "app-web", &canary_target][..],
+        &["rollout", "set", "app-web", "--percent=0", "--allowlist=tester"],
+    ] {
+        let out = kamal(&link, &env, rollout);
+        assert!(out.status.success(), "{rollout:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let as_tester = http::Request::get("/").header("host", "app.test").header("cookie", "kamal-rollout=tester");
+    let reply = support::client::send(proxy, as_tester.body(bytes::Bytes::new()).unwrap()).await;
+    assert_eq!(reply.header("x-backend"), "canary");
+    assert!(kamal(&link, &env, &["rollout", "stop", "app-web"]).status.success());
     assert_eq!(gh.admin_get("/metrics").await.status, 200);
     let out = kamal(&link, &env, &["rm", "app-web"]);
     assert!(out.status.success());

@@ -18,14 +18,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use gatehouse_metrics::DeployMetrics;
-use gatehouse_model::{Availability, Retired, Scope, ServiceSpec};
+use gatehouse_model::{Availability, Retired, Rollout, Scope, ServiceSpec, TargetSpec};
 use serde::Serialize;
 
 use crate::monitor::ServiceHealth;
 
 pub use gate::GateFailure;
-pub use options::{check_name, service_spec, DeployOptions, DeployRequest, HealthCheckOptions, StateChange};
-pub use store::{FileStore, Loaded, ServiceRecord, ServiceState, Store, StoreError, STATE_VERSION};
+pub use options::{
+    check_name, service_spec, DeployOptions, DeployRequest, HealthCheckOptions, RolloutRequest, RolloutSplit,
+    StateChange,
+};
+pub use store::{FileStore, Loaded, RolloutRecord, ServiceRecord, ServiceState, Store, StoreError, STATE_VERSION};
 
 /// The `source` of the services this crate produces.
 pub const SOURCE: &str = "deploy";
@@ -51,6 +54,8 @@ pub enum DeployError {
     Conflict(String),
     #[error("service `{0}` is not deployed")]
     NotFound(String),
+    #[error("service `{0}` has no rollout; run `gatehouse rollout deploy {0} --target HOST:PORT` first")]
+    NoRollout(String),
     #[error("{0}")]
     Unhealthy(GateFailure),
     #[error("the deploy state could not be saved, nothing was changed: {0}")]
@@ -65,7 +70,7 @@ impl DeployError {
         match self {
             DeployError::Invalid(_) => "invalid",
             DeployError::Conflict(_) => "conflict",
-            DeployError::NotFound(_) => "not_found",
+            DeployError::NotFound(_) | DeployError::NoRollout(_) => "not_found",
             DeployError::Unhealthy(_) => "unhealthy",
             DeployError::Store(_) | DeployError::ShuttingDown => "failed",
         }
@@ -88,20 +93,13 @@ pub struct DeployOutcome {
     pub drain_left: u32,
 }
 
-/// What a change does to a service's target health.
-enum HealthChange {
-    /// Same targets: their health carries over.
-    Keep,
-    /// New targets: this health (`None`: a single target, not watched).
-    Replace(Option<ServiceHealth>),
-}
-
 /// A deploy at its switch: what it replaced, for the drain.
 struct Switched {
     retired: Vec<Retired>,
     gate_us: u64,
     switch_us: u64,
     targets: Vec<String>,
+    drain_timeout: Duration,
 }
 
 /// A drain's result.
@@ -120,9 +118,20 @@ pub struct ServiceView {
     pub hosts: Vec<String>,
     pub path_prefixes: Vec<String>,
     pub targets: Vec<String>,
+    pub read_targets: Vec<String>,
     pub state: ServiceState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
     /// Each target's health, when its checks run (services with several targets).
     pub health: Vec<TargetView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub targets: Vec<String>,
+    pub read_targets: Vec<String>,
+    pub percent: u8,
+    pub allowlist: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -169,8 +178,9 @@ impl DeploySource {
         for record in loaded.records {
             match spec_of(&record) {
                 Ok(spec) => {
-                    if spec.targets.len() > 1 {
-                        health.insert(record.name.clone(), ServiceHealth::all_up(&spec.targets));
+                    let all: Vec<TargetSpec> = spec.all_targets().cloned().collect();
+                    if all.len() > 1 {
+                        health.insert(record.name.clone(), ServiceHealth::next(None, all, &[]));
                     }
                     specs.insert(record.name.clone(), Arc::new(spec));
                     records.insert(record.name.clone(), record);
@@ -238,14 +248,24 @@ impl DeploySource {
     /// the drain timeout passed, so stopping the old release afterwards loses nothing.
     pub async fn deploy(self: &Arc<Self>, name: &str, request: DeployRequest) -> Result<DeployOutcome, DeployError> {
         let started = Instant::now();
-        let result = self.deploy_gated(name, request).await;
-        match &result {
+        let switched = self.deploy_gated(name, request).await;
+        self.drain_switched(name, started, switched).await
+    }
+
+    /// Counts a deploy (or rollout deploy) that `started`, then drains what its switch retired.
+    async fn drain_switched(
+        &self,
+        name: &str,
+        started: Instant,
+        switched: Result<Switched, DeployError>,
+    ) -> Result<DeployOutcome, DeployError> {
+        match &switched {
             Ok(_) => self.metrics.deploy("ok"),
             Err(e) => self.metrics.deploy(e.result()),
         }
-        let (switched, drain_timeout) = result?;
+        let switched = switched?;
         self.metrics.deploy_seconds.observe(started.elapsed().as_secs_f64());
-        let drained = self.drain(name, &switched.retired, drain_timeout).await;
+        let drained = self.drain(name, &switched.retired, switched.drain_timeout).await;
         Ok(DeployOutcome {
             service: name.to_string(),
             targets: switched.targets,
@@ -257,11 +277,7 @@ impl DeploySource {
     }
 
     /// A deploy up to its switch.
-    async fn deploy_gated(
-        self: &Arc<Self>,
-        name: &str,
-        request: DeployRequest,
-    ) -> Result<(Switched, Duration), DeployError> {
+    async fn deploy_gated(self: &Arc<Self>, name: &str, request: DeployRequest) -> Result<Switched, DeployError> {
         let spec = service_spec(name, &request.options).map_err(DeployError::Invalid)?;
         let routes = self.routes()?;
         let lock = self.service_lock(name);
@@ -271,27 +287,139 @@ impl DeploySource {
         }
         tracing::info!(service = name, targets = ?request.options.targets, force = request.force, "deploying");
         let started = Instant::now();
-        if !request.force {
-            gate::wait_healthy(&spec.targets, &request.options.health_check, request.options.deploy_timeout())
-                .await
-                .map_err(|failure| {
-                    tracing::warn!(service = name, "deploy failed, the current targets keep serving: {failure}");
-                    DeployError::Unhealthy(failure)
-                })?;
-        }
+        let new_targets: Vec<TargetSpec> = spec.all_targets().cloned().collect();
+        let gate_options =
+            (!request.force).then_some((&request.options.health_check, request.options.deploy_timeout()));
+        self.gate(name, &new_targets, gate_options).await?;
         let gated = Instant::now();
         let gate_us = micros(gated - started);
-        // A paused or stopped service stays so across a deploy, as in kamal-proxy.
-        let state = self.records.lock().await.get(name).map(|r| r.state.clone()).unwrap_or_default();
-        let record = ServiceRecord { name: name.to_string(), options: request.options.clone(), state };
-        // The gate (or --force) says every new target is healthy.
-        let health = (spec.targets.len() > 1).then(|| ServiceHealth::all_up(&spec.targets));
-        let retired = self.commit(&*routes, record, HealthChange::Replace(health)).await?;
-        self.watch_health(name, &request.options);
+        let previous = self.records.lock().await.get(name).cloned();
+        let mut record = ServiceRecord {
+            name: name.to_string(),
+            options: request.options.clone(),
+            // A paused or stopped service stays so across a deploy, as in kamal-proxy.
+            state: previous.as_ref().map(|r| r.state.clone()).unwrap_or_default(),
+            rollout: previous.and_then(|r| r.rollout),
+        };
+        if let Some(rollout) = &record.rollout {
+            // Deploying the rollout's release to everyone promotes it: the rollout has done its job.
+            let promoted = rollout
+                .targets
+                .iter()
+                .chain(&rollout.read_targets)
+                .any(|t| options::targets(std::slice::from_ref(t), &[]).is_ok_and(|t| new_targets.contains(&t[0])));
+            if promoted {
+                tracing::info!(service = name, "the new targets include the rollout's: the rollout ends");
+                record.rollout = None;
+            }
+        }
+        let retired = self.commit(&routes, record, &new_targets).await?;
         let switch_us = micros(gated.elapsed());
         tracing::info!(service = name, gate_us, switch_us, "switched to the new targets; draining the old ones");
         let targets = spec.targets.iter().map(|t| t.url()).collect();
-        Ok((Switched { retired, gate_us, switch_us, targets }, request.options.drain_timeout()))
+        Ok(Switched { retired, gate_us, switch_us, targets, drain_timeout: request.options.drain_timeout() })
+    }
+
+    /// Waits until every one of `targets` passes the health check (`None`: forced, no gate).
+    async fn gate(
+        &self,
+        name: &str,
+        targets: &[TargetSpec],
+        options: Option<(&HealthCheckOptions, Duration)>,
+    ) -> Result<(), DeployError> {
+        let Some((health_check, timeout)) = options else { return Ok(()) };
+        gate::wait_healthy(targets, health_check, timeout).await.map_err(|failure| {
+            tracing::warn!(service = name, "deploy failed, the current targets keep serving: {failure}");
+            DeployError::Unhealthy(failure)
+        })
+    }
+
+    /// Deploys a rollout (kamal-proxy's canary): a second target set of `name`, gated like a
+    /// deploy, which takes the requests the split sends it. A previous rollout's targets are
+    /// drained; the split is kept.
+    pub async fn rollout_deploy(
+        self: &Arc<Self>,
+        name: &str,
+        request: RolloutRequest,
+    ) -> Result<DeployOutcome, DeployError> {
+        let started = Instant::now();
+        let switched = self.rollout_gated(name, &request).await;
+        self.drain_switched(name, started, switched).await
+    }
+
+    async fn rollout_gated(self: &Arc<Self>, name: &str, request: &RolloutRequest) -> Result<Switched, DeployError> {
+        if request.targets.is_empty() {
+            return Err(DeployError::Invalid("a rollout needs at least one --target".into()));
+        }
+        let routes = self.routes()?;
+        let lock = self.service_lock(name);
+        let _one_at_a_time = lock.lock().await;
+        let Some(mut record) = self.records.lock().await.get(name).cloned() else {
+            return Err(DeployError::NotFound(name.to_string()));
+        };
+        let split = record.rollout.take().map(|r| r.split).unwrap_or_default();
+        record.rollout =
+            Some(RolloutRecord { targets: request.targets.clone(), read_targets: request.read_targets.clone(), split });
+        let spec = spec_of(&record).map_err(DeployError::Invalid)?;
+        if let Some(refusal) = routes.holder(&spec) {
+            return Err(DeployError::Conflict(refusal));
+        }
+        let new_targets: Vec<TargetSpec> = spec.target_sets()[2..].iter().copied().flatten().cloned().collect();
+        tracing::info!(service = name, targets = ?request.targets, force = request.force, "deploying a rollout");
+        let started = Instant::now();
+        let timeout = Duration::from_millis(request.deploy_timeout_ms);
+        let gate_options = (!request.force).then_some((&record.options.health_check, timeout));
+        self.gate(name, &new_targets, gate_options).await?;
+        let gated = Instant::now();
+        let retired = self.commit(&routes, record, &new_targets).await?;
+        let switch_us = micros(gated.elapsed());
+        tracing::info!(service = name, switch_us, "rollout in service");
+        let targets = new_targets.iter().map(TargetSpec::url).collect();
+        let drain_timeout = Duration::from_millis(request.drain_timeout_ms);
+        Ok(Switched { retired, gate_us: micros(gated - started), switch_us, targets, drain_timeout })
+    }
+
+    /// Sets which `kamal-rollout` cookie values go to the rollout of `name`.
+    pub async fn rollout_set(self: &Arc<Self>, name: &str, split: RolloutSplit) -> Result<(), DeployError> {
+        split.check().map_err(DeployError::Invalid)?;
+        self.change(name, |record| {
+            let rollout = record.rollout.as_mut().ok_or_else(|| DeployError::NoRollout(name.to_string()))?;
+            rollout.split = split.clone();
+            Ok(())
+        })
+        .await?;
+        tracing::info!(service = name, percent = split.percent, allowlist = split.allowlist.len(), "rollout split set");
+        Ok(())
+    }
+
+    /// Ends the rollout of `name`: every request goes to the active targets again, and the
+    /// rollout's targets are drained.
+    pub async fn rollout_stop(self: &Arc<Self>, name: &str, drain_timeout: Duration) -> Result<Drained, DeployError> {
+        let retired = self
+            .change(name, |record| match record.rollout.take() {
+                Some(_) => Ok(()),
+                None => Err(DeployError::NoRollout(name.to_string())),
+            })
+            .await?;
+        tracing::info!(service = name, "rollout stopped; draining its targets");
+        Ok(self.drain(name, &retired, drain_timeout).await)
+    }
+
+    /// Applies `edit` to the saved record of `name` and puts the result in service; returns
+    /// what the change retired.
+    async fn change(
+        self: &Arc<Self>,
+        name: &str,
+        edit: impl FnOnce(&mut ServiceRecord) -> Result<(), DeployError>,
+    ) -> Result<Vec<Retired>, DeployError> {
+        let routes = self.routes()?;
+        let lock = self.service_lock(name);
+        let _one_at_a_time = lock.lock().await;
+        let Some(mut record) = self.records.lock().await.get(name).cloned() else {
+            return Err(DeployError::NotFound(name.to_string()));
+        };
+        edit(&mut record)?;
+        self.commit(&routes, record, &[]).await
     }
 
     /// Pauses, stops or resumes `name`. Pausing and stopping drain the requests in flight
@@ -302,15 +430,13 @@ impl DeploySource {
         state: ServiceState,
         drain_timeout: Duration,
     ) -> Result<Drained, DeployError> {
-        let routes = self.routes()?;
-        let lock = self.service_lock(name);
-        let _one_at_a_time = lock.lock().await;
-        let Some(mut record) = self.records.lock().await.get(name).cloned() else {
-            return Err(DeployError::NotFound(name.to_string()));
-        };
-        record.state = state;
-        let serving = record.state == ServiceState::Running;
-        let retired = self.commit(&*routes, record, HealthChange::Keep).await?;
+        let serving = state == ServiceState::Running;
+        let retired = self
+            .change(name, |record| {
+                record.state = state;
+                Ok(())
+            })
+            .await?;
         tracing::info!(service = name, state = if serving { "running" } else { "held" }, "service state changed");
         if serving {
             return Ok(Drained { drain_us: 0, left: 0 });
@@ -333,7 +459,7 @@ impl DeploySource {
         }
         self.lock_specs().remove(name);
         if let Some(health) = self.lock_health().remove(name) {
-            let targets: Vec<String> = health.targets.iter().map(|t| t.url()).collect();
+            let targets: Vec<String> = health.targets.iter().map(TargetSpec::url).collect();
             self.metrics.forget_targets(name, &targets);
         }
         if let Err(e) = routes.apply(Vec::new(), &[name]) {
@@ -360,7 +486,14 @@ impl DeploySource {
                     r.options.path_prefixes.clone()
                 },
                 targets: r.options.targets.clone(),
+                read_targets: r.options.read_targets.clone(),
                 state: r.state.clone(),
+                rollout: r.rollout.as_ref().map(|rollout| RolloutView {
+                    targets: rollout.targets.clone(),
+                    read_targets: rollout.read_targets.clone(),
+                    percent: rollout.split.percent,
+                    allowlist: rollout.split.allowlist.clone(),
+                }),
                 health: health.get(&r.name).map_or_else(Vec::new, |h| {
                     h.targets
                         .iter()
@@ -384,8 +517,8 @@ impl DeploySource {
         if let Some(old) = service.monitor.take() {
             old.abort();
         }
-        for target in &service.targets {
-            self.metrics.target_health(name, &target.url(), true);
+        for (target, counter) in service.targets.iter().zip(&service.counters) {
+            self.metrics.target_health(name, &target.url(), counter.is_up());
         }
         service.monitor = Some(monitor::spawn(
             Arc::downgrade(self),
@@ -401,7 +534,7 @@ impl DeploySource {
     pub(crate) async fn observe_health(
         &self,
         service: &str,
-        targets: &[gatehouse_model::TargetSpec],
+        targets: &[TargetSpec],
         results: &[Result<(), String>],
         options: &HealthCheckOptions,
     ) -> bool {
@@ -425,10 +558,6 @@ impl DeploySource {
                     ),
                 }
             }
-            if !flipped.is_empty() && current.rotation().panic {
-                self.metrics.health_panic(service);
-                tracing::error!(service, "every target is unhealthy: all of them take traffic until one recovers");
-            }
             flipped
         };
         if flipped.is_empty() {
@@ -439,7 +568,11 @@ impl DeploySource {
         let _one_at_a_time = lock.lock().await;
         let record = self.records.lock().await.get(service).cloned();
         let published = record.and_then(|r| self.published(&r).ok());
-        if let Some(spec) = published {
+        if let Some((spec, panic)) = published {
+            if panic {
+                self.metrics.health_panic(service);
+                tracing::error!(service, "every writer is unhealthy: all of them take traffic until one recovers");
+            }
             let spec = Arc::new(spec);
             self.lock_specs().insert(service.to_string(), spec.clone());
             if let Err(e) = routes.apply(vec![spec], &[]) {
@@ -449,79 +582,96 @@ impl DeploySource {
         true
     }
 
-    /// The route facts of `record` with only its healthy targets in rotation.
-    fn published(&self, record: &ServiceRecord) -> Result<ServiceSpec, String> {
+    /// The route facts of `record` with only its healthy targets in rotation, and whether
+    /// its writers are all down (panic mode).
+    fn published(&self, record: &ServiceRecord) -> Result<(ServiceSpec, bool), String> {
         let mut spec = spec_of(record)?;
         let health = self.lock_health();
-        if let Some(health) = health.get(&record.name).filter(|h| h.targets == spec.targets) {
-            let rotation = health.rotation();
-            spec.down_targets = rotation.down.iter().map(|&i| spec.targets[i].clone()).collect();
-            spec.targets = rotation.up.iter().map(|&i| spec.targets[i].clone()).collect();
-        }
-        Ok(spec)
+        let panic = match health.get(&record.name).filter(|h| h.targets.iter().eq(spec.all_targets())) {
+            Some(health) => health.rotate(&mut spec),
+            None => false,
+        };
+        Ok((spec, panic))
     }
 
-    /// Saves `record`, then puts its service in service with its targets' health changed as
-    /// `health` says. A failed switch puts the saved state (and the health) back, so the file
-    /// never names a service that is not routed.
+    /// Saves `record`, then puts its service in service. Targets in `gated` just passed a gate
+    /// and count as healthy; the others keep their health. A failed switch puts the saved
+    /// state (and the health) back, so the file never names a service that is not routed.
     async fn commit(
-        &self,
-        routes: &dyn Routes,
+        self: &Arc<Self>,
+        routes: &Arc<dyn Routes>,
         record: ServiceRecord,
-        health: HealthChange,
+        gated: &[TargetSpec],
     ) -> Result<Vec<Retired>, DeployError> {
         let name = record.name.clone();
+        let all: Vec<TargetSpec> = spec_of(&record).map_err(DeployError::Invalid)?.all_targets().cloned().collect();
         let mut records = self.records.lock().await;
         let previous = records.insert(name.clone(), record.clone());
-        let previous_health = match health {
-            HealthChange::Keep => None,
-            HealthChange::Replace(Some(h)) => Some(self.lock_health().insert(name.clone(), h)),
-            HealthChange::Replace(None) => Some(self.lock_health().remove(&name)),
+        let previous_health = {
+            let mut health = self.lock_health();
+            let old = health.remove(&name);
+            match old {
+                Some(old) if old.targets == all && gated.is_empty() => {
+                    health.insert(name.clone(), old);
+                    None
+                }
+                old => {
+                    if all.len() > 1 {
+                        health.insert(name.clone(), ServiceHealth::next(old.as_ref(), all, gated));
+                    }
+                    Some(old)
+                }
+            }
         };
+        let health_changed = previous_health.is_some();
+        let options = record.options.clone();
         let undo = |records: &mut BTreeMap<String, ServiceRecord>, previous_health: Option<Option<ServiceHealth>>| {
             match &previous {
                 Some(old) => records.insert(name.clone(), old.clone()),
                 None => records.remove(&name),
             };
-            let mut health = self.lock_health();
-            match previous_health {
-                None => {}
-                Some(Some(h)) => {
-                    health.insert(name.clone(), h);
-                }
-                Some(None) => {
-                    health.remove(&name);
-                }
+            if let Some(old) = previous_health {
+                let mut health = self.lock_health();
+                match old {
+                    Some(h) => health.insert(name.clone(), h),
+                    None => health.remove(&name),
+                };
             }
         };
-        if let Err(e) = self.save(&records).await {
+        let result = self.save_and_switch(routes, &mut records, &record).await;
+        if let Err(e) = &result {
             undo(&mut records, previous_health);
-            return Err(e.into());
-        }
-        let spec = match self.published(&record) {
-            Ok(spec) => Arc::new(spec),
-            Err(e) => {
-                undo(&mut records, previous_health);
+            if !matches!(e, DeployError::Store(_)) {
                 self.save(&records).await?;
-                return Err(DeployError::Invalid(e));
-            }
-        };
-        let old_spec = self.lock_specs().insert(name.clone(), spec.clone());
-        match routes.apply(vec![spec], &[]) {
-            Ok(retired) => Ok(retired),
-            Err(holder) => {
-                {
-                    let mut specs = self.lock_specs();
-                    match old_spec {
-                        Some(old) => specs.insert(name.clone(), old),
-                        None => specs.remove(&name),
-                    };
-                }
-                undo(&mut records, previous_health);
-                self.save(&records).await?;
-                Err(DeployError::Conflict(holder))
             }
         }
+        if health_changed {
+            // New health (or the old one put back): its monitor starts over.
+            let options = previous.as_ref().filter(|_| result.is_err()).map_or(&options, |p| &p.options);
+            self.watch_health(&name, options);
+        }
+        result
+    }
+
+    /// The part of [`Self::commit`] that can fail: the save, then the swap.
+    async fn save_and_switch(
+        &self,
+        routes: &Arc<dyn Routes>,
+        records: &mut BTreeMap<String, ServiceRecord>,
+        record: &ServiceRecord,
+    ) -> Result<Vec<Retired>, DeployError> {
+        self.save(records).await?;
+        let (spec, _) = self.published(record).map_err(DeployError::Invalid)?;
+        let spec = Arc::new(spec);
+        let old_spec = self.lock_specs().insert(record.name.clone(), spec.clone());
+        routes.apply(vec![spec], &[]).map_err(|holder| {
+            let mut specs = self.lock_specs();
+            match old_spec {
+                Some(old) => specs.insert(record.name.clone(), old),
+                None => specs.remove(&record.name),
+            };
+            DeployError::Conflict(holder)
+        })
     }
 
     async fn drain(&self, name: &str, retired: &[Retired], timeout: Duration) -> Drained {
@@ -552,9 +702,21 @@ impl DeploySource {
     }
 }
 
-/// The route facts of a saved service, its pause or stop included.
+/// The route facts of a saved service, its pause, stop and rollout included.
 fn spec_of(record: &ServiceRecord) -> Result<ServiceSpec, String> {
     let mut spec = service_spec(&record.name, &record.options)?;
+    if let Some(rollout) = &record.rollout {
+        rollout.split.check()?;
+        let active: Vec<TargetSpec> = spec.all_targets().cloned().collect();
+        let targets = options::targets(&rollout.targets, &active)?;
+        let taken: Vec<TargetSpec> = active.iter().chain(&targets).cloned().collect();
+        spec.rollout = Some(Rollout {
+            read_targets: options::targets(&rollout.read_targets, &taken)?,
+            targets,
+            percent: rollout.split.percent,
+            allowlist: rollout.split.allowlist.clone(),
+        });
+    }
     spec.health_path = Some(record.options.health_check.path.clone());
     spec.availability = match &record.state {
         ServiceState::Running => Availability::Serving,

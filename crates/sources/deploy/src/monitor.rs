@@ -4,7 +4,7 @@
 
 use std::sync::Weak;
 
-use gatehouse_model::TargetSpec;
+use gatehouse_model::{ServiceSpec, TargetSpec};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::health::{check, Counter, Probe};
@@ -20,32 +20,54 @@ pub(crate) struct ServiceHealth {
     pub monitor: Option<AbortHandle>,
 }
 
-/// Which targets take traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rotation {
-    pub up: Vec<usize>,
-    pub down: Vec<usize>,
-    /// Every target is down, so all of them are used.
-    pub panic: bool,
-}
-
 impl ServiceHealth {
-    /// Every target healthy: just through the gate, or restored (as kamal-proxy does).
-    pub fn all_up(targets: &[TargetSpec]) -> Self {
-        ServiceHealth {
-            targets: targets.to_vec(),
-            counters: vec![Counter::up(); targets.len()],
-            last_errors: vec![None; targets.len()],
-            monitor: None,
-        }
+    /// The health of `targets`: those in `gated` just passed a gate, others keep what
+    /// `previous` knew of them, and the rest count as healthy (restored, as kamal-proxy does).
+    pub fn next(previous: Option<&ServiceHealth>, targets: Vec<TargetSpec>, gated: &[TargetSpec]) -> Self {
+        let known = |t: &TargetSpec| {
+            let i = previous?.targets.iter().position(|p| p == t)?;
+            let p = previous?;
+            Some((p.counters[i], p.last_errors[i].clone()))
+        };
+        let (counters, last_errors) = targets
+            .iter()
+            .map(|t| match known(t) {
+                Some(state) if !gated.contains(t) => state,
+                _ => (Counter::up(), None),
+            })
+            .unzip();
+        ServiceHealth { targets, counters, last_errors, monitor: None }
     }
 
-    pub fn rotation(&self) -> Rotation {
-        let (up, down): (Vec<usize>, Vec<usize>) = (0..self.targets.len()).partition(|&i| self.counters[i].is_up());
-        if up.is_empty() && !down.is_empty() {
-            return Rotation { up: down, down: Vec::new(), panic: true };
+    /// Whether `target` is in rotation (targets not watched are).
+    pub fn is_up(&self, target: &TargetSpec) -> bool {
+        self.targets.iter().position(|t| t == target).is_none_or(|i| self.counters[i].is_up())
+    }
+
+    /// Takes `spec`'s down targets out of rotation into `down_targets`. Writers (of the
+    /// active set and of the rollout) never empty: when all are down, all of them serve
+    /// (panic mode, returned true). Readers do empty: reads then go to the writers.
+    pub fn rotate(&self, spec: &mut ServiceSpec) -> bool {
+        let mut down = Vec::new();
+        let mut panic = false;
+        let mut keep_up = |set: &mut Vec<TargetSpec>, writers: bool| {
+            let (up, out): (Vec<TargetSpec>, Vec<TargetSpec>) = set.drain(..).partition(|t| self.is_up(t));
+            if writers && up.is_empty() && !out.is_empty() {
+                panic = true;
+                *set = out;
+            } else {
+                *set = up;
+                down.extend(out);
+            }
+        };
+        keep_up(&mut spec.targets, true);
+        keep_up(&mut spec.read_targets, false);
+        if let Some(rollout) = &mut spec.rollout {
+            keep_up(&mut rollout.targets, true);
+            keep_up(&mut rollout.read_targets, false);
         }
-        Rotation { up, down, panic: false }
+        spec.down_targets = down;
+        panic
     }
 
     /// Counts one round of results; returns the targets whose state flipped.
@@ -114,24 +136,52 @@ async fn check_all(targets: &[TargetSpec], probe: &Probe) -> Vec<Result<(), Stri
 mod tests {
     use super::*;
 
-    fn targets(n: u16) -> Vec<TargetSpec> {
-        (1..=n).map(|p| TargetSpec::parse_url(&format!("h:{p}"), true).unwrap()).collect()
+    fn targets(ports: std::ops::RangeInclusive<u16>) -> Vec<TargetSpec> {
+        ports.map(|p| TargetSpec::parse_url(&format!("h:{p}"), true).unwrap()).collect()
+    }
+
+    fn ports(set: &[TargetSpec]) -> Vec<u16> {
+        set.iter().map(|t| t.port).collect()
     }
 
     #[test]
-    fn rotation_follows_thresholds_and_never_empties() {
-        let mut h = ServiceHealth::all_up(&targets(3));
+    fn rotation_follows_thresholds_and_never_empties_the_writers() {
+        let mut spec = ServiceSpec::new("s", "test");
+        spec.targets = targets(1..=3);
+        let mut h = ServiceHealth::next(None, targets(1..=3), &[]);
         let fail = || Err("down".to_string());
+        let rotated = |h: &ServiceHealth| {
+            let mut s = spec.clone();
+            let panic = h.rotate(&mut s);
+            (ports(&s.targets), ports(&s.down_targets), panic)
+        };
         assert!(h.observe(&[Ok(()), fail(), Ok(())], 2, 2).is_empty(), "one failure is under fall");
         assert_eq!(h.observe(&[Ok(()), fail(), Ok(())], 2, 2), vec![(1, false)]);
-        assert_eq!(h.rotation(), Rotation { up: vec![0, 2], down: vec![1], panic: false });
+        assert_eq!(rotated(&h), (vec![1, 3], vec![2], false));
         assert_eq!(h.last_errors[1].as_deref(), Some("down"));
         h.observe(&[fail(), fail(), fail()], 2, 2);
         h.observe(&[fail(), fail(), fail()], 2, 2);
-        let all_down = h.rotation();
-        assert!(all_down.panic && all_down.up == vec![0, 1, 2], "{all_down:?}");
+        assert_eq!(rotated(&h), (vec![1, 2, 3], vec![], true), "all down: all serve");
         h.observe(&[Ok(()), fail(), fail()], 2, 2);
         assert_eq!(h.observe(&[Ok(()), fail(), fail()], 2, 2), vec![(0, true)]);
-        assert_eq!(h.rotation(), Rotation { up: vec![0], down: vec![1, 2], panic: false });
+        assert_eq!(rotated(&h), (vec![1], vec![2, 3], false));
+
+        let next = ServiceHealth::next(Some(&h), targets(2..=4), &targets(3..=3));
+        let up: Vec<bool> = next.counters.iter().map(Counter::is_up).collect();
+        assert_eq!(up, [false, true, true], "2 stays down, 3 just passed its gate, 4 is new");
+    }
+
+    #[test]
+    fn readers_empty_out_instead_of_panicking() {
+        let mut spec = ServiceSpec::new("s", "test");
+        spec.targets = targets(1..=1);
+        spec.read_targets = targets(2..=3);
+        let mut h = ServiceHealth::next(None, spec.all_targets().cloned().collect(), &[]);
+        let fail = || Err("down".to_string());
+        h.observe(&[Ok(()), fail(), fail()], 1, 1);
+        let panic = h.rotate(&mut spec);
+        assert!(!panic);
+        assert_eq!((ports(&spec.targets), ports(&spec.read_targets)), (vec![1], vec![]));
+        assert_eq!(ports(&spec.down_targets), vec![2, 3]);
     }
 }

@@ -148,6 +148,58 @@ impl Default for StateChange {
     }
 }
 
+/// A `rollout deploy` call: a second target set for the service, behind the same gate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutRequest {
+    pub targets: Vec<String>,
+    pub read_targets: Vec<String>,
+    pub deploy_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+    pub force: bool,
+}
+
+impl Default for RolloutRequest {
+    fn default() -> Self {
+        RolloutRequest {
+            targets: Vec::new(),
+            read_targets: Vec::new(),
+            deploy_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+            force: false,
+        }
+    }
+}
+
+/// A `rollout set` call: which `kamal-rollout` cookie values go to the rollout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSplit {
+    /// Share of cookie values, 0 to 100.
+    pub percent: u8,
+    pub allowlist: Vec<String>,
+}
+
+/// Most allowlist entries accepted.
+const MAX_ALLOWLIST: usize = 10_000;
+
+impl RolloutSplit {
+    pub fn check(&self) -> Result<(), String> {
+        if self.percent > 100 {
+            return Err(format!("--percent {} is over 100", self.percent));
+        }
+        if self.allowlist.len() > MAX_ALLOWLIST {
+            return Err(format!("at most {MAX_ALLOWLIST} allowlist values"));
+        }
+        // Cookie values as RFC 6265 allows them, so every entry can match.
+        let cookie_octet = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\');
+        match self.allowlist.iter().find(|v| v.is_empty() || !v.bytes().all(cookie_octet)) {
+            Some(bad) => Err(format!("allowlist value `{bad}` cannot be a cookie value")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl HealthCheckOptions {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
@@ -187,20 +239,13 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
     if options.targets.is_empty() {
         return Err("at least one --target is needed".into());
     }
-    if options.targets.len() > MAX_TARGETS || options.hosts.len() > MAX_HOSTS {
-        return Err(format!("at most {MAX_TARGETS} targets and {MAX_HOSTS} hosts"));
+    if options.hosts.len() > MAX_HOSTS {
+        return Err(format!("at most {MAX_HOSTS} hosts"));
     }
-    for target in &options.targets {
-        let parsed = if target.starts_with("unix:") {
-            return Err(format!("target `{target}`: Unix socket targets are not supported yet; use host:port"));
-        } else {
-            TargetSpec::parse_url(target, true)?
-        };
-        if spec.targets.contains(&parsed) {
-            return Err(format!("target `{target}` is given twice"));
-        }
-        spec.targets.push(parsed);
-    }
+    spec.targets = targets(&options.targets, &[])?;
+    spec.read_targets = targets(&options.read_targets, &spec.targets)?;
+    spec.read_target_websockets = options.read_target_websockets;
+    spec.writer_affinity = Duration::from_millis(options.writer_affinity_timeout_ms);
     // No host: the service answers hosts nothing else routes, as in kamal-proxy.
     let hosts: &[String] = if options.hosts.is_empty() { &[String::from("*")] } else { &options.hosts };
     for host in hosts {
@@ -256,6 +301,25 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
     Ok(spec)
 }
 
+/// Parses target addresses; none may repeat, within the list or from `taken`.
+pub fn targets(list: &[String], taken: &[TargetSpec]) -> Result<Vec<TargetSpec>, String> {
+    if list.len() > MAX_TARGETS {
+        return Err(format!("at most {MAX_TARGETS} targets"));
+    }
+    let mut parsed: Vec<TargetSpec> = Vec::with_capacity(list.len());
+    for target in list {
+        if target.starts_with("unix:") {
+            return Err(format!("target `{target}`: Unix socket targets are not supported yet; use host:port"));
+        }
+        let spec = TargetSpec::parse_url(target, true)?;
+        if parsed.contains(&spec) || taken.contains(&spec) {
+            return Err(format!("target `{target}` is given twice (a target belongs to one set of the service)"));
+        }
+        parsed.push(spec);
+    }
+    Ok(parsed)
+}
+
 /// kamal-proxy options this build does not carry out: refused with what to do instead, never
 /// accepted and ignored.
 fn not_yet(options: &DeployOptions) -> Result<(), String> {
@@ -267,9 +331,6 @@ fn not_yet(options: &DeployOptions) -> Result<(), String> {
     }
     if options.canonical_host.is_some() {
         return Err("--canonical-host is not supported yet".into());
-    }
-    if !options.read_targets.is_empty() {
-        return Err("--read-target is not supported yet; deploy the readers as targets".into());
     }
     Ok(())
 }
@@ -326,6 +387,25 @@ mod tests {
             hosts: hosts.iter().map(ToString::to_string).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn rollout_splits_and_target_sets_are_checked() {
+        let split = |percent, allowlist: &[&str]| RolloutSplit {
+            percent,
+            allowlist: allowlist.iter().map(ToString::to_string).collect(),
+        };
+        assert!(split(100, &["vip", "a-b_c.1"]).check().is_ok());
+        assert!(split(101, &[]).check().unwrap_err().contains("over 100"));
+        for bad in ["", "a;b", "a b", "\"a\"", "é"] {
+            assert!(split(5, &[bad]).check().is_err(), "{bad:?}");
+        }
+        let mut readers = options(&["w:1"], &[]);
+        readers.read_targets = vec!["r:1".into(), "r:2".into()];
+        let spec = service_spec("s", &readers).unwrap();
+        assert_eq!(spec.read_targets.len(), 2);
+        readers.read_targets.push("w:1".into());
+        assert!(service_spec("s", &readers).unwrap_err().contains("given twice"), "a writer cannot also read");
     }
 
     #[test]

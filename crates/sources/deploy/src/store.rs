@@ -22,6 +22,19 @@ pub struct ServiceRecord {
     pub options: DeployOptions,
     #[serde(default)]
     pub state: ServiceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+}
+
+/// A service's rollout (kamal-proxy's canary): its targets and its split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRecord {
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub read_targets: Vec<String>,
+    #[serde(default)]
+    pub split: crate::options::RolloutSplit,
 }
 
 /// Whether a service takes traffic (kamal-proxy's pause controller).
@@ -156,7 +169,7 @@ mod tests {
             hosts: vec![format!("{name}.test")],
             ..Default::default()
         };
-        ServiceRecord { name: name.into(), options, state: ServiceState::Running }
+        ServiceRecord { name: name.into(), options, state: ServiceState::Running, rollout: None }
     }
 
     #[test]
