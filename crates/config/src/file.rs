@@ -126,6 +126,8 @@ pub(crate) struct FileService {
     pub connect_timeout: Option<Spanned<NumberOrText>>,
     pub response_header_timeout: Option<Spanned<NumberOrText>>,
     pub idle_timeout: Option<Spanned<NumberOrText>>,
+    /// How long a target that refused a connection sits out (0: never).
+    pub fail_timeout: Option<Spanned<NumberOrText>>,
     pub max_body_size: Option<Spanned<NumberOrText>>,
     /// Speak HTTP/2 to the targets (gRPC).
     #[serde(default)]

@@ -272,14 +272,15 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
             Some(FileBalance::LeastRequests) => BalancePolicy::LeastRequests,
             Some(FileBalance::IpHash) => BalancePolicy::IpHash,
         };
-        for (value, slot) in [
-            (&s.connect_timeout, &mut spec.timeouts.connect),
-            (&s.response_header_timeout, &mut spec.timeouts.response_header),
-            (&s.idle_timeout, &mut spec.timeouts.idle),
+        for (value, slot, zero_ok) in [
+            (&s.connect_timeout, &mut spec.timeouts.connect, false),
+            (&s.response_header_timeout, &mut spec.timeouts.response_header, false),
+            (&s.idle_timeout, &mut spec.timeouts.idle, false),
+            (&s.fail_timeout, &mut spec.timeouts.fail, true),
         ] {
             if let Some(v) = value {
                 match duration(v.get_ref()) {
-                    Ok(d) if !d.is_zero() => *slot = d,
+                    Ok(d) if zero_ok || !d.is_zero() => *slot = d,
                     Ok(_) => c.error(Some(v.span()), "a timeout must be greater than zero"),
                     Err(e) => c.error(Some(v.span()), e),
                 }
@@ -401,6 +402,7 @@ targets = ["http://127.0.0.1:9000", { url = "https://[::1]:9443", weight = 3 }]
 balance = "least_requests"
 connect_timeout = "250ms"
 response_header_timeout = 30
+fail_timeout = "0s"
 max_body_size = "1MiB"
 retries = 1
 "#,
@@ -414,6 +416,7 @@ retries = 1
         assert_eq!(s.targets[1].weight, 3);
         assert_eq!(s.targets[1].scheme, Scheme::Https);
         assert_eq!(s.timeouts.connect.as_millis(), 250);
+        assert!(s.timeouts.fail.is_zero(), "fail_timeout = 0 keeps failed targets in");
         assert_eq!(s.max_body_size, Some(1 << 20));
         assert_eq!(s.balance, BalancePolicy::LeastRequests);
         let json = serde_json::to_string(&cfg).unwrap();

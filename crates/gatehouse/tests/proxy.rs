@@ -135,6 +135,7 @@ async fn upstream_failures_map_to_statuses() {
         &[
             service("down", "\"down.test\"", &[refused.clone(), format!("http://{}", closed_port())], ""),
             service("retry", "\"retry.test\"", &[refused.clone(), good.url()], "retries = 1"),
+            service("kept", "\"kept.test\"", &[refused.clone(), good.url()], "fail_timeout = 0"),
             service("slow", "\"slow.test\"", &[slow.url()], "response_header_timeout = \"300ms\""),
             service("empty", "\"empty.test\"", &[], ""),
             service("limited", "\"limit.test\"", &[good.url()], "max_body_size = 100"),
@@ -153,6 +154,17 @@ async fn upstream_failures_map_to_statuses() {
         client::send(at, Request::post("/").header("host", "retry.test").body(Bytes::from_static(b"body")).unwrap())
             .await;
     assert_eq!(post.status, 200, "nothing was sent to the refusing target, so a POST is retried too");
+    // Passive health: the refusal ejected the target for fail_timeout, so only the first
+    // request that met it paid for the refusal.
+    assert_eq!(gh.metric("gatehouse_target_ejections_total{service=\"retry\"}").await, 1.0);
+    for _ in 0..4 {
+        assert_eq!(get(at, "kept.test", "/").await.status, 200);
+    }
+    assert_eq!(gh.metric("gatehouse_target_ejections_total{service=\"kept\"}").await, 0.0, "fail_timeout = 0");
+    for _ in 0..3 {
+        assert_eq!(get(at, "down.test", "/").await.status, 502, "all ejected: still tried, never unrouted");
+    }
+    assert_eq!(gh.metric("gatehouse_target_ejections_total{service=\"down\"}").await, 8.0, "both, each time");
     assert_eq!(get(at, "slow.test", "/slow?ms=3000").await.status, 504);
     assert_eq!(get(at, "empty.test", "/").await.status, 503);
 

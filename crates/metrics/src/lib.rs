@@ -21,6 +21,7 @@ pub mod names {
     pub const REQUESTS: &str = "requests";
     pub const UPSTREAM_RESPONSE_SECONDS: &str = "upstream_response_seconds";
     pub const PROXY_ERRORS: &str = "proxy_errors";
+    pub const TARGET_EJECTIONS: &str = "target_ejections";
     pub const OPEN_CONNECTIONS: &str = "open_connections";
     pub const OPEN_WEBSOCKETS: &str = "open_websockets";
     pub const PAUSED_REQUESTS: &str = "paused_requests";
@@ -128,6 +129,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     upstream_latency: Family<ServiceLabels, Histogram, LatencyBuckets>,
     proxy_errors: Family<KindLabels, Counter>,
+    target_ejections: Family<ServiceLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     pub open_connections: Gauge,
     pub open_websockets: Gauge,
@@ -282,6 +284,7 @@ pub struct ServiceMetrics {
     service: String,
     requests: Family<RequestLabels, Counter>,
     latency: Family<ServiceLabels, Histogram, LatencyBuckets>,
+    ejections: Family<ServiceLabels, Counter>,
     by_class: [OnceLock<Counter>; 5],
     upstream_latency: OnceLock<Histogram>,
 }
@@ -301,6 +304,11 @@ impl ServiceMetrics {
         self.upstream_latency
             .get_or_init(|| self.latency.get_or_create_owned(&ServiceLabels { service: self.service.clone() }))
             .observe(seconds);
+    }
+
+    /// Counts a target taken out of rotation because it refused a connection.
+    pub fn target_ejected(&self) {
+        self.ejections.get_or_create(&ServiceLabels { service: self.service.clone() }).inc();
     }
 }
 
@@ -327,6 +335,12 @@ impl Metrics {
             names::PROXY_ERRORS,
             "Requests Gatehouse answered itself with an error, by kind",
             proxy_errors.clone(),
+        );
+        let target_ejections = Family::default();
+        registry.register(
+            names::TARGET_EJECTIONS,
+            "Targets taken out of rotation for fail_timeout after a refused connection, by service",
+            target_ejections.clone(),
         );
         let reloads = Family::default();
         registry.register(names::RELOADS, "Configuration reloads, by result", reloads.clone());
@@ -490,6 +504,7 @@ impl Metrics {
             requests,
             upstream_latency,
             proxy_errors,
+            target_ejections,
             reloads,
             open_connections,
             open_websockets,
@@ -505,6 +520,7 @@ impl Metrics {
             service: name.to_string(),
             requests: self.requests.clone(),
             latency: self.upstream_latency.clone(),
+            ejections: self.target_ejections.clone(),
             by_class: Default::default(),
             upstream_latency: OnceLock::new(),
         }

@@ -50,50 +50,61 @@ impl Balancer {
         }
     }
 
-    /// The index of the target to use, skipping those in `tried`; `None` when every
-    /// target has been tried (or there are none). `targets` is one pool of a service, which
-    /// starts at index `offset` of the service's targets: `tried` and the answer use the
-    /// service's indices.
+    /// The index of the target to use, skipping those in `tried`, and those a failed
+    /// connection ejected while another can serve; `None` when every target has been tried
+    /// (or there are none). `targets` is one pool of a service, which starts at index
+    /// `offset` of the service's targets: `tried` and the answer use the service's indices.
     pub fn pick(&self, targets: &[Arc<Target>], ctx: &PickContext, tried: &[usize], offset: usize) -> Option<usize> {
         let n = targets.len();
         if n == 0 || tried.len() >= n {
             return None;
         }
         let untried = |i: &usize| !tried.contains(&(i + offset));
+        let usable = |i: &usize| untried(i) && !targets[*i].is_ejected();
         let local = match self {
             Balancer::RoundRobin { order, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..order.len())
-                    .map(|step| order[(start + step) % order.len()] as usize)
-                    .find(untried)
-                    .or_else(|| (0..n).find(untried))
+                let walk = (0..order.len()).map(|step| order[(start + step) % order.len()] as usize);
+                first(walk, usable, untried)
             }
             Balancer::LeastRequests => {
-                if n == 1 {
-                    return (0..n).find(untried).map(|i| i + offset);
-                }
-                let a = (ctx.random as u32 as usize) % n;
-                let mut b = ((ctx.random >> 32) as usize) % (n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let load = |i: usize| targets[i].in_flight();
-                match (untried(&a), untried(&b)) {
-                    (true, true) => Some(if load(b) < load(a) { b } else { a }),
-                    _ => (0..n).filter(untried).min_by_key(|&i| load(i)),
+                let load = |i: &usize| targets[*i].in_flight();
+                let (a, b) = two_choices(ctx.random, n);
+                if usable(&a) && usable(&b) {
+                    Some(if load(&b) < load(&a) { b } else { a })
+                } else {
+                    (0..n).filter(usable).min_by_key(load).or_else(|| (0..n).filter(untried).min_by_key(load))
                 }
             }
             Balancer::IpHash { ring } => {
                 let h = mix(fnv1a(&ip_bytes(ctx.client_ip)));
                 let start = ring.partition_point(|&(point, _)| point < h);
-                (0..ring.len())
-                    .map(|step| ring[(start + step) % ring.len()].1 as usize)
-                    .find(untried)
-                    .or_else(|| (0..n).find(untried))
+                let walk = (0..ring.len()).map(|step| ring[(start + step) % ring.len()].1 as usize);
+                first(walk, usable, untried)
             }
         };
         local.map(|i| i + offset)
     }
+}
+
+/// The first usable target in `walk`'s order, else the first untried one.
+fn first(
+    walk: impl Iterator<Item = usize> + Clone,
+    usable: impl Fn(&usize) -> bool,
+    untried: impl Fn(&usize) -> bool,
+) -> Option<usize> {
+    walk.clone().find(usable).or_else(|| walk.into_iter().find(untried))
+}
+
+/// Two different indices below `n` drawn from `random` (the same one twice when `n` is 1),
+/// for the power of two choices.
+fn two_choices(random: u64, n: usize) -> (usize, usize) {
+    let a = (random as u32 as usize) % n;
+    if n == 1 {
+        return (a, a);
+    }
+    let b = ((random >> 32) as usize) % (n - 1);
+    (a, if b >= a { b + 1 } else { b })
 }
 
 /// Weights reduced by their common divisor and, if their sum is over the cap once multiplied

@@ -108,6 +108,10 @@ pub struct Timeouts {
     /// How long an unused pooled upstream connection is kept.
     #[serde(with = "duration_ms")]
     pub idle: Duration,
+    /// How long a target that could not be connected to sits out of rotation while others
+    /// can take its requests (nginx's `fail_timeout`); zero keeps it in.
+    #[serde(with = "duration_ms")]
+    pub fail: Duration,
 }
 
 impl Default for Timeouts {
@@ -116,6 +120,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            fail: Duration::from_secs(10),
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -29,6 +30,9 @@ pub enum BuildError {
 #[derive(Debug, Default)]
 pub struct Target {
     pub(crate) in_flight: AtomicU32,
+    /// Until when (in [`clock_ms`]) a failed connection keeps the target out of rotation;
+    /// 0 when it is in.
+    ejected_until: AtomicU64,
     retirement: Retirement,
 }
 
@@ -36,6 +40,19 @@ impl Target {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Whether a failed connection keeps the target out of rotation now (one atomic load
+    /// while it is in).
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
+    }
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Counts a request against its target until dropped (it may outlive the route table).
@@ -44,6 +61,15 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// Takes the target out of rotation for `period` (passive health: it refused a
+    /// connection), so requests stop paying for the failure before the next check.
+    pub fn eject(&self, period: Duration) {
+        if !period.is_zero() {
+            let until = clock_ms().saturating_add(u64::try_from(period.as_millis()).unwrap_or(u64::MAX)).max(1);
+            self.target.ejected_until.store(until, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn retirement(&self) -> &Retirement {
         &self.target.retirement
     }
@@ -717,6 +743,18 @@ mod tests {
         assert_eq!(port(s.pick(&ctx(true, false), &[]).unwrap()), 4);
         assert_eq!(port(s.pick(&ctx(true, true), &[]).unwrap()), 4, "no rollout readers: rollout writers");
         assert_eq!(s.lane_len(&ctx(false, true)), 2);
+
+        // A target that refused a connection sits out while the other reader can serve.
+        s.begin(1).eject(Duration::from_secs(60));
+        for _ in 0..4 {
+            assert_eq!(port(s.pick(&ctx(false, true), &[]).unwrap()), 3, "the ejected reader sits out");
+        }
+        s.begin(2).eject(Duration::from_secs(60));
+        let reads: HashSet<u16> = (0..4).map(|_| port(s.pick(&ctx(false, true), &[]).unwrap())).collect();
+        assert_eq!(reads, HashSet::from([2, 3]), "all ejected: all serve, never none");
+        assert_eq!(port(s.pick(&ctx(false, true), &[2]).unwrap()), 2);
+        s.begin(3).eject(Duration::ZERO);
+        assert!(!s.targets[3].is_ejected(), "a zero fail timeout ejects nothing");
     }
 
     #[test]

@@ -217,6 +217,10 @@ async fn proxy(
             Ok(sent) => sent,
             Err(Failure::Drained) => return Err(LocalError::Drained),
             Err(Failure::NotConnected(e, back)) => {
+                if !spec.timeouts.fail.is_zero() {
+                    in_flight.eject(spec.timeouts.fail);
+                    runtime.metrics.target_ejected();
+                }
                 upstream_warning(runtime, &spec.name, format_args!("target unreachable: {e}"));
                 outgoing = *back;
                 continue;

@@ -282,6 +282,8 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         return Err("health check rise and fall must be at least 1".into());
     }
     spec.timeouts.response_header = Duration::from_millis(options.target_timeout_ms);
+    // A target that refused a connection sits out until its next check says otherwise.
+    spec.timeouts.fail = hc.interval();
     not_yet(options)?;
     spec.max_body_size = (options.max_request_body > 0).then_some(options.max_request_body);
     spec.buffering = Buffering {
