@@ -135,6 +135,20 @@ pub(crate) struct FileService {
     /// Verify `https://` targets' certificates (default true).
     pub tls_verify: Option<bool>,
     pub retries: Option<Spanned<i64>>,
+    pub health_check: Option<FileHealthCheck>,
+}
+
+/// `[services.health_check]`: HAProxy's active checks, over HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<NumberOrText>>,
+    pub timeout: Option<Spanned<NumberOrText>>,
+    pub port: Option<Spanned<i64>>,
+    pub host: Option<String>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

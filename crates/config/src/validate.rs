@@ -5,14 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use gatehouse_model::{BalancePolicy, BuildError, HostPattern, RouteTable, ServiceSpec, TargetSpec};
+use std::time::Duration;
+
+use gatehouse_model::{BalancePolicy, BuildError, HealthCheck, HostPattern, RouteTable, ServiceSpec, TargetSpec};
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 use crate::deferred::DEFERRED_KEYS;
 use crate::diagnostic::{ConfigError, Diagnostic};
 use crate::drove::Environment;
-use crate::file::{FileBalance, FileConfig, FileListener, FileService, FileTarget, NumberOrText};
+use crate::file::{FileBalance, FileConfig, FileHealthCheck, FileListener, FileService, FileTarget, NumberOrText};
 use crate::units::{parse_duration, parse_size};
 use crate::{AdminSettings, CertificatePaths, Config, ListenerSpec, ProxyPlatform, Secret};
 
@@ -300,6 +302,9 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
                 _ => c.error(Some(r.span()), "`retries` must be from 0 to 10"),
             }
         }
+        if let Some(h) = &s.health_check {
+            spec.health_check = Some(health_check(c, h));
+        }
         name_spans.push((spec.name.clone(), s.name.span()));
         specs.push(spec);
     }
@@ -317,6 +322,42 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         }
     }
     specs
+}
+
+/// `[services.health_check]` with HAProxy's defaults (every 2 s, 2 passes in, 3 failures out).
+fn health_check(c: &mut Checker<'_>, h: &FileHealthCheck) -> HealthCheck {
+    let interval = positive_seconds(c, &h.interval, "interval", Duration::from_secs(2));
+    let mut check = HealthCheck {
+        path: "/up".into(),
+        interval,
+        timeout: positive_seconds(c, &h.timeout, "timeout", interval),
+        port: None,
+        host: h.host.clone(),
+        rise: 2,
+        fall: 3,
+    };
+    if let Some(path) = &h.path {
+        if path.get_ref().starts_with('/') {
+            check.path = path.get_ref().clone();
+        } else {
+            c.error(Some(path.span()), "the health check `path` must start with `/`");
+        }
+    }
+    if let Some(port) = &h.port {
+        match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => check.port = Some(p),
+            _ => c.error(Some(port.span()), "`port` must be a port number from 1 to 65535"),
+        }
+    }
+    for (value, slot, key) in [(&h.rise, &mut check.rise, "rise"), (&h.fall, &mut check.fall, "fall")] {
+        if let Some(v) = value {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n @ 1..=100) => *slot = n,
+                _ => c.error(Some(v.span()), format!("`{key}` must be from 1 to 100")),
+            }
+        }
+    }
+    check
 }
 
 /// A duration key that must be above zero (`default` when absent; an error when bad).
@@ -543,6 +584,9 @@ name = "a"
 hosts = ["a..b"]
 targets = ["ftp://x", "http://h/path", { url = "http://h", weight = 0 }]
 connect_timeout = "5 fortnights"
+[services.health_check]
+path = "up"
+rise = 0
 "#,
         )
         .unwrap_err();
@@ -554,6 +598,19 @@ connect_timeout = "5 fortnights"
         assert!(err.contains("must not have a path"), "{err}");
         assert!(err.contains("weight must be from 1"), "{err}");
         assert!(err.contains("g.toml:8:19: unknown duration unit"), "{err}");
+        assert!(err.contains("g.toml:10:8: the health check `path` must start with `/`"), "{err}");
+        assert!(err.contains("g.toml:11:8: `rise` must be from 1 to 100"), "{err}");
+    }
+
+    #[test]
+    fn health_checks_take_haproxys_defaults() {
+        let cfg = check(
+            "[[services]]\nname = \"a\"\nhosts = [\"a.test\"]\ntargets = [\"http://h:1\"]\n[services.health_check]\npath = \"/healthz\"\nfall = 5\n",
+        )
+        .unwrap();
+        let check = cfg.services[0].health_check.clone().unwrap();
+        assert_eq!((check.path.as_str(), check.rise, check.fall), ("/healthz", 2, 5));
+        assert_eq!((check.interval, check.timeout), (Duration::from_secs(2), Duration::from_secs(2)));
     }
 
     #[test]

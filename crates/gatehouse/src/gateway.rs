@@ -10,6 +10,7 @@ use anyhow::Context;
 use gatehouse_config::{AccessLogDestination, Config, ConfigError, ListenerSpec, TemplatedSettings};
 use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
+use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{BuildError, HostPattern, Retired, ServiceSpec};
 use gatehouse_native::{
@@ -70,6 +71,8 @@ pub struct Gateway {
     drove: OnceLock<DroveSource>,
     /// Services deployed at run time (`gatehouse deploy`).
     deploys: Arc<DeploySource>,
+    /// Health of the file's services that set `health_check`.
+    file_health: Arc<Watch>,
     /// The nginx or HAProxy engine, when one carries the traffic.
     templated: OnceLock<Arc<TemplatedEngine>>,
 }
@@ -82,7 +85,8 @@ impl Gateway {
         // Deployed services are restored before anything listens: no 404 window after a restart.
         let store = Arc::new(FileStore::new(config.deploy_state.clone()));
         let deploys = Arc::new(DeploySource::open(store, metrics.deploys.clone()));
-        let snapshot = snapshot(&config, deploys.services(), Vec::new(), generation, None, &metrics)?;
+        let file = config.services.iter().cloned().map(Arc::new).collect();
+        let snapshot = snapshot(&config, file, deploys.services(), Vec::new(), generation, None, &metrics)?;
         let mut cert_stores = Vec::new();
         let mut listeners = Vec::new();
         // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
@@ -123,6 +127,7 @@ impl Gateway {
         let listeners = native_listeners.to_vec();
         let drove_settings = config.drove.clone();
         let templated = config.templated.as_ref().map(|t| (t.files.is_none(), t.restart_hold));
+        let file_health = Watch::new(metrics.deploys.clone());
         let gateway = Arc::new(Gateway {
             source,
             metrics,
@@ -135,8 +140,16 @@ impl Gateway {
             log,
             drove: OnceLock::new(),
             deploys,
+            file_health,
             templated: OnceLock::new(),
         });
+        let weak: Weak<Gateway> = Arc::downgrade(&gateway);
+        gateway.file_health.on_change(move |service: &str| {
+            if let Some(gateway) = weak.upgrade() {
+                gateway.apply_file_health(service);
+            }
+        });
+        gateway.file_health.follow(&gateway.config().services);
         let routes: Weak<dyn Routes> = Arc::downgrade(&gateway) as Weak<dyn Routes>;
         gateway.deploys.attach(routes);
         if !drove_settings.namespaces.is_empty() {
@@ -154,6 +167,30 @@ impl Gateway {
             let _ = gateway.templated.set(TemplatedEngine::start(Arc::downgrade(&gateway), api_only, restart_hold));
         }
         Ok(gateway)
+    }
+
+    /// The file's services, each with its down targets out of rotation.
+    fn file_services(&self, config: &Config) -> Vec<Arc<ServiceSpec>> {
+        config.services.iter().map(|s| Arc::new(self.file_health.rotated(s))).collect()
+    }
+
+    /// Installs a file service whose rotation changed.
+    fn apply_file_health(&self, service: &str) {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        let config = self.config();
+        let Some(spec) = config.services.iter().find(|s| s.name == service) else { return };
+        let generation = self.lock().generation + 1;
+        let current = self.proxy.current();
+        match current.update(generation, vec![Arc::new(self.file_health.rotated(spec))], &[], &self.metrics) {
+            Ok(next) => {
+                self.proxy.install(next);
+                self.lock().generation = generation;
+                if let Some(engine) = self.templated.get() {
+                    engine.changed();
+                }
+            }
+            Err(e) => tracing::error!(service, error = %e, "could not apply a health change"),
+        }
     }
 
     pub fn drove(&self) -> Option<&DroveSource> {
@@ -190,7 +227,8 @@ impl Gateway {
                 if let Some(Err(e)) = partial_or_none {
                     tracing::warn!(error = %e, "cannot apply the Drove changes alone; rebuilding the route table");
                 }
-                snapshot(&config, deployed, drove.services(), generation, Some(&current), &self.metrics)
+                let file = self.file_services(&config);
+                snapshot(&config, file, deployed, drove.services(), generation, Some(&current), &self.metrics)
             }
         };
         match next {
@@ -249,6 +287,7 @@ impl Gateway {
         let current = self.proxy.current();
         let snapshot = snapshot(
             &config,
+            self.file_services(&config),
             self.deploys.services(),
             self.drove_services(),
             generation,
@@ -272,9 +311,11 @@ impl Gateway {
             store.replace(certs);
         }
         let mut state = self.lock();
-        state.config = Arc::new(config);
+        let config = Arc::new(config);
+        state.config = config.clone();
         state.generation = generation;
         drop(state);
+        self.file_health.follow(&config.services);
         if let Some(engine) = self.templated.get() {
             engine.reloaded();
         }
@@ -472,8 +513,11 @@ fn drove_delta(
 
 /// The file's services, then the deployed ones and the Drove ones that no higher-ranked
 /// source shadows. Services equal to one in `previous` are carried over from it.
+/// The route table of the file's services (`file`: `config.services` with their health
+/// applied), the deployed ones and Drove's, each source shadowing the next.
 fn snapshot(
     config: &Config,
+    file: Vec<Arc<ServiceSpec>>,
     deployed: Vec<Arc<ServiceSpec>>,
     drove: Vec<Arc<ServiceSpec>>,
     generation: u64,
@@ -481,8 +525,8 @@ fn snapshot(
     metrics: &Metrics,
 ) -> anyhow::Result<Snapshot> {
     let mut claims = Claims::of_file(config);
-    let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(config.services.len() + deployed.len() + drove.len());
-    specs.extend(config.services.iter().cloned().map(Arc::new));
+    let mut specs: Vec<Arc<ServiceSpec>> = Vec::with_capacity(file.len() + deployed.len() + drove.len());
+    specs.extend(file);
     for spec in &deployed {
         if claims.shadow(spec) {
             tracing::warn!(service = %spec.name, "a deployed service's name or host is now in [[services]]: the file's routes win");

@@ -324,3 +324,32 @@ async fn verifies_https_targets_unless_told_not_to() {
     let r = get(trusting.listener(), "checked.test", "/").await;
     assert_eq!((r.status, r.header("x-backend")), (200, "secure"), "trusted CA accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_services_with_a_health_check_take_sick_targets_out_and_back() {
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let check = "[services.health_check]\npath = \"/up\"\ninterval = \"100ms\"\nrise = 2\nfall = 2";
+    let gh = Gatehouse::start(&config(&service("web", "\"web.test\"", &[blue.url(), green.url()], check)));
+    let at = gh.listener();
+    support::eventually("both targets are checked", || async {
+        gh.metric("gatehouse_health_checks_total{result=\"pass\"}").await >= 4.0
+    })
+    .await;
+    let green_addr = green.addr;
+    let gauge = format!("gatehouse_target_healthy{{service=\"web\",target=\"http://{green_addr}\"}}");
+    assert_eq!(gh.metric(&gauge).await, 1.0);
+    drop(green);
+    support::eventually("green leaves the rotation", || async { gh.metric(&gauge).await == 0.0 }).await;
+    let routes = gh.admin_get("/v1/routes").await.body;
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(routes["services"][0]["down_targets"][0]["port"], green_addr.port(), "{routes}");
+    for _ in 0..6 {
+        assert_eq!(get(at, "web.test", "/").await.header("x-backend"), "blue");
+    }
+    let _green = backend::start_at("green", green_addr).await;
+    support::eventually("green is back after two passes", || async { gh.metric(&gauge).await == 1.0 }).await;
+    support::eventually("green takes requests again", || async {
+        get(at, "web.test", "/").await.header("x-backend") == "green"
+    })
+    .await;
+}

@@ -237,9 +237,42 @@ pub struct ServiceSpec {
     /// `--error-pages`); `{{.Message}}` in the 503 page is a stopped service's message.
     #[serde(skip)]
     pub error_pages: std::collections::BTreeMap<u16, String>,
-    /// While paused or stopped, GET and HEAD of this path are answered 200 by the proxy, so
-    /// load balancers in front keep the host.
-    pub health_path: Option<String>,
+    /// How the service's targets are checked. While the service is paused or stopped, GET
+    /// and HEAD of its path are answered 200 by the proxy, so load balancers in front keep
+    /// the host.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An HTTP health check of a service's targets: a GET of `path` every `interval`; `rise`
+/// passes in a row bring a target in, `fall` failures in a row take it out (HAProxy's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Checked on this port instead of the target's.
+    pub port: Option<u16>,
+    /// The Host header of the checks (default: the target's address).
+    pub host: Option<String>,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    /// kamal-proxy's check, with HAProxy's `fall`.
+    fn default() -> Self {
+        HealthCheck {
+            path: "/up".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            port: None,
+            host: None,
+            rise: 1,
+            fall: 3,
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -268,7 +301,7 @@ impl ServiceSpec {
             forward_headers: false,
             log_headers: LogHeaders::default(),
             error_pages: std::collections::BTreeMap::new(),
-            health_path: None,
+            health_check: None,
         }
     }
 }

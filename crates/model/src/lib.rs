@@ -17,7 +17,8 @@ mod table;
 pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{
-    Availability, BalancePolicy, Buffering, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, TargetSpec, Timeouts,
+    Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, TargetSpec,
+    Timeouts,
 };
 pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
 pub use retire::{Scope, Signalled};

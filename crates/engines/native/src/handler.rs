@@ -367,7 +367,7 @@ async fn held(
     let mut deadline = None;
     let mut counted = None;
     loop {
-        let probe = health_probe && route.spec.health_path.as_deref() == Some(path);
+        let probe = health_probe && route.spec.health_check.as_ref().is_some_and(|h| h.path == path);
         let reply = |status: StatusCode, text: Bytes| {
             route.attached.metrics.record_status(status.as_u16());
             Held::Answered(Box::new(crate::local::answer(status, text, &snap.xproxy, request_id)))

@@ -6,8 +6,8 @@ use std::time::Duration;
 use gatehouse_model::TargetSpec;
 use tokio::task::JoinSet;
 
-use crate::health::{check, Counter, Probe};
-use crate::options::HealthCheckOptions;
+use gatehouse_health::{check, Counter, Probe};
+use gatehouse_model::HealthCheck;
 
 /// Why a gate stayed shut: each target that was not healthy, with its last error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,16 +28,12 @@ impl std::fmt::Display for GateFailure {
 
 /// Waits until every target is healthy or `timeout` passes. Checks of different targets run
 /// side by side, so one slow target does not delay the others' checks.
-pub async fn wait_healthy(
-    targets: &[TargetSpec],
-    health: &HealthCheckOptions,
-    timeout: Duration,
-) -> Result<(), GateFailure> {
+pub async fn wait_healthy(targets: &[TargetSpec], health: &HealthCheck, timeout: Duration) -> Result<(), GateFailure> {
     let probe = Probe::from(health);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<(), String>)>(targets.len().max(1) * 2);
     let mut checks = JoinSet::new();
     for (index, target) in targets.iter().enumerate() {
-        let (target, probe, tx, interval) = (target.clone(), probe.clone(), tx.clone(), health.interval());
+        let (target, probe, tx, interval) = (target.clone(), probe.clone(), tx.clone(), health.interval);
         checks.spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

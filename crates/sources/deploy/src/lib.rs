@@ -8,20 +8,20 @@
 //! them through [`Routes`], which hands back the in-flight counters of what it replaced.
 
 mod gate;
-pub mod health;
-mod monitor;
 mod options;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use gatehouse_metrics::DeployMetrics;
-use gatehouse_model::{Availability, Retired, Rollout, Scope, ServiceSpec, TargetSpec};
+use gatehouse_model::{Availability, HealthCheck, Retired, Rollout, Scope, ServiceSpec, TargetSpec};
 use serde::Serialize;
 
-use crate::monitor::ServiceHealth;
+use gatehouse_health::{Observer, ServiceHealth};
 
 pub use gate::GateFailure;
 pub use options::{
@@ -210,10 +210,11 @@ impl DeploySource {
         let mut health = self.lock_health();
         let records = self.records.try_lock();
         for (name, service) in health.iter_mut() {
-            let options = records.as_ref().ok().and_then(|r| r.get(name)).map(|r| r.options.health_check.clone());
-            if let Some(options) = options {
+            let check = records.as_ref().ok().and_then(|r| r.get(name)).map(|r| r.options.health_check.check());
+            if let Some(check) = check {
+                service.publish(name, &self.metrics);
                 service.monitor =
-                    Some(monitor::spawn(Arc::downgrade(self), name.clone(), service.targets.clone(), options));
+                    Some(gatehouse_health::spawn(self.observer(), name.clone(), service.targets.clone(), &check));
             }
         }
     }
@@ -289,7 +290,7 @@ impl DeploySource {
         let started = Instant::now();
         let new_targets: Vec<TargetSpec> = spec.all_targets().cloned().collect();
         let gate_options =
-            (!request.force).then_some((&request.options.health_check, request.options.deploy_timeout()));
+            (!request.force).then(|| (request.options.health_check.check(), request.options.deploy_timeout()));
         self.gate(name, &new_targets, gate_options).await?;
         let gated = Instant::now();
         let gate_us = micros(gated - started);
@@ -325,10 +326,10 @@ impl DeploySource {
         &self,
         name: &str,
         targets: &[TargetSpec],
-        options: Option<(&HealthCheckOptions, Duration)>,
+        options: Option<(HealthCheck, Duration)>,
     ) -> Result<(), DeployError> {
         let Some((health_check, timeout)) = options else { return Ok(()) };
-        gate::wait_healthy(targets, health_check, timeout).await.map_err(|failure| {
+        gate::wait_healthy(targets, &health_check, timeout).await.map_err(|failure| {
             tracing::warn!(service = name, "deploy failed, the current targets keep serving: {failure}");
             DeployError::Unhealthy(failure)
         })
@@ -368,7 +369,7 @@ impl DeploySource {
         tracing::info!(service = name, targets = ?request.targets, force = request.force, "deploying a rollout");
         let started = Instant::now();
         let timeout = Duration::from_millis(request.deploy_timeout_ms);
-        let gate_options = (!request.force).then_some((&record.options.health_check, timeout));
+        let gate_options = (!request.force).then(|| (record.options.health_check.check(), timeout));
         self.gate(name, &new_targets, gate_options).await?;
         let gated = Instant::now();
         let retired = self.commit(&routes, record, &new_targets).await?;
@@ -459,8 +460,7 @@ impl DeploySource {
         }
         self.lock_specs().remove(name);
         if let Some(health) = self.lock_health().remove(name) {
-            let targets: Vec<String> = health.targets.iter().map(TargetSpec::url).collect();
-            self.metrics.forget_targets(name, &targets);
+            health.forget(name, &self.metrics);
         }
         if let Err(e) = routes.apply(Vec::new(), &[name]) {
             // Removing a name cannot conflict; the route table's owner refused outright. The
@@ -517,50 +517,29 @@ impl DeploySource {
         if let Some(old) = service.monitor.take() {
             old.abort();
         }
-        for (target, counter) in service.targets.iter().zip(&service.counters) {
-            self.metrics.target_health(name, &target.url(), counter.is_up());
-        }
-        service.monitor = Some(monitor::spawn(
-            Arc::downgrade(self),
-            name.to_string(),
-            service.targets.clone(),
-            options.health_check.clone(),
-        ));
+        service.publish(name, &self.metrics);
+        let check = options.health_check.check();
+        service.monitor =
+            Some(gatehouse_health::spawn(self.observer(), name.to_string(), service.targets.clone(), &check));
+    }
+
+    fn observer(self: &Arc<Self>) -> Weak<dyn Observer> {
+        Arc::downgrade(self) as Weak<dyn Observer>
     }
 
     /// Counts a round of health checks of `service`; when a target entered or left the
     /// rotation, routes the service's healthy targets. Returns false when `targets` are no
     /// longer the service's (its monitor then stops).
-    pub(crate) async fn observe_health(
-        &self,
-        service: &str,
-        targets: &[TargetSpec],
-        results: &[Result<(), String>],
-        options: &HealthCheckOptions,
-    ) -> bool {
-        let flipped = {
+    async fn observe_health(&self, service: &str, targets: &[TargetSpec], results: &[Result<(), String>]) -> bool {
+        let Some(check) = self.records.lock().await.get(service).map(|r| r.options.health_check.clone()) else {
+            return false;
+        };
+        let changed = {
             let mut health = self.lock_health();
             let Some(current) = health.get_mut(service).filter(|h| h.targets == targets) else { return false };
-            for result in results {
-                self.metrics.health_check(result.is_ok());
-            }
-            let flipped = current.observe(results, options.rise, options.fall);
-            for &(i, up) in &flipped {
-                let target = current.targets[i].url();
-                self.metrics.target_health(service, &target, up);
-                match (up, &current.last_errors[i]) {
-                    (true, _) => tracing::info!(service, target, "target healthy again: back in rotation"),
-                    (false, error) => tracing::warn!(
-                        service,
-                        target,
-                        error = error.as_deref().unwrap_or(""),
-                        "target unhealthy: out of rotation"
-                    ),
-                }
-            }
-            flipped
+            current.record(service, results, check.rise, check.fall, &self.metrics)
         };
-        if flipped.is_empty() {
+        if !changed {
             return true;
         }
         let Ok(routes) = self.routes() else { return false };
@@ -717,7 +696,6 @@ fn spec_of(record: &ServiceRecord) -> Result<ServiceSpec, String> {
             allowlist: rollout.split.allowlist.clone(),
         });
     }
-    spec.health_path = Some(record.options.health_check.path.clone());
     spec.availability = match &record.state {
         ServiceState::Running => Availability::Serving,
         ServiceState::Paused { max_pause_ms } => {
@@ -765,4 +743,15 @@ async fn wait_idle(in_flight: &impl Fn() -> u32, timeout: Duration) -> u32 {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Observer for DeploySource {
+    fn observe<'a>(
+        &'a self,
+        service: &'a str,
+        targets: &'a [TargetSpec],
+        results: &'a [Result<(), String>],
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(self.observe_health(service, targets, results))
+    }
 }

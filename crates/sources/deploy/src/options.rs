@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{Buffering, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
+use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -201,12 +201,17 @@ impl RolloutSplit {
 }
 
 impl HealthCheckOptions {
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms)
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
+    /// The check as the model knows it.
+    pub fn check(&self) -> HealthCheck {
+        HealthCheck {
+            path: self.path.clone(),
+            interval: Duration::from_millis(self.interval_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+            port: self.port,
+            host: self.host.clone(),
+            rise: self.rise,
+            fall: self.fall,
+        }
     }
 }
 
@@ -283,7 +288,8 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
     }
     spec.timeouts.response_header = Duration::from_millis(options.target_timeout_ms);
     // A target that refused a connection sits out until its next check says otherwise.
-    spec.timeouts.fail = hc.interval();
+    spec.timeouts.fail = Duration::from_millis(hc.interval_ms);
+    spec.health_check = Some(hc.check());
     not_yet(options)?;
     spec.max_body_size = (options.max_request_body > 0).then_some(options.max_request_body);
     spec.buffering = Buffering {

@@ -1,19 +1,16 @@
-//! Continuous health of a deployed service's targets: checked at the interval with
-//! HAProxy's `rise`/`fall`; a down target leaves the rotation and comes back on recovery;
-//! when every target is down, all of them take traffic (panic mode), never none.
+//! The health of a service's targets: a down target leaves the rotation and comes back on
+//! recovery; when every writer is down, all of them take traffic (panic mode), never none.
 
-use std::sync::Weak;
-
+use gatehouse_metrics::DeployMetrics;
 use gatehouse_model::{ServiceSpec, TargetSpec};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::AbortHandle;
 
-use crate::health::{check, Counter, Probe};
-use crate::options::HealthCheckOptions;
-use crate::DeploySource;
+use crate::check::Counter;
 
-/// The health of one service's targets, indexed like its targets.
+/// The health of one service's targets, indexed like its targets, and the monitor that
+/// checks them (stopped when this is dropped).
 #[derive(Debug)]
-pub(crate) struct ServiceHealth {
+pub struct ServiceHealth {
     pub targets: Vec<TargetSpec>,
     pub counters: Vec<Counter>,
     pub last_errors: Vec<Option<String>>,
@@ -81,6 +78,49 @@ impl ServiceHealth {
         }
         flipped
     }
+
+    /// [`Self::observe`], counted in `metrics` and logged for `service`; returns whether a
+    /// target entered or left the rotation.
+    pub fn record(
+        &mut self,
+        service: &str,
+        results: &[Result<(), String>],
+        rise: u32,
+        fall: u32,
+        metrics: &DeployMetrics,
+    ) -> bool {
+        for result in results {
+            metrics.health_check(result.is_ok());
+        }
+        let flipped = self.observe(results, rise, fall);
+        for &(i, up) in &flipped {
+            let target = self.targets[i].url();
+            metrics.target_health(service, &target, up);
+            match (up, &self.last_errors[i]) {
+                (true, _) => tracing::info!(service, target, "target healthy again: back in rotation"),
+                (false, error) => tracing::warn!(
+                    service,
+                    target,
+                    error = error.as_deref().unwrap_or(""),
+                    "target unhealthy: out of rotation"
+                ),
+            }
+        }
+        !flipped.is_empty()
+    }
+
+    /// Sets the health gauge of every target (a new or restored service).
+    pub fn publish(&self, service: &str, metrics: &DeployMetrics) {
+        for (target, counter) in self.targets.iter().zip(&self.counters) {
+            metrics.target_health(service, &target.url(), counter.is_up());
+        }
+    }
+
+    /// Drops the health gauges of the targets.
+    pub fn forget(&self, service: &str, metrics: &DeployMetrics) {
+        let targets: Vec<String> = self.targets.iter().map(TargetSpec::url).collect();
+        metrics.forget_targets(service, &targets);
+    }
 }
 
 impl Drop for ServiceHealth {
@@ -89,47 +129,6 @@ impl Drop for ServiceHealth {
             monitor.abort();
         }
     }
-}
-
-/// Checks `targets` of `service` every interval until the source goes away or the service's
-/// targets change (a new monitor then takes over).
-pub(crate) fn spawn(
-    source: Weak<DeploySource>,
-    service: String,
-    targets: Vec<TargetSpec>,
-    health: HealthCheckOptions,
-) -> AbortHandle {
-    tokio::spawn(async move {
-        let probe = Probe::from(&health);
-        let mut ticks = tokio::time::interval(health.interval());
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await; // the first tick is now: the gate has just checked them
-        loop {
-            ticks.tick().await;
-            let results = check_all(&targets, &probe).await;
-            let Some(source) = source.upgrade() else { return };
-            if !source.observe_health(&service, &targets, &results, &health).await {
-                return;
-            }
-        }
-    })
-    .abort_handle()
-}
-
-/// Checks every target side by side; results are indexed like `targets`.
-async fn check_all(targets: &[TargetSpec], probe: &Probe) -> Vec<Result<(), String>> {
-    let mut set = JoinSet::new();
-    for (i, target) in targets.iter().enumerate() {
-        let (target, probe) = (target.clone(), probe.clone());
-        set.spawn(async move { (i, check(&target, &probe).await) });
-    }
-    let mut results = vec![Err("not checked".to_string()); targets.len()];
-    while let Some(done) = set.join_next().await {
-        if let Ok((i, result)) = done {
-            results[i] = result;
-        }
-    }
-    results
 }
 
 #[cfg(test)]

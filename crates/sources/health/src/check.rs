@@ -1,9 +1,9 @@
-//! Health: HAProxy-style thresholds (pure) and one HTTP check against a target (I/O).
+//! HAProxy-style thresholds (pure) and one HTTP check against a target (I/O).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse_model::{Scheme, TargetSpec};
+use gatehouse_model::{HealthCheck, Scheme, TargetSpec};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
@@ -57,9 +57,9 @@ pub struct Probe {
     pub host: Option<String>,
 }
 
-impl From<&crate::options::HealthCheckOptions> for Probe {
-    fn from(options: &crate::options::HealthCheckOptions) -> Self {
-        Probe { path: options.path.clone(), port: options.port, timeout: options.timeout(), host: options.host.clone() }
+impl From<&HealthCheck> for Probe {
+    fn from(check: &HealthCheck) -> Self {
+        Probe { path: check.path.clone(), port: check.port, timeout: check.timeout, host: check.host.clone() }
     }
 }
 
