@@ -309,20 +309,34 @@ async fn verifies_https_targets_unless_told_not_to() {
     let leaf = ca.leaf(&["localhost"]);
     let b = backend::start_tls("secure", &leaf.cert_pem, &leaf.key_pem).await;
     let url = format!("https://localhost:{}", b.addr.port());
+    // Health checks go over TLS too, with the service's verification.
+    let check = "[services.health_check]\ninterval = \"100ms\"\nrise = 1\nfall = 1";
     let services = [
-        service("checked", "\"checked.test\"", std::slice::from_ref(&url), ""),
-        service("unchecked", "\"unchecked.test\"", std::slice::from_ref(&url), "tls_verify = false"),
+        service("checked", "\"checked.test\"", std::slice::from_ref(&url), check),
+        service("unchecked", "\"unchecked.test\"", std::slice::from_ref(&url), &format!("tls_verify = false\n{check}")),
     ]
     .concat();
+    let healthy = |service: &str| format!("gatehouse_target_healthy{{service=\"{service}\",target=\"{url}\"}}");
     let untrusting = Gatehouse::start(&config(&services));
     assert_eq!(get(untrusting.listener(), "checked.test", "/").await.status, 502, "unknown CA refused");
     assert_eq!(get(untrusting.listener(), "unchecked.test", "/").await.status, 200);
+    support::eventually("the check of the unknown CA fails", || async {
+        untrusting.metric(&healthy("checked")).await == 0.0
+    })
+    .await;
+    assert_eq!(untrusting.metric(&healthy("unchecked")).await, 1.0);
+    assert!(untrusting.metric("gatehouse_health_checks_total{result=\"pass\"}").await >= 1.0);
 
     let dir = tempfile::tempdir().unwrap();
     let ca_file = support::write(dir.path(), "ca.pem", &ca.pem());
     let trusting = Gatehouse::start_with(&config(&services), dir, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     let r = get(trusting.listener(), "checked.test", "/").await;
     assert_eq!((r.status, r.header("x-backend")), (200, "secure"), "trusted CA accepted");
+    support::eventually("checks of the trusted target pass", || async {
+        trusting.metric("gatehouse_health_checks_total{result=\"pass\"}").await >= 4.0
+    })
+    .await;
+    assert_eq!(trusting.metric(&healthy("checked")).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse_model::{Scheme, TargetSpec};
+pub(crate) use gatehouse_connect::BoxedIo;
+use gatehouse_model::TargetSpec;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::body::RequestBody;
 use crate::h1;
@@ -117,108 +114,9 @@ pub(crate) async fn connect_h2(
 }
 
 async fn open_within(target: &TargetSpec, opts: &ConnectOptions) -> Result<BoxedIo, ConnectError> {
-    match tokio::time::timeout(opts.timeout, open(target, opts)).await {
+    match tokio::time::timeout(opts.timeout, gatehouse_connect::open(target, opts.verify, opts.http2)).await {
         Err(_) => Err(ConnectError::Timeout { target: target.url() }),
         Ok(Err(source)) => Err(ConnectError::Io { target: target.url(), source }),
         Ok(Ok(io)) => Ok(io),
-    }
-}
-
-/// A connection to a target, plain or TLS.
-pub(crate) type BoxedIo = Box<dyn Io>;
-pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-async fn open(target: &TargetSpec, opts: &ConnectOptions) -> std::io::Result<BoxedIo> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    tcp.set_nodelay(true)?;
-    match target.scheme {
-        Scheme::Http => Ok(Box::new(tcp)),
-        Scheme::Https => {
-            let server_name = match target.host.parse::<IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => ServerName::try_from(target.host.clone())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-            };
-            let tls = TlsConnector::from(client_config(opts.verify, opts.http2)).connect(server_name, tcp).await?;
-            Ok(Box::new(tls))
-        }
-    }
-}
-
-/// One rustls client configuration per (verify, ALPN) pair, built once.
-fn client_config(verify: bool, http2: bool) -> Arc<rustls::ClientConfig> {
-    static CONFIGS: OnceLock<[Arc<rustls::ClientConfig>; 4]> = OnceLock::new();
-    let configs = CONFIGS.get_or_init(|| {
-        let build = |verify: bool, http2: bool| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions");
-            let mut config = if verify {
-                builder.with_root_certificates(native_roots()).with_no_client_auth()
-            } else {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-                    .with_no_client_auth()
-            };
-            config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
-            Arc::new(config)
-        };
-        [build(true, false), build(true, true), build(false, false), build(false, true)]
-    });
-    configs[usize::from(!verify) * 2 + usize::from(http2)].clone()
-}
-
-/// The system's trust store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
-fn native_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!(error = %e, "could not load part of the system trust store");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    tracing::debug!(added, ignored, "loaded trust anchors for https targets");
-    roots
-}
-
-/// For services with `tls_verify = false`: the handshake still checks signatures, but any
-/// certificate is accepted.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -21,7 +21,7 @@ use gatehouse_metrics::DeployMetrics;
 use gatehouse_model::{Availability, HealthCheck, Retired, Rollout, Scope, ServiceSpec, TargetSpec};
 use serde::Serialize;
 
-use gatehouse_health::{Observer, ServiceHealth};
+use gatehouse_health::{Observer, Probe, ServiceHealth};
 
 pub use gate::GateFailure;
 pub use options::{
@@ -207,15 +207,16 @@ impl DeploySource {
     /// the restored services (on the current Tokio runtime).
     pub fn attach(self: &Arc<Self>, routes: Weak<dyn Routes>) {
         let _ = self.routes.set(routes);
-        let mut health = self.lock_health();
-        let records = self.records.try_lock();
-        for (name, service) in health.iter_mut() {
-            let check = records.as_ref().ok().and_then(|r| r.get(name)).map(|r| r.options.health_check.check());
-            if let Some(check) = check {
-                service.publish(name, &self.metrics);
-                service.monitor =
-                    Some(gatehouse_health::spawn(self.observer(), name.clone(), service.targets.clone(), &check));
-            }
+        let watched: Vec<(String, DeployOptions)> = {
+            let records = self.records.try_lock();
+            let health = self.lock_health();
+            health
+                .keys()
+                .filter_map(|name| records.as_ref().ok()?.get(name).map(|r| (name.clone(), r.options.clone())))
+                .collect()
+        };
+        for (name, options) in watched {
+            self.watch_health(&name, &options);
         }
     }
 
@@ -519,8 +520,13 @@ impl DeploySource {
         }
         service.publish(name, &self.metrics);
         let check = options.health_check.check();
-        service.monitor =
-            Some(gatehouse_health::spawn(self.observer(), name.to_string(), service.targets.clone(), &check));
+        service.monitor = Some(gatehouse_health::spawn(
+            self.observer(),
+            name.to_string(),
+            service.targets.clone(),
+            Probe::from(&check),
+            check.interval,
+        ));
     }
 
     fn observer(self: &Arc<Self>) -> Weak<dyn Observer> {

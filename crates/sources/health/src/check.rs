@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse_model::{HealthCheck, Scheme, TargetSpec};
+use gatehouse_model::{HealthCheck, TargetSpec};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
@@ -55,11 +55,19 @@ pub struct Probe {
     pub timeout: Duration,
     /// The Host header; the target's address when unset.
     pub host: Option<String>,
+    /// Check `https://` targets' certificates against the system's trust store.
+    pub verify: bool,
 }
 
 impl From<&HealthCheck> for Probe {
     fn from(check: &HealthCheck) -> Self {
-        Probe { path: check.path.clone(), port: check.port, timeout: check.timeout, host: check.host.clone() }
+        Probe {
+            path: check.path.clone(),
+            port: check.port,
+            timeout: check.timeout,
+            host: check.host.clone(),
+            verify: true,
+        }
     }
 }
 
@@ -73,14 +81,11 @@ pub async fn check(target: &TargetSpec, probe: &Probe) -> Result<(), String> {
 }
 
 async fn check_unbounded(target: &TargetSpec, probe: &Probe) -> Result<(), String> {
-    if target.scheme == Scheme::Https {
-        return Err("health checks of https targets are not supported yet (deploy with --force)".into());
-    }
     let port = probe.port.unwrap_or(target.port);
-    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), port)).await.map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
+    let checked = TargetSpec { port, ..target.clone() };
+    let io = gatehouse_connect::open(&checked, probe.verify, false).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
     let connection = tokio::spawn(connection);
     let request = http::Request::get(probe.path.as_str())
         .header(
@@ -127,7 +132,7 @@ mod tests {
     async fn refused_connection_fails_with_the_reason() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let target = TargetSpec::parse_url(&format!("127.0.0.1:{port}"), true).unwrap();
-        let probe = Probe { path: "/up".into(), port: None, timeout: Duration::from_secs(2), host: None };
+        let probe = Probe { path: "/up".into(), port: None, timeout: Duration::from_secs(2), host: None, verify: true };
         let err = check(&target, &probe).await.unwrap_err();
         assert!(err.to_lowercase().contains("refused"), "{err}");
     }

@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Weak;
+use std::time::Duration;
 
-use gatehouse_model::{HealthCheck, TargetSpec};
+use gatehouse_model::TargetSpec;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::check::{check, Probe};
@@ -29,10 +30,9 @@ pub fn spawn(
     observer: Weak<dyn Observer>,
     service: String,
     targets: Vec<TargetSpec>,
-    health: &HealthCheck,
+    probe: Probe,
+    interval: Duration,
 ) -> AbortHandle {
-    let probe = Probe::from(health);
-    let interval = health.interval;
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

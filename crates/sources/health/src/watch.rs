@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use gatehouse_metrics::DeployMetrics;
 use gatehouse_model::{HealthCheck, ServiceSpec, TargetSpec};
 
+use crate::check::Probe;
 use crate::monitor::{self, Observer};
 use crate::targets::ServiceHealth;
 
@@ -63,7 +64,8 @@ impl Watch {
                     }
                     health.publish(&spec.name, &self.metrics);
                     let observer: Weak<dyn Observer> = Arc::downgrade(self) as Weak<dyn Observer>;
-                    health.monitor = Some(monitor::spawn(observer, spec.name.clone(), targets, check));
+                    let probe = Probe { verify: spec.tls_verify, ..Probe::from(check) };
+                    health.monitor = Some(monitor::spawn(observer, spec.name.clone(), targets, probe, check.interval));
                     kept.insert(spec.name.clone(), Watched { check: check.clone(), health });
                 }
             }
