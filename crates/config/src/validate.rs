@@ -167,7 +167,17 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
             None,
             "[[listeners]] belong to the native proxy; with nginx or HAProxy the template decides what listens",
         );
-    } else if templated.is_none() && !services.is_empty() && listeners.is_empty() {
+    }
+    if templated.is_some() {
+        let unix = services.iter().find(|s| s.all_targets().any(|t| t.scheme == gatehouse_model::Scheme::Unix));
+        if let Some(s) = unix {
+            c.error(
+                None,
+                format!("service `{}`: unix: targets need Gatehouse's own proxy, not nginx or HAProxy", s.name),
+            );
+        }
+    }
+    if templated.is_none() && !services.is_empty() && listeners.is_empty() {
         c.warn(None, "services are defined but no [[listeners]]: nothing will accept their traffic");
     }
     Config {

@@ -1,12 +1,12 @@
-//! Connections to targets, shared by the proxy and the health checks: TCP, and TLS with the
-//! system's trust store (or, for targets that opt out, any certificate).
+//! Connections to targets, shared by the proxy and the health checks: TCP, Unix sockets,
+//! and TLS with the system's trust store (or, for targets that opt out, any certificate).
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use gatehouse_model::{Scheme, TargetSpec};
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 /// A connection to a target, plain or TLS.
@@ -18,10 +18,13 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> I
 /// against the system's trust store when `verify`; ALPN `h2` when `http2`, else `http/1.1`).
 /// No timeout: the caller bounds it.
 pub async fn open(target: &TargetSpec, verify: bool, http2: bool) -> std::io::Result<BoxedIo> {
+    if target.scheme == Scheme::Unix {
+        return Ok(Box::new(UnixStream::connect(&target.host).await?));
+    }
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
     match target.scheme {
-        Scheme::Http => Ok(Box::new(tcp)),
+        Scheme::Http | Scheme::Unix => Ok(Box::new(tcp)),
         Scheme::Https => {
             let server_name = match target.host.parse::<IpAddr>() {
                 Ok(ip) => ServerName::IpAddress(ip.into()),

@@ -12,7 +12,7 @@ use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{BuildError, HostPattern, Retired, ServiceSpec};
+use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec};
 use gatehouse_native::{
     AccessLog, AccessLogTarget, CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError,
 };
@@ -389,12 +389,17 @@ impl Gateway {
     /// Why the engine cannot carry `spec` out, if it cannot: nginx and HAProxy templates
     /// see one target list per service, so read targets and rollouts would be lost there.
     fn engine_refuses(&self, spec: &ServiceSpec) -> Option<String> {
-        (self.templated.get().is_some() && (spec.has_readers() || spec.rollout.is_some())).then(|| {
-            format!(
+        // Gatehouse's own proxy carries every spec.
+        self.templated.get()?;
+        if spec.has_readers() || spec.rollout.is_some() {
+            return Some(format!(
                 "service `{}`: read targets and rollouts need Gatehouse's own proxy; nginx and HAProxy templates see one target list",
                 spec.name
-            )
-        })
+            ));
+        }
+        spec.all_targets()
+            .any(|t| t.scheme == Scheme::Unix)
+            .then(|| format!("service `{}`: unix: targets need Gatehouse's own proxy, not nginx or HAProxy", spec.name))
     }
 }
 

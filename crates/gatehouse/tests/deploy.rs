@@ -753,3 +753,28 @@ async fn reads_go_to_read_targets_and_a_writer_reads_its_writes() {
     let mut fresh = KeepAlive::connect(gh.listener()).await;
     assert_eq!(fresh.send(send("GET", None)).await.unwrap().header("x-backend"), "writer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_targets_are_gated_and_served() {
+    let state = tempfile::tempdir().unwrap();
+    let socket_path = state.path().join("app.sock");
+    let app = backend::start_unix("socket-app", &socket_path).await;
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let target = format!("unix:{}", socket_path.display());
+    ok(&cli(
+        state.path(),
+        &["deploy", "app", "--host", "u.test", "--target", &target, "--health-check-interval", "100ms"],
+    ));
+    assert_eq!(app.last().target, "/up", "the gate checked the socket");
+    let reply = get(gh.listener(), "u.test", "/hello").await;
+    assert_eq!((reply.status, reply.header("x-backend")), (200, "socket-app"));
+    assert_eq!(app.last().headers["host"], "u.test", "the client's Host is forwarded");
+    let list = ok(&cli(state.path(), &["list"]));
+    assert!(list.contains(&target), "{list}");
+
+    let missing = format!("unix:{}", state.path().join("nothing.sock").display());
+    let out =
+        cli(state.path(), &["deploy", "app", "--host", "u.test", "--target", &missing, "--deploy-timeout", "300ms"]);
+    assert!(!out.status.success(), "a socket nobody listens on fails the gate");
+    assert_eq!(get(gh.listener(), "u.test", "/").await.header("x-backend"), "socket-app");
+}

@@ -24,7 +24,12 @@ pub enum BalancePolicy {
 pub enum Scheme {
     Http,
     Https,
+    /// Plain HTTP over a Unix socket; the target's `host` is the socket's path.
+    Unix,
 }
+
+/// The longest socket path Linux accepts (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// One upstream address of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,15 +43,28 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
-    /// `host:port`, with brackets around IPv6 literals: the form of a Host header.
+    /// `host:port`, with brackets around IPv6 literals: the form of a Host header
+    /// (`localhost` for a Unix socket).
     pub fn authority(&self) -> String {
-        crate::host::host_port(&self.host, self.port)
+        match self.scheme {
+            Scheme::Unix => "localhost".into(),
+            _ => crate::host::host_port(&self.host, self.port),
+        }
     }
 
-    /// Reads `http://host:port` or `https://host:port` (the port defaults to the scheme's);
-    /// with `bare_allowed`, also `host:port` as plain HTTP (kamal-proxy's form). No path,
-    /// query or credentials: the error says what to write instead.
+    /// Reads `http://host:port` or `https://host:port` (the port defaults to the scheme's),
+    /// or `unix:/path/to.sock`; with `bare_allowed`, also `host:port` as plain HTTP
+    /// (kamal-proxy's form). No path, query or credentials: the error says what to write
+    /// instead.
     pub fn parse_url(url: &str, bare_allowed: bool) -> Result<TargetSpec, String> {
+        if let Some(path) = url.strip_prefix("unix:") {
+            if !path.starts_with('/') || path.len() > MAX_SOCKET_PATH || path.contains('\0') {
+                return Err(format!(
+                    "target `{url}`: a Unix socket target is `unix:` and an absolute path of at most {MAX_SOCKET_PATH} bytes"
+                ));
+            }
+            return Ok(TargetSpec { scheme: Scheme::Unix, host: path.to_string(), port: 0, weight: 1 });
+        }
         let with_scheme;
         let full = if bare_allowed && !url.contains("://") {
             with_scheme = format!("http://{url}");
@@ -79,20 +97,18 @@ impl TargetSpec {
             None if authority.as_str().contains(':') && !authority.as_str().ends_with(']') => {
                 return Err(format!("target `{url}` has a bad port"))
             }
-            None => match scheme {
-                Scheme::Http => 80,
-                Scheme::Https => 443,
-            },
+            None if scheme == Scheme::Https => 443,
+            None => 80,
         };
         Ok(TargetSpec { scheme, host, port, weight: 1 })
     }
 
     pub fn url(&self) -> String {
-        let scheme = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        format!("{scheme}://{}", self.authority())
+        match self.scheme {
+            Scheme::Http => format!("http://{}", self.authority()),
+            Scheme::Https => format!("https://{}", self.authority()),
+            Scheme::Unix => format!("unix:{}", self.host),
+        }
     }
 }
 
@@ -352,5 +368,12 @@ mod tests {
         assert!(TargetSpec::parse_url("http://u@a:1", true).unwrap_err().contains("credentials"));
         assert!(TargetSpec::parse_url("ftp://a:1", true).is_err());
         assert!(TargetSpec::parse_url("a:99999", true).is_err());
+        let unix = TargetSpec::parse_url("unix:/run/app.sock", true).unwrap();
+        assert_eq!(
+            (unix.scheme, unix.url(), unix.authority()),
+            (Scheme::Unix, "unix:/run/app.sock".into(), "localhost".into())
+        );
+        assert!(TargetSpec::parse_url("unix:run/app.sock", true).unwrap_err().contains("absolute path"));
+        assert!(TargetSpec::parse_url(&format!("unix:/{}", "x".repeat(107)), true).is_err());
     }
 }

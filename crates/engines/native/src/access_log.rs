@@ -218,19 +218,24 @@ impl Record {
                         let scheme: &[u8] = match t.scheme {
                             gatehouse_model::Scheme::Http => b"http://",
                             gatehouse_model::Scheme::Https => b"https://",
+                            gatehouse_model::Scheme::Unix => b"unix:",
                         };
                         out.extend_from_slice(b",\"target\":\"");
                         out.extend_from_slice(scheme);
-                        let v6 = t.host.contains(':');
-                        if v6 {
-                            out.push(b'[');
+                        if t.scheme == gatehouse_model::Scheme::Unix {
+                            escaped(out, t.host.as_bytes());
+                        } else {
+                            let v6 = t.host.contains(':');
+                            if v6 {
+                                out.push(b'[');
+                            }
+                            escaped(out, t.host.as_bytes());
+                            if v6 {
+                                out.push(b']');
+                            }
+                            out.push(b':');
+                            number(out, u64::from(t.port));
                         }
-                        escaped(out, t.host.as_bytes());
-                        if v6 {
-                            out.push(b']');
-                        }
-                        out.push(b':');
-                        number(out, u64::from(t.port));
                         out.push(b'"');
                     }
                     None => out.extend_from_slice(b",\"target\":null"),

@@ -703,7 +703,7 @@ fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
 
 fn absolute_uri(target: &TargetSpec, host: &HeaderValue, path: &PathAndQuery) -> Result<Uri, LocalError> {
     let scheme = match target.scheme {
-        Scheme::Http => "http",
+        Scheme::Http | Scheme::Unix => "http",
         Scheme::Https => "https",
     };
     Uri::builder()

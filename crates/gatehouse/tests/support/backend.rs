@@ -111,6 +111,27 @@ pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Bac
     serve(name, Protocol::Http1, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
 }
 
+/// An HTTP/1 backend on a Unix socket at `path` (its `addr` means nothing).
+pub async fn start_unix(name: &'static str, path: &std::path::Path) -> Backend {
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    let stats = Arc::new(Stats::default());
+    let shared = stats.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            shared.connections.fetch_add(1, Ordering::SeqCst);
+            let stats = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| respond(name, stats.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend { name, addr: "127.0.0.1:0".parse().unwrap(), stats, task }
+}
+
 /// An address nothing listens on (connections are refused).
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

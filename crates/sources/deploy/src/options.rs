@@ -316,9 +316,6 @@ pub fn targets(list: &[String], taken: &[TargetSpec]) -> Result<Vec<TargetSpec>,
     }
     let mut parsed: Vec<TargetSpec> = Vec::with_capacity(list.len());
     for target in list {
-        if target.starts_with("unix:") {
-            return Err(format!("target `{target}`: Unix socket targets are not supported yet; use host:port"));
-        }
         let spec = TargetSpec::parse_url(target, true)?;
         if parsed.contains(&spec) || taken.contains(&spec) {
             return Err(format!("target `{target}` is given twice (a target belongs to one set of the service)"));
