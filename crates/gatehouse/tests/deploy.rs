@@ -778,3 +778,25 @@ async fn unix_socket_targets_are_gated_and_served() {
     assert!(!out.status.success(), "a socket nobody listens on fails the gate");
     assert_eq!(get(gh.listener(), "u.test", "/").await.header("x-backend"), "socket-app");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canonical_host_takes_the_other_hosts_by_redirect() {
+    let web = backend::start("web").await;
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    let extra = ["--host", "www.app.test", "--canonical-host", "App.test"];
+    ok(&deploy(state.path(), "web", "app.test", &web, &extra));
+    let before = web.requests();
+    let answer = support::client::raw(
+        gh.listener(),
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: WWW.app.test:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 301"), "{answer}");
+    assert!(answer.to_lowercase().contains("\r\nlocation: http://app.test:8080/a/b?c=1\r\n"), "{answer}");
+    assert_eq!(web.requests(), before, "the target never sees a redirected request");
+    assert_eq!(backend_of(&gh, "app.test").await, "200 web", "the canonical host is served");
+
+    let not_ours = deploy(state.path(), "other", "o.test", &web, &["--canonical-host", "elsewhere.test"]);
+    assert!(String::from_utf8_lossy(&not_ours.stderr).contains("must be one of the service's --host names"));
+}

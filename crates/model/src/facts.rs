@@ -257,6 +257,9 @@ pub struct ServiceSpec {
     /// and HEAD of its path are answered 200 by the proxy, so load balancers in front keep
     /// the host.
     pub health_check: Option<HealthCheck>,
+    /// Requests for the service's other hosts are redirected (301) to this one
+    /// (kamal-proxy's `--canonical-host`); lowercase.
+    pub canonical_host: Option<String>,
 }
 
 /// An HTTP health check of a service's targets: a GET of `path` every `interval`; `rise`
@@ -318,6 +321,7 @@ impl ServiceSpec {
             log_headers: LogHeaders::default(),
             error_pages: std::collections::BTreeMap::new(),
             health_check: None,
+            canonical_host: None,
         }
     }
 }

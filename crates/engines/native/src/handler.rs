@@ -123,6 +123,11 @@ async fn proxy(
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
     let route_host = normalize_host(host_text);
     let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
+    if let Some(canonical) = found.spec.canonical_host.as_deref().filter(|c| *c != route_host) {
+        found.attached.metrics.record_status(StatusCode::MOVED_PERMANENTLY.as_u16());
+        let location = canonical_location(canonical, host_text, conn.https, req.uri())?;
+        return Ok((crate::local::redirect(location, &snap.xproxy, request_id), None));
+    }
     let found = match found.spec.availability {
         Availability::Serving => found.clone(),
         _ => match held(&req, &route_host, found.clone(), conn, snap, request_id).await {
@@ -699,6 +704,19 @@ fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
     };
     // A suffix of a valid path is a valid path.
     rewritten.parse().unwrap_or(original)
+}
+
+/// Where a request for another host of a service with a canonical host is sent: the same
+/// scheme, port, path and query on the canonical host.
+fn canonical_location(canonical: &str, host: &str, https: bool, uri: &Uri) -> Result<HeaderValue, LocalError> {
+    let port = host.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let scheme = if https { "https" } else { "http" };
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = match port {
+        Some(port) => format!("{scheme}://{canonical}:{port}{path}"),
+        None => format!("{scheme}://{canonical}{path}"),
+    };
+    HeaderValue::try_from(location).map_err(|_| LocalError::BadRequest("invalid request target\n"))
 }
 
 fn absolute_uri(target: &TargetSpec, host: &HeaderValue, path: &PathAndQuery) -> Result<Uri, LocalError> {

@@ -134,6 +134,14 @@ pub(crate) fn html(
     resp
 }
 
+/// A permanent redirect to `location`.
+pub(crate) fn redirect(location: HeaderValue, xproxy: &HeaderValue, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp =
+        answer(StatusCode::MOVED_PERMANENTLY, Bytes::from_static(b"Moved Permanently\n"), xproxy, request_id);
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
 /// A short plain-text answer of Gatehouse's own.
 pub(crate) fn answer(
     status: StatusCode,

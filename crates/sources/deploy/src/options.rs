@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
+use gatehouse_model::{normalize_host, Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -299,6 +299,13 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         max_response_body: (options.max_response_body > 0).then_some(options.max_response_body),
     };
     spec.forward_headers = options.forward_headers.unwrap_or(!options.tls);
+    if let Some(canonical) = &options.canonical_host {
+        let host = normalize_host(canonical).into_owned();
+        if !spec.hosts.contains(&HostPattern::Exact(host.clone())) {
+            return Err(format!("--canonical-host `{canonical}` must be one of the service's --host names"));
+        }
+        spec.canonical_host = Some(host);
+    }
     if let Some(folder) = &options.error_pages {
         spec.error_pages = error_pages(std::path::Path::new(folder))?;
     }
@@ -333,9 +340,6 @@ fn not_yet(options: &DeployOptions) -> Result<(), String> {
     }
     if options.tls_certificate_path.is_some() || options.tls_private_key_path.is_some() {
         return Err("per-service certificates (--tls-certificate-path) are not supported yet; list them in [[listeners]] tls_certificates, which chooses by SNI".into());
-    }
-    if options.canonical_host.is_some() {
-        return Err("--canonical-host is not supported yet".into());
     }
     Ok(())
 }
