@@ -493,3 +493,68 @@ async fn haproxy_with_reloads_disabled_changes_servers_only_through_the_api() {
     eventually("the restarted config serves both instances", || async { bodies(at, "web.test", 8).await.len() == 2 })
         .await;
 }
+
+/// The top-level keys of an admin socket and a deploy state in `state`.
+fn deploy_keys(state: &Path) -> String {
+    format!(
+        "admin_socket = \"{}\"\ndeploy_state = \"{}\"\n",
+        state.join("g.sock").display(),
+        state.join("deploys.json").display()
+    )
+}
+
+/// Deploys `app.test` through the admin socket in `state` and checks that the proxy at `at`
+/// follows its switch, and that what the templates cannot carry (read targets) is refused.
+async fn deploys_go_through(at: SocketAddr, state: &Path) {
+    let (blue, green) = tokio::join!(support::backend::start("blue"), support::backend::start("green"));
+    let socket = state.join("g.sock");
+    let deploy = |target: &support::backend::Backend, extra: &[&str]| {
+        let target = target.addr.to_string();
+        let mut args =
+            vec!["deploy", "app", "--host", "app.test", "--target", &target, "--health-check-interval", "100ms"];
+        args.extend_from_slice(extra);
+        Command::new(support::binary()).args(&args).arg("--socket").arg(&socket).output().unwrap()
+    };
+    assert!(deploy(&blue, &[]).status.success());
+    eventually("the deployed service is routed", || async {
+        get(at, "app.test", "/").await.header("x-backend") == "blue"
+    })
+    .await;
+    assert!(deploy(&green, &[]).status.success());
+    eventually("the switch is followed", || async { get(at, "app.test", "/").await.header("x-backend") == "green" })
+        .await;
+    let blue_addr = blue.addr.to_string();
+    let refused = deploy(&green, &["--read-target", &blue_addr]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("need Gatehouse's own proxy"), "{refused:?}");
+    assert!(get(at, "web.test", "/").await.body.starts_with("app=web-1"), "Drove's apps still routed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_serves_deployed_services_and_follows_their_switches() {
+    let (sim, _) = cluster_with_web().await;
+    let port = free_port();
+    let nginx = Nginx::start(port);
+    let state = tempfile::tempdir().unwrap();
+    let config = nginx.gatehouse_config(&sim, "nginx.tmpl", &deploy_keys(state.path()));
+    let (_gh, at, _) = nginx.gatehouse(&config, port).await;
+    deploys_go_through(at, state.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_serves_deployed_services_and_follows_their_switches() {
+    let (sim, _) = cluster_with_web().await;
+    let port = free_port();
+    let haproxy = Haproxy::start(port, false);
+    let state = tempfile::tempdir().unwrap();
+    let config = haproxy.gatehouse_config(&sim, &deploy_keys(state.path()));
+    let bind = format!("127.0.0.1:{port}");
+    let _gh =
+        Gatehouse::start_with(&config, tempfile::tempdir().unwrap(), &[("GATEHOUSE_HAPROXY_BIND", bind.as_str())]);
+    let at: SocketAddr = bind.parse().unwrap();
+    eventually("web.test routed through haproxy", || async {
+        get(at, "web.test", "/").await.body.starts_with("app=web-1")
+    })
+    .await;
+    deploys_go_through(at, state.path()).await;
+}
