@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::clock::rfc3339;
 use crate::gateway::Gateway;
+use gatehouse_templated::clock::rfc3339;
 
 /// How a request reached the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,10 @@ use gatehouse_native::{
 use gatehouse_templated::RenderingData;
 use serde::Serialize;
 
-use crate::clock::rfc3339;
 use crate::logging::LogHandle;
-use crate::templated::TemplatedEngine;
+use crate::templated::Feed;
+use gatehouse_templated::clock::rfc3339;
+use gatehouse_templated::TemplatedEngine;
 
 /// Where the configuration comes from: a file, or text built in (the demo).
 pub enum ConfigSource {
@@ -74,7 +75,7 @@ pub struct Gateway {
     /// Health of the file's services that set `health_check`.
     file_health: Arc<Watch>,
     /// The nginx or HAProxy engine, when one carries the traffic.
-    templated: OnceLock<Arc<TemplatedEngine>>,
+    templated: OnceLock<Arc<Feed>>,
 }
 
 impl Gateway {
@@ -164,7 +165,9 @@ impl Gateway {
             gateway.apply_drove(None);
         }
         if let Some((api_only, restart_hold)) = templated {
-            let _ = gateway.templated.set(TemplatedEngine::start(Arc::downgrade(&gateway), api_only, restart_hold));
+            if let Some(feed) = Feed::start(Arc::downgrade(&gateway), api_only, restart_hold) {
+                let _ = gateway.templated.set(feed);
+            }
         }
         Ok(gateway)
     }
@@ -354,7 +357,7 @@ impl Gateway {
     }
 
     pub fn templated(&self) -> Option<&Arc<TemplatedEngine>> {
-        self.templated.get()
+        self.templated.get().map(|feed| &feed.engine)
     }
 
     /// What the nginx or HAProxy template sees now.

@@ -3,7 +3,6 @@
 mod admin;
 mod admin_socket;
 mod admin_tls;
-mod clock;
 mod control;
 mod demo;
 mod gateway;
@@ -217,7 +216,7 @@ fn render(path: &std::path::Path, state: Option<&std::path::Path>) -> anyhow::Re
     let files = settings.files.as_ref().context("`render` needs a template; reloads are disabled, so there is none")?;
     let template =
         gatehouse_templated::Template::load(&files.template_path, &settings.left_delimiter, &settings.right_delimiter)?;
-    print!("{}", template.render(&data, &clock::go_time(std::time::SystemTime::now()))?);
+    print!("{}", template.render(&data, &gatehouse_templated::clock::go_time(std::time::SystemTime::now()))?);
     Ok(())
 }
 
