@@ -102,6 +102,8 @@ pub(crate) enum NumberOrText {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileListener {
     pub address: Spanned<String>,
+    /// HTTPS even without certificates of its own (deployed services bring theirs).
+    pub tls: Option<Spanned<bool>>,
     #[serde(default)]
     pub tls_certificates: Vec<FileCertificate>,
 }

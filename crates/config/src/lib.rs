@@ -131,7 +131,9 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenerSpec {
     pub address: SocketAddr,
-    /// Certificates offered by SNI; the first is the default. Empty means plain HTTP.
+    /// HTTPS: with `tls_certificates`, or `tls = true` (deployed services bring their own).
+    pub tls: bool,
+    /// Certificates offered by SNI; the first is the default.
     pub tls_certificates: Vec<CertificatePaths>,
 }
 

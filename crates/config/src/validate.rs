@@ -233,7 +233,15 @@ fn listeners(c: &mut Checker<'_>, file: Vec<FileListener>) -> Vec<ListenerSpec> 
                 tls_certificates.push(CertificatePaths { cert, key });
             }
         }
-        out.push(ListenerSpec { address, tls_certificates });
+        let tls = match &l.tls {
+            Some(flag) if !*flag.get_ref() && !tls_certificates.is_empty() => {
+                c.error(Some(flag.span()), "`tls = false` with `tls_certificates`: remove one of them");
+                false
+            }
+            Some(flag) => *flag.get_ref(),
+            None => !tls_certificates.is_empty(),
+        };
+        out.push(ListenerSpec { address, tls, tls_certificates });
     }
     out
 }

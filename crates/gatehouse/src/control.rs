@@ -150,6 +150,11 @@ fn size(text: &str) -> Result<u64, String> {
     gatehouse_config::parse_size(text)
 }
 
+/// A path as the running instance must read it: relative paths are the caller's.
+fn absolute(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -185,10 +190,10 @@ impl DeployArgs {
                 read_targets: self.read_target.clone(),
                 read_target_websockets: self.read_target_websockets,
                 writer_affinity_timeout_ms: millis(self.writer_affinity_timeout),
-                error_pages: self.error_pages.clone(),
+                error_pages: self.error_pages.as_deref().map(absolute),
                 tls: self.tls,
-                tls_certificate_path: self.tls_certificate_path.clone(),
-                tls_private_key_path: self.tls_private_key_path.clone(),
+                tls_certificate_path: self.tls_certificate_path.as_deref().map(absolute),
+                tls_private_key_path: self.tls_private_key_path.as_deref().map(absolute),
                 tls_redirect: self.tls_redirect,
                 canonical_host: self.canonical_host.clone(),
             },

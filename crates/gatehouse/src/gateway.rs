@@ -12,7 +12,7 @@ use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec};
+use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec, ServiceTls};
 use gatehouse_native::{
     AccessLog, AccessLogTarget, CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError,
 };
@@ -62,6 +62,8 @@ pub struct Gateway {
     proxy: NativeProxy,
     /// The TLS listeners' certificate stores: (position in [[listeners]], address, store).
     cert_stores: Vec<(usize, SocketAddr, Arc<CertStore>)>,
+    /// The services' certificates on those listeners now.
+    service_certificates: Mutex<Vec<(String, ServiceTls)>>,
     listeners: Vec<ListenerSpec>,
     state: Mutex<State>,
     /// Serialises reloads; held across the whole load-build-install sequence.
@@ -93,10 +95,11 @@ impl Gateway {
         // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
         let native_listeners = if config.templated.is_some() { &[][..] } else { &config.listeners[..] };
         for (index, l) in native_listeners.iter().enumerate() {
-            let tls = if l.tls_certificates.is_empty() {
+            let tls = if !l.tls {
                 None
             } else {
-                let certs = load_certificates(l).with_context(|| format!("listener {}", l.address))?;
+                let certs =
+                    listener_certificates(l, &deploys.services()).with_context(|| format!("listener {}", l.address))?;
                 let store = Arc::new(CertStore::new(certs));
                 cert_stores.push((index, l.address, store.clone()));
                 Some(store)
@@ -116,7 +119,7 @@ impl Gateway {
         };
         let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone(), access_log)?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
-            let tls = if spec.tls_certificates.is_empty() { "http" } else { "https" };
+            let tls = if spec.tls { "https" } else { "http" };
             tracing::info!(address = %bound, protocol = tls, "listening");
         }
         tracing::info!(workers, generation, services = config.services.len(), "route table installed");
@@ -134,6 +137,7 @@ impl Gateway {
             metrics,
             proxy,
             cert_stores,
+            service_certificates: Mutex::new(service_certificates(&deploys.services())),
             listeners,
             state: Mutex::new(State { config: Arc::new(config), generation, status }),
             reloading: tokio::sync::Mutex::new(()),
@@ -194,6 +198,24 @@ impl Gateway {
             }
             Err(e) => tracing::error!(service, error = %e, "could not apply a health change"),
         }
+    }
+
+    /// Puts the services' certificates on the TLS listeners when they changed.
+    fn compose_certificates(&self, config: &Config) {
+        let services = self.deploys.services();
+        let wanted = service_certificates(&services);
+        let mut current = self.service_certificates.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == wanted {
+            return;
+        }
+        for (index, address, store) in &self.cert_stores {
+            let Some(l) = config.listeners.get(*index).filter(|l| l.address == *address) else { continue };
+            match listener_certificates(l, &services) {
+                Ok(certs) => store.replace(certs),
+                Err(e) => tracing::error!(listener = %address, error = %format!("{e:#}"), "certificates not updated"),
+            }
+        }
+        *current = wanted;
     }
 
     pub fn drove(&self) -> Option<&DroveSource> {
@@ -303,8 +325,9 @@ impl Gateway {
         let mut new_certs = Vec::new();
         for (index, address, store) in &self.cert_stores {
             let same_listener = config.listeners.get(*index).filter(|l| l.address == *address);
-            if let Some(l) = same_listener.filter(|l| !l.tls_certificates.is_empty()) {
-                let certs = load_certificates(l).map_err(|e| format!("listener {address}: {e:#}"))?;
+            if let Some(l) = same_listener.filter(|l| l.tls) {
+                let certs = listener_certificates(l, &self.deploys.services())
+                    .map_err(|e| format!("listener {address}: {e:#}"))?;
                 new_certs.push((store, certs));
             }
         }
@@ -327,8 +350,8 @@ impl Gateway {
 
     fn warn_about_restart_only_changes(&self, new: &Config) {
         let old = self.lock().config.clone();
-        let started: Vec<_> = self.listeners.iter().map(|l| (l.address, l.tls_certificates.is_empty())).collect();
-        let wanted: Vec<_> = new.listeners.iter().map(|l| (l.address, l.tls_certificates.is_empty())).collect();
+        let started: Vec<_> = self.listeners.iter().map(|l| (l.address, l.tls)).collect();
+        let wanted: Vec<_> = new.listeners.iter().map(|l| (l.address, l.tls)).collect();
         if started != wanted {
             tracing::warn!("the [[listeners]] changed (addresses or TLS on/off): that takes a restart; routes and certificates were reloaded");
         }
@@ -413,6 +436,17 @@ impl Routes for Gateway {
         if let Some(refusal) = self.engine_refuses(spec) {
             return Some(refusal);
         }
+        if let Some(tls) = &spec.tls {
+            if self.cert_stores.is_empty() {
+                return Some(format!(
+                    "service `{}` brings a certificate, but no listener speaks HTTPS: add [[listeners]] with `tls = true` (kamal-proxy: `run --https-port`)",
+                    spec.name
+                ));
+            }
+            if let Err(e) = Certificates::default().add_preferred(&tls.certificate, &tls.key) {
+                return Some(format!("service `{}`: {e}", spec.name));
+            }
+        }
         let config = self.config();
         if config.services.iter().any(|s| s.name == spec.name) {
             return Some(format!(
@@ -463,6 +497,7 @@ impl Routes for Gateway {
         if let Some(engine) = self.templated.get() {
             engine.changed();
         }
+        self.compose_certificates(&config);
         tracing::debug!(generation, "deployed routes applied");
         Ok(retired)
     }
@@ -571,7 +606,21 @@ pub(crate) fn xproxy(config: &Config) -> String {
     }
 }
 
-fn load_certificates(listener: &ListenerSpec) -> anyhow::Result<Certificates> {
+/// A TLS listener's certificates: its own (the first is the default), then each service's
+/// own for its names. A service certificate that cannot be read is logged and left out (the
+/// deploy that brought it was refused if it could not be read then).
+fn listener_certificates(listener: &ListenerSpec, services: &[Arc<ServiceSpec>]) -> anyhow::Result<Certificates> {
     let pairs: Vec<_> = listener.tls_certificates.iter().map(|c| (c.cert.clone(), c.key.clone())).collect();
-    Ok(Certificates::load(&pairs)?)
+    let mut certs = Certificates::load(&pairs)?;
+    for (service, tls) in services.iter().filter_map(|s| Some((&s.name, s.tls.as_ref()?))) {
+        if let Err(e) = certs.add_preferred(&tls.certificate, &tls.key) {
+            tracing::error!(service = %service, error = %e, "the service's certificate is left out");
+        }
+    }
+    Ok(certs)
+}
+
+/// The certificates services bring, to see whether the listeners' need composing again.
+fn service_certificates(services: &[Arc<ServiceSpec>]) -> Vec<(String, ServiceTls)> {
+    services.iter().filter_map(|s| Some((s.name.clone(), s.tls.clone()?))).collect()
 }

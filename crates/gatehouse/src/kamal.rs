@@ -53,7 +53,7 @@ struct RunArgs {
     debug: Option<bool>,
     #[arg(long)]
     http_port: Option<u16>,
-    /// Needs automatic certificates, which this build does not have yet: nothing listens there.
+    /// HTTPS for services deployed with a certificate (0: off).
     #[arg(long)]
     https_port: Option<u16>,
     /// Prometheus metrics on /metrics (0: off).
@@ -125,40 +125,39 @@ fn serve(run: RunArgs) -> anyhow::Result<()> {
         None => env_port("HTTP_PORT")?.unwrap_or(80),
     };
     let https_port = match run.https_port {
-        Some(port) => Some(port),
-        None => env_port("HTTPS_PORT")?,
+        Some(port) => port,
+        None => env_port("HTTPS_PORT")?.unwrap_or(443),
     };
     let metrics_port = match run.metrics_port {
         Some(port) => port,
         None => env_port("METRICS_PORT")?.unwrap_or(0),
     };
     let debug = run.debug.unwrap_or_else(|| env_bool("DEBUG"));
-    let text = config_text(http_port, metrics_port, debug);
+    let text = config_text(http_port, https_port, metrics_port, debug);
     let source = ConfigSource::Embedded { text, origin: PathBuf::from("<kamal-proxy run>") };
     let config = source.load()?;
     let log = crate::logging::init(&config.log_level);
-    if https_port.unwrap_or(443) != 0 {
-        tracing::warn!(
-            https_port = https_port.unwrap_or(443),
-            "HTTPS needs automatic certificates, which this build does not have yet: nothing listens on the HTTPS port"
-        );
-    }
     if run.http3.unwrap_or_else(|| env_bool("HTTP3")) {
         tracing::warn!("--http3 is not supported: HTTP/1.1 and HTTP/2 only");
     }
     crate::runtime()?.block_on(crate::serve(source, config, log, None))
 }
 
-/// The configuration `kamal-proxy run` stands for: HTTP on every interface, requests logged
-/// to stdout as kamal-proxy does, the admin API (with `/metrics`) on the metrics port.
-fn config_text(http_port: u16, metrics_port: u16, debug: bool) -> String {
+/// The configuration `kamal-proxy run` stands for: HTTP (and HTTPS for the services that
+/// bring certificates, unless its port is 0) on every interface, requests logged to stdout as
+/// kamal-proxy does, the admin API (with `/metrics`) on the metrics port.
+fn config_text(http_port: u16, https_port: u16, metrics_port: u16, debug: bool) -> String {
     let admin = match metrics_port {
         0 => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         port => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
     };
     let quoted = |p: PathBuf| format!("{:?}", p.display().to_string());
+    let https = match https_port {
+        0 => String::new(),
+        port => format!("[[listeners]]\naddress = \"0.0.0.0:{port}\"\ntls = true\n"),
+    };
     format!(
-        "address = \"{}\"\nport = {}\nloglevel = \"{}\"\naccess_log = \"stdout\"\nadmin_socket = {}\ndeploy_state = {}\n[[listeners]]\naddress = \"0.0.0.0:{http_port}\"\n",
+        "address = \"{}\"\nport = {}\nloglevel = \"{}\"\naccess_log = \"stdout\"\nadmin_socket = {}\ndeploy_state = {}\n[[listeners]]\naddress = \"0.0.0.0:{http_port}\"\n{https}",
         admin.ip(),
         admin.port(),
         if debug { "debug" } else { "info" },
@@ -173,13 +172,14 @@ mod tests {
 
     #[test]
     fn run_stands_for_a_valid_configuration() {
-        let text = config_text(8080, 9090, true);
+        let text = config_text(8080, 8443, 9090, true);
         let config = gatehouse_config::parse(&text, std::path::Path::new("<test>")).unwrap();
         assert_eq!(config.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
+        assert!(config.listeners[1].tls && config.listeners[1].address.port() == 8443);
         assert_eq!(config.admin.address, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(config.log_level, "debug");
         assert!(config.access_log.is_some() && config.admin.socket.is_some());
-        let quiet = gatehouse_config::parse(&config_text(80, 0, false), std::path::Path::new("<test>")).unwrap();
+        let quiet = gatehouse_config::parse(&config_text(80, 0, 0, false), std::path::Path::new("<test>")).unwrap();
         assert!(quiet.admin.address.ip().is_loopback(), "no metrics port: the admin API stays on loopback");
     }
 }

@@ -162,3 +162,62 @@ async fn the_admin_api_speaks_https_with_drove_gateway_keys() {
         std::process::Command::new(support::binary()).args(["check", "-c", &path.to_string_lossy()]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("g.toml:1:16: `port_use_tls` needs `port_tls_keyfile`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_services_bring_their_own_certificates_and_redirect_plain_http() {
+    let ca = Ca::new();
+    let app_cert = ca.leaf(&["app.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "app", &app_cert);
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    let socket = dir.path().join("g.sock");
+    let config = format!(
+        "port = 0\nadmin_socket = \"{}\"\ndeploy_state = \"{}\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = true\n",
+        socket.display(),
+        dir.path().join("deploys.json").display()
+    );
+    let b = backend::start("app").await;
+    let target = b.addr.to_string();
+    let gh = Gatehouse::start_with(&config, dir, &[]);
+    let (plain, https) = (gh.listeners[0], gh.listeners[1]);
+    let deploy = |service: &str, host: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", service, "--host", host, "--target", &target];
+        args.extend_from_slice(extra);
+        std::process::Command::new(support::binary()).args(&args).arg("--socket").arg(&socket).output().unwrap()
+    };
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let out = deploy("app", "app.test", &["--tls", "--tls-certificate-path", cert, "--tls-private-key-path", key]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let r = tls_get(https, &ca.pem(), "app.test", true, &[b"http/1.1"], "/x").await.unwrap();
+    assert_eq!(r.leaf, der(&app_cert), "the service's own certificate");
+    assert_eq!((r.reply.status, r.reply.header("x-backend")), (200, "app"));
+    let redirected = support::client::get(plain, "app.test", "/x?y=1").await;
+    assert_eq!(redirected.status, 301);
+    assert_eq!(redirected.header("location"), format!("https://app.test:{}/x?y=1", https.port()));
+
+    let out = deploy(
+        "open",
+        "open.test",
+        &["--tls-certificate-path", cert, "--tls-private-key-path", key, "--tls-redirect=false"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(support::client::get(plain, "open.test", "/").await.status, 200, "--tls-redirect=false");
+
+    let out = deploy("bad", "bad.test", &["--tls-certificate-path", key, "--tls-private-key-path", key]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read certificates"), "{out:?}");
+
+    for service in ["app", "open"] {
+        let out = std::process::Command::new(support::binary())
+            .args(["remove", service, "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert!(
+        tls_get(https, &ca.pem(), "app.test", true, &[b"http/1.1"], "/").await.is_err(),
+        "no certificate for the name once its service is gone"
+    );
+}

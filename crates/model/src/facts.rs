@@ -260,6 +260,18 @@ pub struct ServiceSpec {
     /// Requests for the service's other hosts are redirected (301) to this one
     /// (kamal-proxy's `--canonical-host`); lowercase.
     pub canonical_host: Option<String>,
+    /// The service's own certificate, offered on the HTTPS listeners for its hosts.
+    pub tls: Option<ServiceTls>,
+}
+
+/// A service's certificate and what it does to plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceTls {
+    /// PEM chain and key (kamal-proxy's `--tls-certificate-path`, `--tls-private-key-path`).
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Plain-HTTP requests get a 301 to HTTPS (kamal-proxy's `--tls-redirect`).
+    pub redirect: bool,
 }
 
 /// An HTTP health check of a service's targets: a GET of `path` every `interval`; `rise`
@@ -322,6 +334,7 @@ impl ServiceSpec {
             error_pages: std::collections::BTreeMap::new(),
             health_check: None,
             canonical_host: None,
+            tls: None,
         }
     }
 }

@@ -17,8 +17,8 @@ mod table;
 pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{
-    Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, TargetSpec,
-    Timeouts,
+    Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, ServiceTls,
+    TargetSpec, Timeouts,
 };
 pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
 pub use retire::{Scope, Signalled};

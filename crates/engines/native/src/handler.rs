@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub access_log: Option<Arc<access_log::AccessLog>>,
     /// Woken at every snapshot install: requests held by a paused service look again.
     pub installed: tokio::sync::Notify,
+    /// The port of the first HTTPS listener, where plain-HTTP requests of TLS services go.
+    pub https_port: Option<u16>,
 }
 
 /// What a request knows about the connection it came on.
@@ -123,9 +125,13 @@ async fn proxy(
     let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
     let route_host = normalize_host(host_text);
     let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
-    if let Some(canonical) = found.spec.canonical_host.as_deref().filter(|c| *c != route_host) {
+    let canonical = found.spec.canonical_host.as_deref().filter(|c| *c != route_host);
+    let to_https = !conn.https && found.spec.tls.as_ref().is_some_and(|t| t.redirect);
+    if canonical.is_some() || to_https {
         found.attached.metrics.record_status(StatusCode::MOVED_PERMANENTLY.as_u16());
-        let location = canonical_location(canonical, host_text, conn.https, req.uri())?;
+        let host = canonical.unwrap_or(&route_host);
+        let port = if to_https { conn.shared.https_port.filter(|p| *p != 443) } else { port_of(host_text) };
+        let location = location(to_https || conn.https, host, port, req.uri())?;
         return Ok((crate::local::redirect(location, &snap.xproxy, request_id), None));
     }
     let found = match found.spec.availability {
@@ -706,15 +712,18 @@ fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
     rewritten.parse().unwrap_or(original)
 }
 
-/// Where a request for another host of a service with a canonical host is sent: the same
-/// scheme, port, path and query on the canonical host.
-fn canonical_location(canonical: &str, host: &str, https: bool, uri: &Uri) -> Result<HeaderValue, LocalError> {
-    let port = host.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+/// The port written in a Host value, if any.
+fn port_of(host: &str) -> Option<u16> {
+    host.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+/// A redirect's target: `uri`'s path and query on `host` (a normalised name) and `port`.
+fn location(https: bool, host: &str, port: Option<u16>, uri: &Uri) -> Result<HeaderValue, LocalError> {
     let scheme = if https { "https" } else { "http" };
     let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let location = match port {
-        Some(port) => format!("{scheme}://{canonical}:{port}{path}"),
-        None => format!("{scheme}://{canonical}{path}"),
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
     };
     HeaderValue::try_from(location).map_err(|_| LocalError::BadRequest("invalid request target\n"))
 }

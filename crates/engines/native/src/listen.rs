@@ -71,9 +71,14 @@ impl NativeProxy {
     ) -> Result<Self, EngineError> {
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
+        let mut https_port = None;
         for l in listeners {
             let socket = bind(l.address).map_err(|source| EngineError::Bind { address: l.address, source })?;
-            addresses.push(socket.local_addr().map_err(|source| EngineError::Bind { address: l.address, source })?);
+            let address = socket.local_addr().map_err(|source| EngineError::Bind { address: l.address, source })?;
+            addresses.push(address);
+            if l.tls.is_some() {
+                https_port.get_or_insert(address.port());
+            }
             let tls = match l.tls {
                 None => None,
                 Some(store) => {
@@ -90,6 +95,7 @@ impl NativeProxy {
             metrics,
             access_log,
             installed: Notify::new(),
+            https_port,
         });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();

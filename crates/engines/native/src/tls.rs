@@ -60,6 +60,23 @@ impl Certificates {
         Ok(out)
     }
 
+    /// Adds a pair whose names take over from the pairs already loaded (a service's own
+    /// certificate wins over a listener's for its hosts). The default stays as it is.
+    pub fn add_preferred(&mut self, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
+        let (key, names) = load_pair(cert_path, key_path)?;
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(base) => self.wildcard.insert(base.to_string(), key.clone()),
+                None => self.exact.insert(name.clone(), key.clone()),
+            };
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
+        Ok(())
+    }
+
     /// The DNS names covered, in file order.
     pub fn names(&self) -> &[String] {
         &self.names

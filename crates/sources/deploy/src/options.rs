@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{normalize_host, Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, TargetSpec};
+use gatehouse_model::{
+    normalize_host, Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec,
+};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -298,7 +300,14 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         memory: options.buffer_memory,
         max_response_body: (options.max_response_body > 0).then_some(options.max_response_body),
     };
-    spec.forward_headers = options.forward_headers.unwrap_or(!options.tls);
+    spec.tls = match (&options.tls_certificate_path, &options.tls_private_key_path) {
+        (None, None) => None,
+        (Some(certificate), Some(key)) => {
+            Some(ServiceTls { certificate: certificate.into(), key: key.into(), redirect: options.tls_redirect })
+        }
+        _ => return Err("--tls-certificate-path and --tls-private-key-path go together".into()),
+    };
+    spec.forward_headers = options.forward_headers.unwrap_or(spec.tls.is_none());
     if let Some(canonical) = &options.canonical_host {
         let host = normalize_host(canonical).into_owned();
         if !spec.hosts.contains(&HostPattern::Exact(host.clone())) {
@@ -335,11 +344,8 @@ pub fn targets(list: &[String], taken: &[TargetSpec]) -> Result<Vec<TargetSpec>,
 /// kamal-proxy options this build does not carry out: refused with what to do instead, never
 /// accepted and ignored.
 fn not_yet(options: &DeployOptions) -> Result<(), String> {
-    if options.tls {
-        return Err("--tls needs automatic certificates (ACME), which this build does not have yet; terminate TLS on a [[listeners]] entry with tls_certificates".into());
-    }
-    if options.tls_certificate_path.is_some() || options.tls_private_key_path.is_some() {
-        return Err("per-service certificates (--tls-certificate-path) are not supported yet; list them in [[listeners]] tls_certificates, which chooses by SNI".into());
+    if options.tls && options.tls_certificate_path.is_none() {
+        return Err("--tls without --tls-certificate-path needs automatic certificates (ACME), which this build does not have yet; give the certificate with --tls-certificate-path and --tls-private-key-path".into());
     }
     Ok(())
 }
