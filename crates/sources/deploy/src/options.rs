@@ -443,7 +443,7 @@ mod tests {
         assert!(err(options(&[], &["x.test"])).contains("--target"));
         assert_eq!(service_spec("web", &options(&["a:1"], &[])).unwrap().hosts, [HostPattern::Any], "no host: `*`");
         assert!(err(options(&["a:1", "http://a:1"], &["x.test"])).contains("twice"));
-        assert!(err(options(&["unix:/s.sock"], &["x.test"])).contains("Unix"));
+        assert!(err(options(&["unix:s.sock"], &["x.test"])).contains("absolute path"));
         assert!(err(options(&["a:1"], &["bad host"])).contains("bad host"));
         let mut o = options(&["a:1"], &["x.test"]);
         o.path_prefixes = vec!["api".into()];
@@ -452,5 +452,13 @@ mod tests {
         o.health_check.interval_ms = 0;
         assert!(err(o).contains("--health-check-interval"));
         assert!(service_spec("a b", &options(&["a:1"], &["x.test"])).unwrap_err().contains("letters"));
+        let mut o = options(&["a:1"], &["x.test"]);
+        o.tls = true;
+        assert!(err(o.clone()).contains("ACME"), "--tls alone needs ACME");
+        o.tls_certificate_path = Some("/c.pem".into());
+        assert!(err(o.clone()).contains("go together"));
+        o.tls_private_key_path = Some("/c.key".into());
+        let spec = service_spec("web", &o).unwrap();
+        assert!(spec.tls.is_some_and(|t| t.redirect) && !spec.forward_headers, "kamal-proxy's TLS defaults");
     }
 }
