@@ -71,6 +71,22 @@ enum Command {
         #[arg(long)]
         reload_cmd: String,
     },
+    /// Deploys a service to each target in turn over Gatehouse's admin socket, one every
+    /// interval, for a while (no process started per deploy).
+    Deploys {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +101,9 @@ fn main() -> anyhow::Result<()> {
             Command::WsBackend { listen } => ws_backend(listen).await,
             Command::ReloadStorm { addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd } => {
                 reload_storm(addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd).await
+            }
+            Command::Deploys { socket, service, host, targets, interval_ms, seconds } => {
+                deploys(socket, service, host, targets, interval_ms, seconds).await
             }
         }
     })
@@ -271,5 +290,43 @@ async fn reload_storm(
             "requests_ok": ok.load(Ordering::Relaxed), "requests_failed": failed.load(Ordering::Relaxed),
             "websockets_alive": alive, "websockets": websockets})
     );
+    Ok(())
+}
+
+async fn deploys(
+    socket: std::path::PathBuf,
+    service: String,
+    host: String,
+    targets: Vec<SocketAddr>,
+    interval_ms: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    for target in &targets {
+        ensure_loopback(*target)?;
+    }
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    let (mut done, mut failed) = (0u64, 0u64);
+    let mut n = 0;
+    while Instant::now() < end {
+        ticks.tick().await;
+        let target = targets[n % targets.len()];
+        n += 1;
+        let body = serde_json::json!({
+            "options": {"targets": [target.to_string()], "hosts": [host], "health_check": {"path": "/"}}
+        });
+        let stream = tokio::net::UnixStream::connect(&socket).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = hyper::Request::post(format!("/v1/services/{service}/deploy"))
+            .header("host", "gatehouse")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+        match sender.send_request(request).await {
+            Ok(response) if response.status().is_success() => done += 1,
+            _ => failed += 1,
+        }
+    }
+    println!("{}", serde_json::json!({"deploys": done, "failed": failed}));
     Ok(())
 }

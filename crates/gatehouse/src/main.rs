@@ -282,13 +282,32 @@ async fn sync_once(config: &gatehouse_config::Config) -> anyhow::Result<Vec<Opti
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // The admin API, signals and reloads; the proxy has its own worker threads.
+    // The admin API, signals, reloads, deploys, health checks and Drove polling; the proxy
+    // has its own worker threads.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("gatehouse-control")
+        .on_thread_start(yield_to_the_proxy)
         .enable_all()
         .build()
         .context("cannot start the control runtime")
+}
+
+/// How much lower than the proxy's workers the control threads run (nice value).
+const CONTROL_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority, so on a busy CPU the proxy's workers preempt the
+/// control work (a deploy's save and table build, a health check) instead of queueing
+/// requests behind it. The kernel still gives it a share, so control work never starves.
+fn yield_to_the_proxy() {
+    // SAFETY: plain system calls on the calling thread; no memory is passed.
+    let done = unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, CONTROL_NICE)
+    };
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "control thread keeps the normal priority");
+    }
 }
 
 fn run(source: ConfigSource) -> anyhow::Result<()> {
