@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# User-space instructions per request, Gatehouse against HAProxy (research/peers.md §4.2 A):
+# User-space instructions per request, Gatehouse against HAProxy (research/peers.md §4.2 A),
+# and Gatehouse with its access log on:
 # each proxy runs under valgrind's callgrind on CPU 1 (one worker), the backend and wrk on
 # CPU 0; counters are zeroed after a warm-up, then wrk -c50 runs for SECONDS_PER_RUN and the
 # instructions counted are divided by the requests wrk completed. Unlike CPU time, this count
@@ -16,6 +17,7 @@ source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
 haproxy_config >"$B/haproxy.cfg"
 gatehouse_config >"$B/gatehouse.toml"
+ACCESS_LOG="$B/access.log" gatehouse_config >"$B/gatehouse-logging.toml"
 start_backend "$BACKEND=hello world"
 wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
 
@@ -43,6 +45,9 @@ RESULTS="$B/instructions.txt"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   GATEHOUSE_LOG=warn count gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml" >>"$RESULTS"
+  # The access log's whole cost: the line built on the request path and its writer thread.
+  GATEHOUSE_LOG=warn count gatehouse+access_log "$round" "$GATEHOUSE" run -c "$B/gatehouse-logging.toml" >>"$RESULTS"
+  rm -f "$B/access.log"
   count haproxy "$round" haproxy -db -f "$B/haproxy.cfg" >>"$RESULTS"
 done
 
@@ -58,5 +63,7 @@ for name, values in per_request.items():
     print(f"| {name} | {statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f}) |")
 ratio = statistics.median(per_request["gatehouse"]) / statistics.median(per_request["haproxy"])
 print(f"\ngatehouse / haproxy: {ratio:.2f}x")
+logging = statistics.median(per_request["gatehouse+access_log"]) / statistics.median(per_request["gatehouse"])
+print(f"access log on / off (goal under 1.05x): {logging:.3f}x")
 PY
 echo "raw results: $RESULTS" >&2

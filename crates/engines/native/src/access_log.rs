@@ -22,6 +22,8 @@ use crate::snapshot::ServiceRuntime;
 const QUEUE: usize = 65_536;
 /// How often the writer takes the queue: records are batched, and a request never wakes it.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Bytes of lines written with one call at most.
+const BATCH: usize = 256 * 1024;
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +47,10 @@ impl AccessLog {
         let log = Arc::new(AccessLog { queue: Mutex::new(Vec::with_capacity(1024)), dropped: AtomicU64::new(0) });
         let writer = Arc::downgrade(&log);
         std::thread::Builder::new().name("gatehouse-access-log".into()).spawn(move || {
-            let mut out = io::BufWriter::with_capacity(256 * 1024, out);
+            let mut out = out;
             let mut taken = Vec::with_capacity(1024);
-            let mut line = Vec::with_capacity(1024);
+            // A batch's lines, written with one call: no copy per line.
+            let mut batch = Vec::with_capacity(256 * 1024);
             loop {
                 std::thread::sleep(WRITE_EVERY);
                 let Some(log) = writer.upgrade() else { break };
@@ -57,10 +60,17 @@ impl AccessLog {
                     tracing::warn!(dropped, "the access log fell behind; records were dropped");
                 }
                 drop(log);
+                let clock = (SystemTime::now(), Instant::now());
                 for record in taken.drain(..) {
-                    line.clear();
-                    record.write_line(&mut line);
-                    let _ = out.write_all(&line);
+                    record.write_line(&mut batch, clock);
+                    if batch.len() >= BATCH {
+                        let _ = out.write_all(&batch);
+                        batch.clear();
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = out.write_all(&batch);
+                    batch.clear();
                 }
                 let _ = out.flush();
             }
@@ -82,7 +92,6 @@ impl AccessLog {
 /// What is known of a request when it arrives.
 pub(crate) struct Start {
     at: Instant,
-    time: SystemTime,
     method: Method,
     host: Option<HeaderValue>,
     path: Option<PathAndQuery>,
@@ -100,7 +109,6 @@ impl Start {
         let h = req.headers();
         Start {
             at: Instant::now(),
-            time: SystemTime::now(),
             method: req.method().clone(),
             host: h.get(http::header::HOST).cloned(),
             path: req.uri().path_and_query().cloned(),
@@ -189,9 +197,13 @@ struct Record {
 
 impl Record {
     /// The line: kamal-proxy's field names (durations in nanoseconds), plus `bytes_sent`.
-    fn write_line(&self, out: &mut Vec<u8>) {
+    /// `clock` is the wall clock and the monotonic one read together, once per batch: the
+    /// request's wall-clock time is found from its monotonic start, so the request path reads
+    /// one clock, not two.
+    fn write_line(&self, out: &mut Vec<u8>, clock: (SystemTime, Instant)) {
         let s = &self.start;
-        let time_ms = s.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let time = clock.0.checked_sub(clock.1.saturating_duration_since(s.at)).unwrap_or(clock.0);
+        let time_ms = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let path = s.path.as_ref().map_or("/", PathAndQuery::path);
         let query = s.path.as_ref().and_then(PathAndQuery::query).unwrap_or("");
         out.extend_from_slice(b"{\"time\":");
@@ -223,13 +235,13 @@ impl Record {
                         out.extend_from_slice(b",\"target\":\"");
                         out.extend_from_slice(scheme);
                         if t.scheme == gatehouse_model::Scheme::Unix {
-                            escaped(out, t.host.as_bytes());
+                            string_body(out, t.host.as_bytes());
                         } else {
                             let v6 = t.host.contains(':');
                             if v6 {
                                 out.push(b'[');
                             }
-                            escaped(out, t.host.as_bytes());
+                            string_body(out, t.host.as_bytes());
                             if v6 {
                                 out.push(b']');
                             }
@@ -245,7 +257,20 @@ impl Record {
         }
         string_field(out, "request_id", self.request_id.as_bytes());
         out.extend_from_slice(b",\"client_addr\":\"");
-        let _ = write!(out, "{}", s.client.ip());
+        match s.client.ip() {
+            std::net::IpAddr::V4(ip) => {
+                let [a, b, c, d] = ip.octets();
+                for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    number(out, u64::from(octet));
+                }
+            }
+            ip => {
+                let _ = write!(out, "{ip}");
+            }
+        }
         out.push(b'"');
         out.extend_from_slice(b",\"client_port\":");
         number(out, u64::from(s.client.port()));
@@ -278,16 +303,28 @@ impl Record {
     }
 }
 
+/// `n` in decimal, two digits per division.
 fn number(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -315,13 +352,29 @@ fn optional_field(out: &mut Vec<u8>, key: &str, value: Option<&HeaderValue>) {
 /// is copied in one go.
 fn string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
-    if value.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    string_body(out, value);
+    out.push(b'"');
+}
+
+/// [`string`] without its quotes.
+fn string_body(out: &mut Vec<u8>, value: &[u8]) {
+    if value.iter().all(|&b| PLAIN[usize::from(b)]) {
         out.extend_from_slice(value);
     } else {
         escaped(out, String::from_utf8_lossy(value).as_bytes());
     }
-    out.push(b'"');
 }
+
+/// Bytes a JSON string carries as they are: printable ASCII but `"` and `\`.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        plain[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    plain
+};
 
 fn escaped(out: &mut Vec<u8>, text: &[u8]) {
     for &b in text {
@@ -355,9 +408,16 @@ mod tests {
         number(&mut out, 0);
         out.push(b',');
         number(&mut out, u64::MAX);
+        for n in [7, 10, 99, 100, 101, 1_000_000_007] {
+            out.push(b',');
+            number(&mut out, n);
+        }
         out.push(b']');
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed[0], "a\"b\\c\n\u{1}\u{fffd}");
+        assert_eq!(parsed[1], 0);
         assert_eq!(parsed[2], u64::MAX);
+        let numbers: Vec<u64> = parsed.as_array().unwrap()[3..].iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(numbers, [7, 10, 99, 100, 101, 1_000_000_007]);
     }
 }
