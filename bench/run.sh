@@ -22,6 +22,7 @@ http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
 CONF
 haproxy_config >"$B/haproxy.cfg"
 gatehouse_config >"$B/gatehouse.toml"
+ACCESS_LOG="$B/access.log" gatehouse_config >"$B/gatehouse-logging.toml"
 
 start_backend "$BACKEND=hello world"
 wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
@@ -69,6 +70,9 @@ for key, metric in (("bytes_per_connection", "bytes_per_idle_conn"), ("bytes_per
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   GATEHOUSE_LOG=warn measure gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml"
+  # With its access log on (kamal-proxy's JSON lines to a file): the log's CPU cost.
+  GATEHOUSE_LOG=warn measure gatehouse+access_log "$round" "$GATEHOUSE" run -c "$B/gatehouse-logging.toml"
+  rm -f "$B/access.log"
   measure nginx "$round" nginx -c "$B/nginx.conf"
   measure haproxy "$round" haproxy -db -f "$B/haproxy.cfg"
 done

@@ -27,7 +27,7 @@ with open(sys.argv[1]) as f:
         values[(proxy, metric)].append(float(value))
         by_round[(proxy, metric, rnd)] = float(value)
 
-proxies = ["gatehouse", "nginx", "haproxy"]
+proxies = [p for p in ["gatehouse", "gatehouse+access_log", "nginx", "haproxy"] if any(k[0] == p for k in values)]
 print(f"| figure | {' | '.join(proxies)} | gatehouse / haproxy | per round |")
 print("|---|" + "---|" * (len(proxies) + 2))
 for metric, label in LABELS:
@@ -51,3 +51,12 @@ for metric, label in LABELS:
     per_round = f"{statistics.median(paired):.2f}x" if paired else "-"
     print(f"| {label} | {' | '.join(cells)} | {ratio} | {per_round} |")
 print("\nmedian (min-max) over rounds; each proxy on CPU 1 with one worker, load and backend on CPU 0")
+if any(k[0] == "gatehouse+access_log" for k in values):
+    for metric in ("cpu_us_per_req", "open_loop_cpu_us_per_req"):
+        paired = [
+            by_round[("gatehouse+access_log", metric, r)] / v
+            for (p, m, r), v in by_round.items()
+            if p == "gatehouse" and m == metric and v and ("gatehouse+access_log", metric, r) in by_round
+        ]
+        if paired:
+            print(f"access log on / off, {metric} (median of per-round ratios; goal under 1.05x): {statistics.median(paired):.3f}x")
