@@ -106,17 +106,19 @@ pub(crate) struct Start {
 
 impl Start {
     pub fn new(req: &Request<ClientBody>, client: SocketAddr) -> Self {
-        let h = req.headers();
+        use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+        let [host, user_agent, request_length, request_type] =
+            pick(req.headers(), [&HOST, &USER_AGENT, &CONTENT_LENGTH, &CONTENT_TYPE]);
         Start {
             at: Instant::now(),
             method: req.method().clone(),
-            host: h.get(http::header::HOST).cloned(),
+            host,
             path: req.uri().path_and_query().cloned(),
             version: req.version(),
             client,
-            user_agent: h.get(http::header::USER_AGENT).cloned(),
-            request_length: h.get(http::header::CONTENT_LENGTH).cloned(),
-            request_type: h.get(http::header::CONTENT_TYPE).cloned(),
+            user_agent,
+            request_length,
+            request_type,
             request_headers: Vec::new(),
         }
     }
@@ -127,6 +129,22 @@ impl Start {
             self.request_headers = names.iter().map(|n| headers.get(n.as_str()).cloned()).collect();
         }
     }
+}
+
+/// The first value of each of `names` in `headers`. A small map is walked once (standard
+/// names compare as enum tags) instead of hashing every name.
+fn pick<const N: usize>(headers: &HeaderMap, names: [&http::header::HeaderName; N]) -> [Option<HeaderValue>; N] {
+    const WALKED: usize = 16;
+    if headers.len() > WALKED {
+        return names.map(|name| headers.get(name).cloned());
+    }
+    let mut found: [Option<HeaderValue>; N] = std::array::from_fn(|_| None);
+    for (name, value) in headers {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i].get_or_insert_with(|| value.clone());
+        }
+    }
+    found
 }
 
 type Route = gatehouse_model::Route<ServiceRuntime>;
@@ -152,13 +170,15 @@ impl Pending {
             }
             _ => Vec::new(),
         };
+        let [response_length, response_type] =
+            pick(response, [&http::header::CONTENT_LENGTH, &http::header::CONTENT_TYPE]);
         let record = Record {
             start,
             status,
             route,
             request_id: request_id.clone(),
-            response_length: response.get(http::header::CONTENT_LENGTH).cloned(),
-            response_type: response.get(http::header::CONTENT_TYPE).cloned(),
+            response_length,
+            response_type,
             response_headers,
             bytes_sent: 0,
             duration: Duration::ZERO,
@@ -398,6 +418,22 @@ fn escaped(out: &mut Vec<u8>, text: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn picks_the_first_value_of_each_name_in_small_and_large_maps() {
+        use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
+        for extra in [0, 40] {
+            let mut headers = HeaderMap::new();
+            for i in 0..extra {
+                headers.insert(format!("x-{i}").parse::<http::header::HeaderName>().unwrap(), HeaderValue::from(i));
+            }
+            headers.append(HOST, HeaderValue::from_static("a.test"));
+            headers.append(HOST, HeaderValue::from_static("b.test"));
+            headers.append(USER_AGENT, HeaderValue::from_static("ua"));
+            let [host, agent, kind] = pick(&headers, [&HOST, &USER_AGENT, &CONTENT_TYPE]);
+            assert_eq!((host.unwrap(), agent.unwrap(), kind), ("a.test".parse().unwrap(), "ua".parse().unwrap(), None));
+        }
+    }
 
     #[test]
     fn strings_and_numbers_are_valid_json() {
