@@ -181,6 +181,16 @@ impl Gateway {
         config.services.iter().map(|s| Arc::new(self.file_health.rotated(s))).collect()
     }
 
+    /// Puts a route table built between reloads in service (callers hold `installing`), and
+    /// tells the nginx or HAProxy engine.
+    fn install_routes(&self, next: Snapshot, generation: u64) {
+        self.proxy.install(next);
+        self.lock().generation = generation;
+        if let Some(engine) = self.templated.get() {
+            engine.changed();
+        }
+    }
+
     /// Installs a file service whose rotation changed.
     fn apply_file_health(&self, service: &str) {
         let _one_at_a_time = self.installing.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,11 +200,7 @@ impl Gateway {
         let current = self.proxy.current();
         match current.update(generation, vec![Arc::new(self.file_health.rotated(spec))], &[], &self.metrics) {
             Ok(next) => {
-                self.proxy.install(next);
-                self.lock().generation = generation;
-                if let Some(engine) = self.templated.get() {
-                    engine.changed();
-                }
+                self.install_routes(next, generation);
             }
             Err(e) => tracing::error!(service, error = %e, "could not apply a health change"),
         }
@@ -258,11 +264,7 @@ impl Gateway {
         };
         match next {
             Ok(next) => {
-                self.proxy.install(next);
-                self.lock().generation = generation;
-                if let Some(engine) = self.templated.get() {
-                    engine.changed();
-                }
+                self.install_routes(next, generation);
                 tracing::debug!(generation, vhosts = changed.map_or(0, <[String]>::len), "Drove routes applied");
             }
             Err(e) => {
@@ -492,11 +494,7 @@ impl Routes for Gateway {
                 Some(old.retired_by(next.table.service(name).map(|s| &**s))).filter(|r| !r.is_empty())
             })
             .collect();
-        self.proxy.install(next);
-        self.lock().generation = generation;
-        if let Some(engine) = self.templated.get() {
-            engine.changed();
-        }
+        self.install_routes(next, generation);
         self.compose_certificates(&config);
         tracing::debug!(generation, "deployed routes applied");
         Ok(retired)

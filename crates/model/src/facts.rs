@@ -291,21 +291,6 @@ pub struct HealthCheck {
     pub fall: u32,
 }
 
-impl Default for HealthCheck {
-    /// kamal-proxy's check, with HAProxy's `fall`.
-    fn default() -> Self {
-        HealthCheck {
-            path: "/up".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(5),
-            port: None,
-            host: None,
-            rise: 1,
-            fall: 3,
-        }
-    }
-}
-
 impl ServiceSpec {
     /// A service with the defaults every source starts from.
     pub fn new(name: impl Into<String>, source: impl Into<String>) -> Self {

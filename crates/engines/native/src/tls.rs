@@ -46,15 +46,7 @@ impl Certificates {
         let mut out = Certificates::default();
         for (cert_path, key_path) in pairs {
             let (key, names) = load_pair(cert_path, key_path)?;
-            for name in names {
-                let name = name.to_ascii_lowercase();
-                let slot = match name.strip_prefix("*.") {
-                    Some(base) => out.wildcard.entry(base.to_string()),
-                    None => out.exact.entry(name.clone()),
-                };
-                slot.or_insert_with(|| key.clone());
-                out.names.push(name);
-            }
+            out.insert(&key, names, false);
             out.default.get_or_insert(key);
         }
         Ok(out)
@@ -64,17 +56,31 @@ impl Certificates {
     /// certificate wins over a listener's for its hosts). The default stays as it is.
     pub fn add_preferred(&mut self, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
         let (key, names) = load_pair(cert_path, key_path)?;
+        self.insert(&key, names, true);
+        Ok(())
+    }
+
+    /// Indexes `key` under `names`; a name already indexed keeps its key unless `take_over`.
+    fn insert(&mut self, key: &Arc<CertifiedKey>, names: Vec<String>, take_over: bool) {
         for name in names {
             let name = name.to_ascii_lowercase();
-            match name.strip_prefix("*.") {
-                Some(base) => self.wildcard.insert(base.to_string(), key.clone()),
-                None => self.exact.insert(name.clone(), key.clone()),
+            let slot = match name.strip_prefix("*.") {
+                Some(base) => self.wildcard.entry(base.to_string()),
+                None => self.exact.entry(name.clone()),
             };
+            match slot {
+                std::collections::hash_map::Entry::Occupied(mut taken) if take_over => {
+                    taken.insert(key.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(key.clone());
+                }
+            }
             if !self.names.contains(&name) {
                 self.names.push(name);
             }
         }
-        Ok(())
     }
 
     /// The DNS names covered, in file order.

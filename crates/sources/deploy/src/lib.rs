@@ -309,7 +309,7 @@ impl DeploySource {
                 .targets
                 .iter()
                 .chain(&rollout.read_targets)
-                .any(|t| options::targets(std::slice::from_ref(t), &[]).is_ok_and(|t| new_targets.contains(&t[0])));
+                .any(|t| TargetSpec::parse_url(t, true).is_ok_and(|t| new_targets.contains(&t)));
             if promoted {
                 tracing::info!(service = name, "the new targets include the rollout's: the rollout ends");
                 record.rollout = None;
