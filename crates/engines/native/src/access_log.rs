@@ -1,9 +1,9 @@
-//! The access log: one JSON line per request (kamal-proxy's fields), written by a thread of
-//! its own. The request path only captures values it already holds (header values and the
-//! route are reference-counted, so nothing is copied or formatted) and pushes the record on
-//! a queue; the writer takes the queue every few milliseconds and formats the lines by hand.
-//! When the writer falls behind, records are dropped and counted rather than slowing
-//! requests down.
+//! The access log: one JSON line per request (kamal-proxy's fields). The request path
+//! formats its line when the response ends, by hand, into a buffer shared with a writer
+//! thread, which takes the buffer every few milliseconds and writes it with one call: the
+//! request path never waits on the disk or stdout, and nothing it allocated is freed on
+//! another thread. When the writer falls behind, lines are dropped and counted rather than
+//! slowing requests down.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -18,12 +18,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use crate::body::ClientBody;
 use crate::snapshot::ServiceRuntime;
 
-/// Records waiting for the writer at most; past this they are dropped.
-const QUEUE: usize = 65_536;
-/// How often the writer takes the queue: records are batched, and a request never wakes it.
+/// Bytes of lines waiting for the writer at most; past this, lines are dropped.
+const BACKLOG: usize = 16 * 1024 * 1024;
+/// How often the writer takes the lines: they are batched, and a request never wakes it.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
-/// Bytes of lines written with one call at most.
-const BATCH: usize = 256 * 1024;
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +31,15 @@ pub enum AccessLogTarget {
 }
 
 pub struct AccessLog {
-    queue: Mutex<Vec<Record>>,
+    lines: Mutex<Lines>,
     dropped: AtomicU64,
+}
+
+/// Lines not yet written, and the clocks read together by the writer: a line's wall-clock
+/// time is found from its request's monotonic start, so a request reads one clock, not two.
+struct Lines {
+    text: Vec<u8>,
+    clock: (SystemTime, Instant),
 }
 
 impl AccessLog {
@@ -44,46 +49,42 @@ impl AccessLog {
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let log = Arc::new(AccessLog { queue: Mutex::new(Vec::with_capacity(1024)), dropped: AtomicU64::new(0) });
+        let lines = Lines { text: Vec::with_capacity(64 * 1024), clock: (SystemTime::now(), Instant::now()) };
+        let log = Arc::new(AccessLog { lines: Mutex::new(lines), dropped: AtomicU64::new(0) });
         let writer = Arc::downgrade(&log);
         std::thread::Builder::new().name("gatehouse-access-log".into()).spawn(move || {
             let mut out = out;
-            let mut taken = Vec::with_capacity(1024);
-            // A batch's lines, written with one call: no copy per line.
-            let mut batch = Vec::with_capacity(256 * 1024);
+            let mut taken = Vec::with_capacity(64 * 1024);
             loop {
                 std::thread::sleep(WRITE_EVERY);
                 let Some(log) = writer.upgrade() else { break };
-                std::mem::swap(&mut *log.queue.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
+                {
+                    let mut lines = log.lines.lock().unwrap_or_else(|e| e.into_inner());
+                    std::mem::swap(&mut lines.text, &mut taken);
+                    lines.clock = (SystemTime::now(), Instant::now());
+                }
                 let dropped = log.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
-                    tracing::warn!(dropped, "the access log fell behind; records were dropped");
+                    tracing::warn!(dropped, "the access log fell behind; lines were dropped");
                 }
                 drop(log);
-                let clock = (SystemTime::now(), Instant::now());
-                for record in taken.drain(..) {
-                    record.write_line(&mut batch, clock);
-                    if batch.len() >= BATCH {
-                        let _ = out.write_all(&batch);
-                        batch.clear();
-                    }
+                if !taken.is_empty() {
+                    let _ = out.write_all(&taken);
+                    let _ = out.flush();
+                    taken.clear();
                 }
-                if !batch.is_empty() {
-                    let _ = out.write_all(&batch);
-                    batch.clear();
-                }
-                let _ = out.flush();
             }
         })?;
         Ok(log)
     }
 
-    fn push(&self, record: Record) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.len() < QUEUE {
-            queue.push(record);
+    fn write(&self, record: &Record) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.text.len() < BACKLOG {
+            let clock = lines.clock;
+            record.write_line(&mut lines.text, clock);
         } else {
-            drop(queue);
+            drop(lines);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -152,7 +153,7 @@ type Route = gatehouse_model::Route<ServiceRuntime>;
 /// A request answered, waiting for its response body to end.
 pub(crate) struct Pending {
     log: Arc<AccessLog>,
-    record: Option<Record>,
+    record: Record,
 }
 
 impl Pending {
@@ -183,22 +184,18 @@ impl Pending {
             bytes_sent: 0,
             duration: Duration::ZERO,
         };
-        Pending { log, record: Some(record) }
+        Pending { log, record }
     }
 
     pub fn sent(&mut self, bytes: usize) {
-        if let Some(record) = &mut self.record {
-            record.bytes_sent += bytes as u64;
-        }
+        self.record.bytes_sent += bytes as u64;
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
-            record.duration = record.start.at.elapsed();
-            self.log.push(record);
-        }
+        self.record.duration = self.record.start.at.elapsed();
+        self.log.write(&self.record);
     }
 }
 
@@ -217,43 +214,47 @@ struct Record {
 
 impl Record {
     /// The line: kamal-proxy's field names (durations in nanoseconds), plus `bytes_sent`.
-    /// `clock` is the wall clock and the monotonic one read together, once per batch: the
-    /// request's wall-clock time is found from its monotonic start, so the request path reads
-    /// one clock, not two.
+    /// `clock` is the wall clock and the monotonic one read together.
     fn write_line(&self, out: &mut Vec<u8>, clock: (SystemTime, Instant)) {
         let s = &self.start;
-        let time = clock.0.checked_sub(clock.1.saturating_duration_since(s.at)).unwrap_or(clock.0);
+        let time = match s.at.checked_duration_since(clock.1) {
+            Some(after) => clock.0.checked_add(after),
+            None => clock.0.checked_sub(clock.1.duration_since(s.at)),
+        }
+        .unwrap_or(clock.0);
         let time_ms = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let path = s.path.as_ref().map_or("/", PathAndQuery::path);
         let query = s.path.as_ref().and_then(PathAndQuery::query).unwrap_or("");
+        // Keys are written with their neighbouring quotes and commas as one constant, so a
+        // field costs one copy of a known length plus its value.
         out.extend_from_slice(b"{\"time\":");
         number(out, time_ms);
-        out.extend_from_slice(b",\"msg\":\"Request\"");
-        string_field(out, "host", s.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
-        string_field(out, "path", path.as_bytes());
-        string_field(out, "query", query.as_bytes());
-        string_field(out, "method", s.method.as_str().as_bytes());
-        let proto: &[u8] = match s.version {
-            Version::HTTP_10 => b"HTTP/1.0",
-            Version::HTTP_2 => b"HTTP/2.0",
-            _ => b"HTTP/1.1",
-        };
-        string_field(out, "proto", proto);
-        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(b",\"msg\":\"Request\",\"host\":\"");
+        string_body(out, s.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
+        out.extend_from_slice(b"\",\"path\":\"");
+        string_body(out, path.as_bytes());
+        out.extend_from_slice(b"\",\"query\":\"");
+        string_body(out, query.as_bytes());
+        out.extend_from_slice(b"\",\"method\":\"");
+        string_body(out, s.method.as_str().as_bytes());
+        out.extend_from_slice(match s.version {
+            Version::HTTP_10 => b"\",\"proto\":\"HTTP/1.0\",\"status\":",
+            Version::HTTP_2 => b"\",\"proto\":\"HTTP/2.0\",\"status\":",
+            _ => b"\",\"proto\":\"HTTP/1.1\",\"status\":",
+        });
         number(out, u64::from(self.status));
         match &self.route {
             Some((service, target)) => {
-                string_field(out, "service", service.spec.name.as_bytes());
+                out.extend_from_slice(b",\"service\":\"");
+                string_body(out, service.spec.name.as_bytes());
                 match target.and_then(|i| service.spec.target(i)) {
                     Some(t) => {
                         // Written in place: the target's URL is never allocated.
-                        let scheme: &[u8] = match t.scheme {
-                            gatehouse_model::Scheme::Http => b"http://",
-                            gatehouse_model::Scheme::Https => b"https://",
-                            gatehouse_model::Scheme::Unix => b"unix:",
-                        };
-                        out.extend_from_slice(b",\"target\":\"");
-                        out.extend_from_slice(scheme);
+                        out.extend_from_slice(match t.scheme {
+                            gatehouse_model::Scheme::Http => b"\",\"target\":\"http://",
+                            gatehouse_model::Scheme::Https => b"\",\"target\":\"https://",
+                            gatehouse_model::Scheme::Unix => b"\",\"target\":\"unix:",
+                        });
                         if t.scheme == gatehouse_model::Scheme::Unix {
                             string_body(out, t.host.as_bytes());
                         } else {
@@ -262,28 +263,24 @@ impl Record {
                                 out.push(b'[');
                             }
                             string_body(out, t.host.as_bytes());
-                            if v6 {
-                                out.push(b']');
-                            }
-                            out.push(b':');
+                            out.extend_from_slice(if v6 { b"]:" } else { b":" });
                             number(out, u64::from(t.port));
                         }
-                        out.push(b'"');
+                        out.extend_from_slice(b"\",\"request_id\":\"");
                     }
-                    None => out.extend_from_slice(b",\"target\":null"),
+                    None => out.extend_from_slice(b"\",\"target\":null,\"request_id\":\""),
                 }
             }
-            None => out.extend_from_slice(b",\"service\":null,\"target\":null"),
+            None => out.extend_from_slice(b",\"service\":null,\"target\":null,\"request_id\":\""),
         }
-        string_field(out, "request_id", self.request_id.as_bytes());
-        out.extend_from_slice(b",\"client_addr\":\"");
+        string_body(out, self.request_id.as_bytes());
+        out.extend_from_slice(b"\",\"client_addr\":\"");
         match s.client.ip() {
             std::net::IpAddr::V4(ip) => {
                 let [a, b, c, d] = ip.octets();
-                for (i, octet) in [a, b, c, d].into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
+                number(out, u64::from(a));
+                for octet in [b, c, d] {
+                    out.push(b'.');
                     number(out, u64::from(octet));
                 }
             }
@@ -291,16 +288,15 @@ impl Record {
                 let _ = write!(out, "{ip}");
             }
         }
-        out.push(b'"');
-        out.extend_from_slice(b",\"client_port\":");
+        out.extend_from_slice(b"\",\"client_port\":");
         number(out, u64::from(s.client.port()));
         out.extend_from_slice(b",\"duration\":");
         number(out, u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
-        optional_field(out, "user_agent", s.user_agent.as_ref());
-        optional_field(out, "req_content_length", s.request_length.as_ref());
-        optional_field(out, "req_content_type", s.request_type.as_ref());
-        optional_field(out, "resp_content_length", self.response_length.as_ref());
-        optional_field(out, "resp_content_type", self.response_type.as_ref());
+        optional_field(out, b",\"user_agent\":", s.user_agent.as_ref());
+        optional_field(out, b",\"req_content_length\":", s.request_length.as_ref());
+        optional_field(out, b",\"req_content_type\":", s.request_type.as_ref());
+        optional_field(out, b",\"resp_content_length\":", self.response_length.as_ref());
+        optional_field(out, b",\"resp_content_type\":", self.response_type.as_ref());
         out.extend_from_slice(b",\"bytes_sent\":");
         number(out, self.bytes_sent);
         if let Some((service, _)) = &self.route {
@@ -349,21 +345,13 @@ fn number(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-fn string_field(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
-    string(out, value);
-}
-
-fn optional_field(out: &mut Vec<u8>, key: &str, value: Option<&HeaderValue>) {
+/// `key` (with its quotes, colon and leading comma), then the value as a string or `null`.
+#[inline(always)]
+fn optional_field(out: &mut Vec<u8>, key: &[u8], value: Option<&HeaderValue>) {
+    out.extend_from_slice(key);
     match value {
-        Some(v) => string_field(out, key, v.as_bytes()),
-        None => {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":null");
-        }
+        Some(v) => string(out, v.as_bytes()),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
