@@ -232,6 +232,45 @@ async fn malformed_requests_are_rejected_and_never_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_request_targets_are_strict_and_forwarded_in_normal_form() {
+    let b = backend::start("b").await;
+    let gh = Gatehouse::start(&config(&service("s", "\"a.test\", \"*.a.test\"", &[b.url()], "")));
+    let at = gh.listener();
+    let refused: &[(&[u8], &str)] = &[
+        (b"GET / HTTP/1.1\r\nHost: a.test:@evil.test\r\n\r\n", "credentials after the port"),
+        (b"GET / HTTP/1.1\r\nHost: a.test:80, evil.test\r\n\r\n", "a list"),
+        (b"GET / HTTP/1.1\r\nHost: evil.test/.a.test\r\n\r\n", "a path that ends like a wildcard"),
+        (b"GET / HTTP/1.1\r\nHost: [a.test]\r\n\r\n", "a bracketed name"),
+        (b"GET / HTTP/1.1\r\nHost: a..test\r\n\r\n", "an empty label"),
+        (b"GET http://a.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n", "absolute form against Host"),
+        (b"GET http://a.test/ HTTP/1.1\r\n\r\n", "absolute form without Host on 1.1"),
+        (b"GET /#frag HTTP/1.1\r\nHost: a.test\r\n\r\n", "a fragment"),
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a.test\r\n\r\n", "raw non-ASCII bytes"),
+        (b"GET * HTTP/1.1\r\nHost: a.test\r\n\r\n", "asterisk form for GET"),
+        (b"GET a.test:80 HTTP/1.1\r\nHost: a.test\r\n\r\n", "authority form for GET"),
+    ];
+    for (request, what) in refused {
+        let reply = raw(at, request).await;
+        assert_eq!(status_of(&reply), 400, "{what}: {reply}");
+    }
+    assert_eq!(b.requests(), 0, "nothing refused reached the target");
+
+    // Accepted values reach the target in normal form, as Host and X-Forwarded-Host.
+    for (request, host, target) in [
+        (&b"GET /x HTTP/1.1\r\nHost: A.Test.\r\n\r\n"[..], "a.test", "/x"),
+        (b"GET /x HTTP/1.1\r\nHost: www.a.test:080\r\n\r\n", "www.a.test:80", "/x"),
+        (b"GET http://A.test?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n", "a.test", "/?q=1"),
+        (b"GET http://a.test:8080/p HTTP/1.0\r\n\r\n", "a.test:8080", "/p"),
+    ] {
+        let reply = raw(at, request).await;
+        assert_eq!(status_of(&reply), 200, "{reply}");
+        let seen = b.last();
+        assert_eq!((seen.headers["host"].to_str().unwrap(), seen.target.as_str()), (host, target));
+        assert_eq!(seen.headers["x-forwarded-host"], host);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_connections_alive_on_both_sides() {
     let b = backend::start("b").await;
     let gh = Gatehouse::start(&config_with("workers = 1", &service("s", "\"h.test\"", &[b.url()], "")));

@@ -20,6 +20,6 @@ pub use facts::{
     Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, ServiceTls,
     TargetSpec, Timeouts,
 };
-pub use host::{host_port, normalize_host, HostPattern, HostPatternError};
+pub use host::{host_port, Authority, AuthorityError, HostPattern, HostPatternError};
 pub use retire::{Scope, Signalled};
 pub use table::{BuildError, InFlight, Retired, Route, RouteTable, Service, Target};

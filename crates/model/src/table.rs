@@ -473,7 +473,7 @@ impl<X> RouteTable<X> {
         self.services.get(name)
     }
 
-    /// The service for a normalised host (see [`crate::normalize_host`]) and a request path.
+    /// The service for a normalised host (see [`crate::Authority`]) and a request path.
     /// An exact host wins over wildcards, and a longer wildcard suffix over a shorter one;
     /// within the host, the longest matching path prefix wins.
     /// A host no exact name or wildcard routes falls to the `*` services.

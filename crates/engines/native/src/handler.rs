@@ -10,8 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{
-    normalize_host, split, Availability, InFlight, Lane, PickContext, Route, Scheme, Scope, Service, ServiceSpec,
-    TargetSpec,
+    split, Authority, Availability, InFlight, Lane, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -121,16 +120,24 @@ async fn proxy(
     trace: &mut Trace,
     timer: &mut ResponseTimer<'_>,
 ) -> Result<Handled, LocalError> {
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(LocalError::MethodNotAllowed);
+    }
     let host = request_host(&req)?;
-    let host_text = host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
-    let route_host = normalize_host(host_text);
+    // The normal form parses again at no cost; this borrows the value, not the request.
+    let authority = host
+        .to_str()
+        .ok()
+        .and_then(|h| Authority::parse(h).ok())
+        .ok_or(LocalError::BadRequest("invalid Host header\n"))?;
+    let route_host = authority.host;
     let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
     let canonical = found.spec.canonical_host.as_deref().filter(|c| *c != route_host);
     let to_https = !conn.https && found.spec.tls.as_ref().is_some_and(|t| t.redirect);
     if canonical.is_some() || to_https {
         found.attached.metrics.record_status(StatusCode::MOVED_PERMANENTLY.as_u16());
         let host = canonical.unwrap_or(&route_host);
-        let port = if to_https { conn.shared.https_port.filter(|p| *p != 443) } else { port_of(host_text) };
+        let port = if to_https { conn.shared.https_port.filter(|p| *p != 443) } else { authority.port };
         let location = location(to_https || conn.https, host, port, req.uri())?;
         return Ok((crate::local::redirect(location, &snap.xproxy, request_id), None));
     }
@@ -149,9 +156,6 @@ async fn proxy(
     let service: &Route<ServiceRuntime> = trace.routed.insert(found);
     if let Some(log) = &mut trace.log {
         log.take_headers(&service.spec.log_headers.request, req.headers());
-    }
-    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-        return Err(LocalError::MethodNotAllowed);
     }
     if service.targets().is_empty() {
         return Err(LocalError::NoTargets);
@@ -670,20 +674,40 @@ impl Tunnel {
     }
 }
 
-/// The routing authority: the URI's (HTTP/2 `:authority`, or an absolute-form request
-/// target, which RFC 9112 §3.2.2 says wins over Host), else the single Host header.
+/// The request's authority, validated: HTTP/2's `:authority` or an absolute-form target
+/// (which must agree with a Host header sent beside it, as HAProxy requires), else the single
+/// Host header. Returns the value to forward: the authority in normal form.
 fn request_host(req: &Request<ClientBody>) -> Result<HeaderValue, LocalError> {
-    if let Some(authority) = req.uri().authority() {
-        if authority.as_str().contains('@') {
-            return Err(LocalError::BadRequest("credentials in the request target are not accepted\n"));
-        }
-        return HeaderValue::from_str(authority.as_str()).map_err(|_| LocalError::BadRequest("invalid authority\n"));
-    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None) if !host.is_empty() => Ok(host.clone()),
-        (None, _) | (Some(_), None) => Err(LocalError::BadRequest("missing Host header\n")),
-        (Some(_), Some(_)) => Err(LocalError::BadRequest("more than one Host header\n")),
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(LocalError::BadRequest("more than one Host header\n")),
+        (host, None) => host,
+    };
+    if host.is_none() && req.version() == Version::HTTP_11 {
+        // RFC 9112 §3.2: even beside an absolute-form target.
+        return Err(LocalError::BadRequest("missing Host header\n"));
+    }
+    let (raw, written) = match (req.uri().authority(), host) {
+        (Some(authority), host) => {
+            if authority.as_str().contains('@') {
+                return Err(LocalError::BadRequest("credentials in the request target are not accepted\n"));
+            }
+            if let Some(host) = host {
+                let parse = |text: &str| Authority::parse(text).ok().map(|a| (a.host.into_owned(), a.port));
+                let agree = parse(authority.as_str()) == host.to_str().ok().and_then(parse);
+                if !agree {
+                    return Err(LocalError::BadRequest("the Host header does not match the request target\n"));
+                }
+            }
+            (authority.as_str(), None)
+        }
+        (None, Some(host)) => (host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?, Some(host)),
+        (None, None) => return Err(LocalError::BadRequest("missing Host header\n")),
+    };
+    let authority = Authority::parse(raw).map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
+    match written {
+        Some(host) if authority.normal => Ok(host.clone()),
+        _ => HeaderValue::try_from(authority.to_text()).map_err(|_| LocalError::BadRequest("invalid Host header\n")),
     }
 }
 
@@ -699,7 +723,14 @@ fn wants_upgrade(req: &Request<ClientBody>) -> bool {
 }
 
 fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
-    let original = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let original = match uri.path_and_query() {
+        // An absolute-form target with no path (`http://a.test?x`) has the path `/`.
+        Some(pq) if pq.as_str().starts_with('?') => {
+            format!("/{}", pq.as_str()).parse().unwrap_or(PathAndQuery::from_static("/"))
+        }
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+    };
     let path = service.forward_path(uri.path());
     if path == uri.path() {
         return original;
@@ -710,11 +741,6 @@ fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
     };
     // A suffix of a valid path is a valid path.
     rewritten.parse().unwrap_or(original)
-}
-
-/// The port written in a Host value, if any.
-fn port_of(host: &str) -> Option<u16> {
-    host.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
 /// A redirect's target: `uri`'s path and query on `host` (a normalised name) and `port`.

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{
-    normalize_host, Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec,
-};
+use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -309,11 +307,12 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
     };
     spec.forward_headers = options.forward_headers.unwrap_or(spec.tls.is_none());
     if let Some(canonical) = &options.canonical_host {
-        let host = normalize_host(canonical).into_owned();
-        if !spec.hosts.contains(&HostPattern::Exact(host.clone())) {
-            return Err(format!("--canonical-host `{canonical}` must be one of the service's --host names"));
+        match HostPattern::parse(canonical) {
+            Ok(HostPattern::Exact(host)) if spec.hosts.contains(&HostPattern::Exact(host.clone())) => {
+                spec.canonical_host = Some(host);
+            }
+            _ => return Err(format!("--canonical-host `{canonical}` must be one of the service's --host names")),
         }
-        spec.canonical_host = Some(host);
     }
     if let Some(folder) = &options.error_pages {
         spec.error_pages = error_pages(std::path::Path::new(folder))?;

@@ -54,9 +54,11 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         return Err(HeadError::TooLarge);
     }
     let base = buf.as_ptr() as usize;
-    let target = Span::of(base, req.path.unwrap_or_default().as_bytes());
+    let target_text = req.path.unwrap_or_default().as_bytes();
+    let target = Span::of(base, target_text);
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed("malformed request\n"))?;
+    check_target(target_text, &method).map_err(HeadError::Malformed)?;
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let spans = FieldSpans::record(base, req.headers);
     let head = buf.split_to(len).freeze();
@@ -73,6 +75,22 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     *request.version_mut() = version;
     *request.headers_mut() = fields;
     Ok(Some(Head { request, framing, keep_alive, expect_continue }))
+}
+
+/// The request-target rules httparse leaves to us (RFC 9112 §3.2): no fragment, no raw
+/// bytes outside ASCII (they would reach the target as they are), `*` only for OPTIONS and
+/// the authority form only for CONNECT.
+fn check_target(target: &[u8], method: &Method) -> Result<(), &'static str> {
+    if target.iter().any(|&b| b == b'#' || !b.is_ascii()) {
+        return Err("invalid character in the request target\n");
+    }
+    let origin_or_absolute = target.starts_with(b"/") || target.windows(3).any(|w| w == b"://");
+    match target {
+        b"*" if method == Method::OPTIONS => Ok(()),
+        b"*" => Err("the asterisk form is only for OPTIONS\n"),
+        _ if origin_or_absolute || method == Method::CONNECT => Ok(()),
+        _ => Err("the authority form is only for CONNECT\n"),
+    }
 }
 
 /// Where a piece of a head lies in the buffer it was parsed from.
