@@ -255,6 +255,24 @@ async fn hosts_and_request_targets_are_strict_and_forwarded_in_normal_form() {
     }
     assert_eq!(b.requests(), 0, "nothing refused reached the target");
 
+    // What a client claims about its origin never reaches the target.
+    let reply = raw(
+        at,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: evil\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b.last();
+    let mut names: Vec<&str> = seen
+        .headers
+        .keys()
+        .map(|n| n.as_str())
+        .filter(|n| n.contains("forward") || n.contains("real") || n.contains('_'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]);
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+
     // Accepted values reach the target in normal form, as Host and X-Forwarded-Host.
     for (request, host, target) in [
         (&b"GET /x HTTP/1.1\r\nHost: A.Test.\r\n\r\n"[..], "a.test", "/x"),

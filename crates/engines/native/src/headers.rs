@@ -10,6 +10,14 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
+/// Fields by which a client could claim an address, scheme, host or path it does not have,
+/// beyond the three we set ourselves.
+const CLIENT_FORWARDING: [HeaderName; 5] =
+    [header::FORWARDED, X_REAL_IP, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_SERVER];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -93,6 +101,7 @@ pub(crate) fn set_forwarded(
     host: &HeaderValue,
     keep_client: bool,
 ) {
+    strip_client_claims(headers, keep_client);
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     if !keep_client {
         headers.insert(X_FORWARDED_FOR, client.clone());
@@ -115,6 +124,23 @@ pub(crate) fn set_forwarded(
     }
     if !headers.contains_key(X_FORWARDED_HOST) {
         headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// Removes what a client claims about where it came from: the forwarding fields we do not
+/// set (unless `keep_client`: a trusted proxy in front set them), and every field with `_` in
+/// its name, which CGI, WSGI and PHP read as the same variable as its `-` spelling
+/// (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR`), as nginx does by default. One pass over the
+/// names; nothing is allocated unless something is removed.
+fn strip_client_claims(headers: &mut HeaderMap, keep_client: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if name.as_str().contains('_') || (!keep_client && CLIENT_FORWARDING.contains(name)) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
     }
 }
 
@@ -184,6 +210,24 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");
+    }
+
+    #[test]
+    fn client_claims_are_removed_unless_a_proxy_in_front_is_trusted() {
+        let claims = ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server"];
+        let mut h = HeaderMap::new();
+        for name in claims.iter().chain(&["x_forwarded_for", "x-keep"]) {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("6.6.6.6"));
+        }
+        let mut trusted = h.clone();
+        let client = client_address("10.0.0.9".parse().unwrap());
+        set_forwarded(&mut h, &client, false, &HeaderValue::from_static("a.test"), false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-keep"]);
+        set_forwarded(&mut trusted, &client, false, &HeaderValue::from_static("a.test"), true);
+        assert!(claims.iter().all(|c| trusted.contains_key(*c)), "a trusted front proxy's fields stay");
+        assert!(!trusted.contains_key("x_forwarded_for"), "underscore names never pass");
     }
 
     #[test]
