@@ -141,7 +141,8 @@ impl<'a> Authority<'a> {
         }
         let name = host.strip_suffix('.').unwrap_or(host);
         let normal = name.len() == host.len()
-            && port_text.is_none_or(|t| !t.is_empty() && port.is_some_and(|p| t.len() == decimal_len(p)));
+            // Digits already checked: the port is written plainly unless empty or zero-led.
+            && port_text.is_none_or(|t| !t.is_empty() && (t == "0" || !t.starts_with('0')));
         let host = if name.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(name.to_ascii_lowercase())
         } else {
@@ -179,16 +180,6 @@ fn check_name(host: &str) -> Result<(), AuthorityError> {
         return Err(AuthorityError::EmptyLabel);
     }
     Ok(())
-}
-
-fn decimal_len(n: u16) -> usize {
-    match n {
-        0..=9 => 1,
-        10..=99 => 2,
-        100..=999 => 3,
-        1000..=9999 => 4,
-        _ => 5,
-    }
 }
 
 #[cfg(test)]

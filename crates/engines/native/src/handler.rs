@@ -123,13 +123,15 @@ async fn proxy(
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(LocalError::MethodNotAllowed);
     }
-    let host = request_host(&req)?;
-    // The normal form parses again at no cost; this borrows the value, not the request.
-    let authority = host
-        .to_str()
-        .ok()
-        .and_then(|h| Authority::parse(h).ok())
-        .ok_or(LocalError::BadRequest("invalid Host header\n"))?;
+    let sent = request_host(&req)?;
+    let invalid = || LocalError::BadRequest("invalid Host header\n");
+    let authority = sent.to_str().ok().and_then(|h| Authority::parse(h).ok()).ok_or_else(invalid)?;
+    // Forwarded in normal form; a value already in it (nearly all) is not copied.
+    let host = if authority.normal {
+        sent.clone()
+    } else {
+        HeaderValue::try_from(authority.to_text()).map_err(|_| invalid())?
+    };
     let route_host = authority.host;
     let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
     let canonical = found.spec.canonical_host.as_deref().filter(|c| *c != route_host);
@@ -674,9 +676,9 @@ impl Tunnel {
     }
 }
 
-/// The request's authority, validated: HTTP/2's `:authority` or an absolute-form target
-/// (which must agree with a Host header sent beside it, as HAProxy requires), else the single
-/// Host header. Returns the value to forward: the authority in normal form.
+/// The request's authority as sent: HTTP/2's `:authority` or an absolute-form target (which
+/// must agree with a Host header sent beside it, as HAProxy requires), else the single Host
+/// header. The caller parses it once with [`Authority::parse`].
 fn request_host(req: &Request<ClientBody>) -> Result<HeaderValue, LocalError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
@@ -687,27 +689,21 @@ fn request_host(req: &Request<ClientBody>) -> Result<HeaderValue, LocalError> {
         // RFC 9112 §3.2: even beside an absolute-form target.
         return Err(LocalError::BadRequest("missing Host header\n"));
     }
-    let (raw, written) = match (req.uri().authority(), host) {
+    match (req.uri().authority(), host) {
         (Some(authority), host) => {
             if authority.as_str().contains('@') {
                 return Err(LocalError::BadRequest("credentials in the request target are not accepted\n"));
             }
             if let Some(host) = host {
                 let parse = |text: &str| Authority::parse(text).ok().map(|a| (a.host.into_owned(), a.port));
-                let agree = parse(authority.as_str()) == host.to_str().ok().and_then(parse);
-                if !agree {
+                if parse(authority.as_str()) != host.to_str().ok().and_then(parse) {
                     return Err(LocalError::BadRequest("the Host header does not match the request target\n"));
                 }
             }
-            (authority.as_str(), None)
+            HeaderValue::from_str(authority.as_str()).map_err(|_| LocalError::BadRequest("invalid Host header\n"))
         }
-        (None, Some(host)) => (host.to_str().map_err(|_| LocalError::BadRequest("invalid Host header\n"))?, Some(host)),
-        (None, None) => return Err(LocalError::BadRequest("missing Host header\n")),
-    };
-    let authority = Authority::parse(raw).map_err(|_| LocalError::BadRequest("invalid Host header\n"))?;
-    match written {
-        Some(host) if authority.normal => Ok(host.clone()),
-        _ => HeaderValue::try_from(authority.to_text()).map_err(|_| LocalError::BadRequest("invalid Host header\n")),
+        (None, Some(host)) => Ok(host.clone()),
+        (None, None) => Err(LocalError::BadRequest("missing Host header\n")),
     }
 }
 
