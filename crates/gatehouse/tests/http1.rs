@@ -4,89 +4,21 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::backend;
-use support::client::raw;
+use support::client::{raw, read_until};
+use support::scripted::ScriptedTarget;
 use support::Gatehouse;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 fn config(target: &str) -> String {
     format!(
         "port = 0\nworkers = 1\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
          [[services]]\nname = \"s\"\nhosts = [\"h.test\"]\ntargets = [\"{target}\"]\n"
     )
-}
-
-/// Reads from `stream` until `done` says the bytes so far are complete (5 s at most).
-async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while !done(&String::from_utf8_lossy(&seen)) {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-/// A target speaking raw HTTP/1.1 from a script: for each connection, `answer` gets the
-/// request bytes read so far and returns what to write once the request is complete, and
-/// whether to close afterwards. Counts connections.
-struct ScriptedTarget {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ScriptedTarget {
-    async fn start(answer: fn(&str) -> Option<(String, bool)>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = String::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let n = match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                        if let Some((reply, close)) = answer(&seen) {
-                            seen.clear();
-                            if stream.write_all(reply.as_bytes()).await.is_err() || close {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        ScriptedTarget { addr, connections, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for ScriptedTarget {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

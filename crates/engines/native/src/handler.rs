@@ -163,12 +163,17 @@ async fn proxy(
         return Err(LocalError::NoTargets);
     }
     let spec = &service.spec;
-    if let (Some(limit), Some(length)) = (spec.max_body_size, content_length(&req)) {
+    let length = content_length(&req)?;
+    if let (Some(limit), Some(length)) = (spec.max_body_size, length) {
         if length > limit {
             return Err(LocalError::BodyTooLarge);
         }
     }
     let upgrade = wants_upgrade(&req);
+    if upgrade && !http_body::Body::is_end_stream(req.body()) {
+        // After a 101 the connection is a tunnel: a body would have no place in it.
+        return Err(LocalError::BadRequest("an Upgrade request cannot carry a body\n"));
+    }
     let read_method = matches!(*req.method(), Method::GET | Method::HEAD);
     let split = Split::of(spec, &req, read_method, upgrade);
 
@@ -184,6 +189,13 @@ async fn proxy(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.https, &host, spec.forward_headers);
+    if let Some(length) = length {
+        // The target gets the length we framed by, not the client's spelling of it (`010`).
+        headers::normalize_length(&mut parts.headers, length);
+    }
+    if parts.version == Version::HTTP_2 && !spec.upstream_http2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     if spec.upstream_http2 {
         // HTTP/2 carries the host as :authority.
@@ -707,15 +719,26 @@ fn request_host(req: &Request<ClientBody>) -> Result<HeaderValue, LocalError> {
     }
 }
 
-fn content_length(req: &Request<ClientBody>) -> Option<u64> {
-    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+/// The declared body length. HTTP/1 heads were checked by the parser; HTTP/2 ones are
+/// checked here, with the same rules (digits only, several fields must agree).
+fn content_length(req: &Request<ClientBody>) -> Result<Option<u64>, LocalError> {
+    let mut length = None;
+    for value in req.headers().get_all(header::CONTENT_LENGTH) {
+        match h1::parse_length(value.as_bytes()) {
+            Some(n) if length.is_none_or(|seen| seen == n) => length = Some(n),
+            _ => return Err(LocalError::BadRequest("invalid Content-Length\n")),
+        }
+    }
+    Ok(length)
 }
 
-/// An HTTP/1.1 upgrade to anything but h2c (which must never be tunnelled through an edge).
+/// An HTTP/1.1 upgrade to anything but h2c (which must never be tunnelled through an edge:
+/// an `Upgrade` naming it anywhere is no upgrade, and the field is removed).
 fn wants_upgrade(req: &Request<ClientBody>) -> bool {
+    let h2c = |v: &HeaderValue| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
     req.version() == Version::HTTP_11
         && headers::connection_has(req.headers(), "upgrade")
-        && req.headers().get(header::UPGRADE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && req.headers().get(header::UPGRADE).is_some_and(|v| !h2c(v))
 }
 
 fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {

@@ -144,6 +144,35 @@ fn strip_client_claims(headers: &mut HeaderMap, keep_client: bool) {
     }
 }
 
+/// Writes `length` as the one `Content-Length` field, unless the field already says it in
+/// plain digits (nearly always: nothing is allocated then).
+pub(crate) fn normalize_length(headers: &mut HeaderMap, length: u64) {
+    let mut fields = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = match (fields.next(), fields.next()) {
+        (Some(v), None) => {
+            let b = v.as_bytes();
+            b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b.first() != Some(&b'0'))
+        }
+        _ => false,
+    };
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 target must get them as one,
+/// joined with "; " (RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// A client address as a header value (IPv4-mapped IPv6 shown as IPv4).
 pub(crate) fn client_address(ip: IpAddr) -> HeaderValue {
     let text = match ip {
@@ -247,6 +276,27 @@ mod tests {
             (fresh[X_FORWARDED_FOR].to_str().unwrap(), fresh[X_FORWARDED_PROTO].to_str().unwrap()),
             ("10.0.0.9", "http")
         );
+    }
+
+    #[test]
+    fn lengths_are_forwarded_in_plain_digits_and_cookies_joined() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("010"));
+        normalize_length(&mut h, 10);
+        assert_eq!(h[header::CONTENT_LENGTH], "10");
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        normalize_length(&mut h, 10);
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        normalize_length(&mut h, 0);
+        assert_eq!(h[header::CONTENT_LENGTH], "0");
+
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

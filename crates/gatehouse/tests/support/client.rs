@@ -107,6 +107,22 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `stream` until `done` says the bytes so far are complete (5 s at most).
+pub async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !done(&String::from_utf8_lossy(&seen)) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// The status code of the first response in raw bytes.
 pub fn status_of(raw: &str) -> u16 {
     raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -116,6 +132,21 @@ pub struct TlsReply {
     pub reply: Reply,
     pub alpn: Option<Vec<u8>>,
     pub leaf: CertificateDer<'static>,
+}
+
+/// A TLS client trusting only `ca_pem`, offering `alpn`.
+pub fn tls_client(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }
 
 /// One GET over TLS trusting only `ca_pem`, offering `alpn`; `sni = None` sends no SNI
@@ -128,16 +159,7 @@ pub async fn tls_get(
     alpn: &[&[u8]],
     path: &str,
 ) -> Result<TlsReply, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let mut config = tls_client(ca_pem, alpn);
     config.enable_sni = sni;
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod certs;
 pub mod client;
+pub mod h2raw;
+pub mod scripted;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

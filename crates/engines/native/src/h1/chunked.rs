@@ -6,12 +6,40 @@ use http::HeaderMap;
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_SIZE_LINE: usize = 4096;
+/// Chunk sizes from 2^56 on are refused at once, as HAProxy does: no body is that large,
+/// and waiting for one would hold the target until a timeout.
+const MAX_CHUNK_SIZE: u64 = 1 << 56;
 /// Largest trailer section accepted.
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// Fields that must not come in a trailer (RFC 9110 §6.5.1): framing, routing, connection
+/// control, authentication and content description. Dropped, not forwarded: a recipient
+/// that merged them into the head would be told a different story than the head told us.
+const FORBIDDEN_TRAILERS: [&str; 19] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "range",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "cache-control",
+    "location",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Reading a chunk-size line; `digits` counted to refuse overflow.
+    /// Reading a chunk-size line; `digits` counted to refuse a line without any.
     Size {
         value: u64,
         digits: u8,
@@ -100,11 +128,17 @@ impl Decoder {
         let mut fields = [httparse::EMPTY_HEADER; 32];
         match httparse::parse_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete((len, parsed))) if len <= MAX_TRAILERS => {
+                // httparse takes a bare LF as a line end; the framing of a body does not.
+                if buf[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+                    return Err(ChunkError);
+                }
                 let mut trailers = HeaderMap::with_capacity(parsed.len());
                 for field in parsed {
                     let name = http::HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError)?;
                     let value = http::HeaderValue::from_bytes(field.value).map_err(|_| ChunkError)?;
-                    trailers.append(name, value);
+                    if !FORBIDDEN_TRAILERS.contains(&name.as_str()) {
+                        trailers.append(name, value);
+                    }
                 }
                 let _ = buf.split_to(len);
                 self.state = State::Done;
@@ -122,11 +156,12 @@ fn step(state: State, byte: u8) -> Result<State, ChunkError> {
     Ok(match (state, byte) {
         (State::Size { line, .. }, _) if line >= MAX_SIZE_LINE => return Err(ChunkError),
         (State::Size { value, digits, part: Digits, line }, b) if b.is_ascii_hexdigit() => {
-            if digits >= 16 {
+            let digit = (b as char).to_digit(16).map_or(0, u64::from);
+            let value = value << 4 | digit;
+            if value >= MAX_CHUNK_SIZE {
                 return Err(ChunkError);
             }
-            let digit = (b as char).to_digit(16).map_or(0, u64::from);
-            State::Size { value: value << 4 | digit, digits: digits + 1, part: Digits, line: line + 1 }
+            State::Size { value, digits: digits.saturating_add(1), part: Digits, line: line + 1 }
         }
         (State::Size { digits: 0, .. }, _) => return Err(ChunkError),
         (State::Size { value, .. }, b'\r') => State::SizeLf(value),
@@ -207,13 +242,32 @@ mod tests {
 
     #[test]
     fn refuses_malformed_framing() {
-        for bad in
-            [&b"x\r\n"[..], b"\r\n", b"5\nhello\r\n0\r\n\r\n", b"5\r\nhelloX\r\n", b"11111111111111111\r\n", b"5 5\r\n"]
-        {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n",
+            b"11111111111111111\r\n",
+            b"5 5\r\n",
+            b"ffffffffffffffff\r\n",
+            b"100000000000000\r\n",
+        ] {
             assert_eq!(decode_in_steps(bad, 1).unwrap_err(), ChunkError, "{}", String::from_utf8_lossy(bad));
         }
         let long = format!("1;{}\r\n", "e".repeat(MAX_SIZE_LINE));
         assert!(decode_in_steps(long.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn trailers_end_with_crlf_and_never_carry_framing_or_routing() {
+        let input = b"0\r\nContent-Length: 5\r\nHost: evil.test\r\nX-Sum: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (_, trailers, _) = decode_in_steps(input, 3).unwrap();
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-sum"]);
+        assert!(decode_in_steps(b"0\r\nX-Sum: 1\n\n", 1).is_err(), "bare LF");
+        assert!(decode_in_steps(b"0\r\nX-Sum: 1\r\n\n", 64).is_err(), "bare LF at the end");
+        let (body, _, _) = decode_in_steps(b"00000000000000000005\r\nhello\r\n0\r\n\r\n", 4).unwrap();
+        assert_eq!(body, b"hello", "leading zeros are not a large size");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
-pub(crate) use request::MAX_HEAD_BYTES;
+pub(crate) use request::{parse_length, MAX_HEAD_BYTES};
 
 #[cfg(test)]
 mod tests {

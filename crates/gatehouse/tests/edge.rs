@@ -1,0 +1,110 @@
+//! Edge hardening: what attackers send at the parsers, byte for byte and frame by frame, what
+//! the client gets back, and what the target must never see.
+
+mod support;
+
+use std::time::Duration;
+
+use support::backend::{self, Backend};
+use support::certs::Ca;
+use support::client::{raw, status_of};
+use support::h2raw::{self, DATA, END_STREAM, HEADERS, RST_STREAM};
+use support::{write, Gatehouse};
+use tokio::io::AsyncWriteExt;
+
+/// A plain listener and a TLS one for `h.test`, both routing to `target`; the CA's PEM.
+fn start(target: &str, extra: &str) -> (Gatehouse, String) {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["h.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "h.pem", &leaf.cert_pem);
+    write(dir.path(), "h.key", &leaf.key_pem);
+    let config = format!(
+        "port = 0\nworkers = 1\n{extra}\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\naddress = \"127.0.0.1:0\"\ntls_certificates = [{{ cert = \"h.pem\", key = \"h.key\" }}]\n\
+         [[services]]\nname = \"s\"\nhosts = [\"h.test\"]\ntargets = [\"{target}\"]\n"
+    );
+    (Gatehouse::start_with(&config, dir, &[]), ca.pem())
+}
+
+fn request(method: &'static str, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut fields = vec![(":method", method), (":scheme", "https"), (":authority", "h.test"), (":path", "/")];
+    fields.extend_from_slice(extra);
+    fields
+}
+
+/// The status the proxy answered on `stream`, or 0 when it reset the stream instead.
+async fn h2_status(io: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, stream: u32) -> u16 {
+    let f = h2raw::wait_for(io, stream, &[HEADERS, RST_STREAM], Duration::from_secs(10)).await.expect("an answer");
+    if f.kind == RST_STREAM {
+        0
+    } else {
+        h2raw::status(&f.payload).expect("a :status")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_is_regenerated_and_bodies_that_cannot_be_framed_are_refused() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "");
+    let at = gh.listeners[0];
+
+    // The target gets the length the proxy framed by, in plain digits.
+    let reply =
+        raw(at, b"POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: 010\r\nConnection: close\r\n\r\n0123456789").await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert_eq!((b.last().headers["content-length"].to_str().unwrap(), b.last().body_len), ("10", 10));
+
+    // A chunk no body could fill is refused at once (the reply comes before raw's 5 s).
+    let reply =
+        raw(at, b"POST / HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc").await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+
+    // An upgrade cannot carry a body: refused, not blamed on the target.
+    let before = b.requests();
+    let reply = raw(
+        at,
+        b"GET / HTTP/1.1\r\nHost: h.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert_eq!(b.requests(), before, "the upgrade with a body never reached the target");
+
+    // h2c anywhere in Upgrade: no upgrade, and the field is gone.
+    let reply =
+        raw(at, b"GET / HTTP/1.1\r\nHost: h.test\r\nConnection: Upgrade, close\r\nUpgrade: websocket, h2c\r\n\r\n")
+            .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b.last();
+    assert!(!seen.headers.contains_key("upgrade") && !seen.headers.contains_key("connection"), "{:?}", seen.headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_fields_reach_an_http1_target_in_its_form() {
+    let b: Backend = backend::start("b").await;
+    let (gh, ca) = start(&b.url(), "");
+    let mut io = h2raw::connect(gh.listeners[1], &ca, "h.test").await;
+    io.write_all(&h2raw::preface()).await.unwrap();
+
+    // Cookie fields are joined with "; " (RFC 9113 §8.2.3).
+    io.write_all(&h2raw::headers(1, &request("GET", &[("cookie", "a=1"), ("cookie", "b=2")]), true)).await.unwrap();
+    assert_eq!(h2_status(&mut io, 1).await, 200);
+    let seen = b.last();
+    assert_eq!(seen.headers.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+
+    // An empty content-length is refused, never sent on beside chunked framing.
+    let before = b.requests();
+    io.write_all(&h2raw::headers(3, &request("POST", &[("content-length", "")]), false)).await.unwrap();
+    io.write_all(&h2raw::frame(DATA, END_STREAM, 3, b"abc")).await.unwrap();
+    let status = h2_status(&mut io, 3).await;
+    assert!(status == 400 || status == 0, "refused or reset: {status}");
+    assert_eq!(b.requests(), before);
+
+    // A length with a leading zero reaches the target in plain digits.
+    io.write_all(&h2raw::headers(5, &request("POST", &[("content-length", "03")]), false)).await.unwrap();
+    io.write_all(&h2raw::frame(DATA, END_STREAM, 5, b"abc")).await.unwrap();
+    assert_eq!(h2_status(&mut io, 5).await, 200);
+    let seen = b.last();
+    assert_eq!((seen.headers["content-length"].to_str().unwrap(), seen.body_len), ("3", 3));
+    assert!(!seen.headers.contains_key("transfer-encoding"));
+}
