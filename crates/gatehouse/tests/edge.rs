@@ -9,6 +9,7 @@ use support::backend::{self, Backend};
 use support::certs::Ca;
 use support::client::{raw, status_of};
 use support::h2raw::{self, DATA, END_STREAM, HEADERS, RST_STREAM};
+use support::scripted::ScriptedTarget;
 use support::{write, Gatehouse};
 use tokio::io::AsyncWriteExt;
 
@@ -107,4 +108,81 @@ async fn http2_fields_reach_an_http1_target_in_its_form() {
     let seen = b.last();
     assert_eq!((seen.headers["content-length"].to_str().unwrap(), seen.body_len), ("3", 3));
     assert!(!seen.headers.contains_key("transfer-encoding"));
+}
+
+/// What a scripted target answers, by request path.
+fn odd_target(req: &str) -> Option<(String, bool)> {
+    if !req.contains("\r\n\r\n") {
+        return None;
+    }
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let reply = match path {
+        "/switch" => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        "/both" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "/nothing" => "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "/gzip" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "/hundred" => return Some(("HTTP/1.1 100 Continue\r\n\r\n".to_string(), true)),
+        _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    };
+    Some((reply.to_string(), false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_framing_is_cleaned_and_odd_connections_are_not_reused() {
+    let target = ScriptedTarget::start(odd_target).await;
+    let (gh, _) = start(&target.url(), "");
+    let at = gh.listeners[0];
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+
+    // Chunked wins over a length beside it, and the length never reaches the client.
+    let reply = raw(at, get("/both").as_bytes()).await;
+    assert!(reply.contains("transfer-encoding: chunked\r\n") && reply.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{reply}");
+    assert!(!reply.contains("content-length"), "{reply}");
+
+    // A 204 carries no length.
+    let reply = raw(at, get("/nothing").as_bytes()).await;
+    assert_eq!(status_of(&reply), 204, "{reply}");
+    assert!(!reply.contains("content-length"), "{reply}");
+
+    // A coding under chunked stays on the body; a client that cannot take it gets 502.
+    let reply = raw(at, get("/gzip").as_bytes()).await;
+    assert!(
+        reply.contains("transfer-encoding: gzip, chunked\r\n") && reply.ends_with("3\r\nabc\r\n0\r\n\r\n"),
+        "{reply}"
+    );
+    let reply = raw(at, b"GET /gzip HTTP/1.0\r\nHost: h.test\r\n\r\n").await;
+    assert_eq!(status_of(&reply), 502, "{reply}");
+
+    // An unsolicited 101 is a bad answer, and its connection is not used again.
+    let before = target.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status_of(&raw(at, get("/switch").as_bytes()).await), 502);
+    assert_eq!(status_of(&raw(at, get("/").as_bytes()).await), 200);
+    let after = target.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after, before + 2, "the switched connection was not pooled");
+
+    // A target that sends 100 and closes (on a pooled connection) is not asked again.
+    assert_eq!(status_of(&raw(at, get("/").as_bytes()).await), 200);
+    assert_eq!(status_of(&raw(at, get("/hundred").as_bytes()).await), 502);
+    assert_eq!(target.received().matches("GET /hundred").count(), 1, "sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_say_when_the_connection_ends() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "");
+    let at = gh.listeners[0];
+
+    // Answered without its body (no route): the response says the connection closes, and
+    // the close waits for the client instead of resetting under the response.
+    let reply = raw(at, b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 100\r\n\r\nabc").await;
+    assert_eq!(status_of(&reply), 404, "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+
+    let reply = raw(
+        at,
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: h.test\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 404") && reply.contains("connection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("no route for this host and path\n"), "the whole answer arrived: {reply}");
 }

@@ -169,6 +169,7 @@ async fn proxy(
             return Err(LocalError::BodyTooLarge);
         }
     }
+    let client_version = req.version();
     let upgrade = wants_upgrade(&req);
     if upgrade && !http_body::Body::is_end_stream(req.body()) {
         // After a 101 the connection is a tunnel: a body would have no place in it.
@@ -266,7 +267,21 @@ async fn proxy(
             upstream_warning(runtime, &spec.name, format_args!("unsolicited 101 from {}", target.url()));
             return Err(LocalError::BadUpstream);
         }
+        // Codings a target applied under chunked (`gzip, chunked`) stay: only an HTTP/1.1
+        // client can be sent them.
+        let codings = parts.headers.remove(header::TRANSFER_ENCODING);
+        if codings.is_some() && client_version != Version::HTTP_11 {
+            upstream_warning(
+                runtime,
+                &spec.name,
+                format_args!("{} used a transfer coding a {client_version:?} client cannot take", target.url()),
+            );
+            return Err(LocalError::BadUpstream);
+        }
         headers::remove_hop_by_hop(&mut parts.headers, switching);
+        if let Some(codings) = codings {
+            parts.headers.insert(header::TRANSFER_ENCODING, codings);
+        }
         if switching {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }

@@ -77,6 +77,9 @@ pub(crate) async fn send(
     encode_head(&mut head, &parts, framing);
     let mut upload = Some(Writer::new(head, body, framing));
     let mut buf = BytesMut::new();
+    // The target answered something (an interim response): a failure after it is the
+    // target's, not a stale pooled connection's, and the request is not sent again.
+    let mut interim = false;
     let answer = poll_fn(|cx| {
         if let Some(writer) = upload.as_mut() {
             match writer.poll(cx, &mut conn.io) {
@@ -93,7 +96,8 @@ pub(crate) async fn send(
                         if head.response.status().is_informational()
                             && head.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
                     {
-                        continue
+                        interim = true;
+                        continue;
                     }
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
@@ -113,7 +117,7 @@ pub(crate) async fn send(
         Ok(head) => head,
         Err(e) => {
             let untouched = upload.as_ref().is_none_or(|w| !w.touched());
-            if conn.reused && buf.is_empty() && untouched {
+            if conn.reused && buf.is_empty() && untouched && !interim {
                 if let Some(writer) = upload {
                     return Err(SendError::Stale(Box::new(Request::from_parts(parts, writer.into_body()))));
                 }

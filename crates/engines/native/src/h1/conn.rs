@@ -142,7 +142,7 @@ impl<IO: Transport> Connection<IO> {
     /// Answers a request that could not be read, and closes.
     async fn refuse(&mut self, error: LocalError, conn: &ConnInfo) {
         let response = handler::refuse(error, conn);
-        let _ = self.respond(response, &Method::GET, Version::HTTP_11, false, &mut None).await;
+        let _ = self.respond(response, &Method::GET, Version::HTTP_11, false, &[], &mut None).await;
         self.close(true).await;
     }
 
@@ -174,13 +174,19 @@ impl<IO: Transport> Connection<IO> {
             })
             .await
         };
-        if let Some(pump) = pump.as_mut() {
-            // Too late for `100 Continue`: the final response goes out now.
-            pump.continue_sent = CONTINUE.len();
-        }
+        // Too late for `100 Continue`: the final response goes out now, after the rest of
+        // one already begun (a client must never see half an interim response).
+        let unfinished_continue = pump.as_mut().map_or(&[][..], |p| {
+            let rest = if p.continue_sent > 0 { &CONTINUE[p.continue_sent..] } else { &[] };
+            p.continue_sent = CONTINUE.len();
+            rest
+        });
         let stopping = stopped.borrow().is_some();
-        let keep_alive = keep_alive && !stopping && pump.as_ref().is_none_or(|p| p.outcome != Some(Outcome::Abandoned));
-        let after = match self.respond(response, &method, version, keep_alive, &mut pump).await {
+        // A body nobody reads any more cannot be skipped reliably: the connection closes, and
+        // the response says so.
+        let abandoned = pump.as_ref().is_some_and(Pump::abandoned);
+        let keep_alive = keep_alive && !stopping && !abandoned;
+        let after = match self.respond(response, &method, version, keep_alive, unfinished_continue, &mut pump).await {
             Ok(after) => after,
             Err(e) => {
                 if e.kind() == io::ErrorKind::TimedOut {
@@ -201,26 +207,33 @@ impl<IO: Transport> Connection<IO> {
                 }
                 After::Upgrade
             }
-            After::KeepAlive if self.finish_body(pump).await => After::KeepAlive,
+            After::KeepAlive if self.finish_body(&mut pump).await => After::KeepAlive,
             After::KeepAlive | After::Close => {
-                self.close(false).await;
+                // Bytes the client sent that were not read (the rest of a body, pipelined
+                // requests) would turn the close into a reset that can destroy the response
+                // on its way: read and drop them first.
+                let unread = !self.buf.is_empty() || pump.is_some_and(|p| p.outcome != Some(Outcome::Complete));
+                self.close(unread).await;
                 After::Close
             }
         }
     }
 
-    /// Writes `response` while the request body (if any) keeps flowing upstream.
+    /// Writes `response` (after `before`, bytes still owed to the client) while the request
+    /// body (if any) keeps flowing upstream.
     async fn respond(
         &mut self,
         response: Response<ProxyBody>,
         method: &Method,
         version: Version,
         keep_alive: bool,
+        before: &[u8],
         pump: &mut Option<Pump>,
     ) -> io::Result<After> {
         let (parts, body) = response.into_parts();
         let plan = response::plan(method, version, parts.status, &parts.headers, body.size_hint(), keep_alive);
         let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(before);
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
         let mut writer = Writer::new(out, body, plan.framing);
@@ -248,8 +261,8 @@ impl<IO: Transport> Connection<IO> {
 
     /// Reads what is left of a request body whose response is already out, so the connection
     /// can carry the next request. False when that cannot be done.
-    async fn finish_body(&mut self, pump: Option<Pump>) -> bool {
-        let Some(mut pump) = pump else {
+    async fn finish_body(&mut self, pump: &mut Option<Pump>) -> bool {
+        let Some(pump) = pump.as_mut() else {
             return true;
         };
         let finished = tokio::time::timeout(LINGER_TIME, poll_fn(|cx| pump.poll(cx, &mut self.io, &mut self.buf)));
@@ -299,6 +312,14 @@ impl Pump {
     fn new(tx: pipe::Sender, decode: BodyDecoder, expect_continue: bool) -> Self {
         let continue_sent = if expect_continue { 0 } else { CONTINUE.len() };
         Pump { tx: Some(tx), decode, continue_sent, outcome: None }
+    }
+
+    /// The body will not be read to its end: the request was answered without it.
+    fn abandoned(&self) -> bool {
+        match self.outcome {
+            Some(outcome) => outcome == Outcome::Abandoned,
+            None => self.tx.as_ref().is_some_and(pipe::Sender::reader_gone),
+        }
     }
 
     fn end(&mut self, outcome: Outcome, error: Option<BodyError>) {

@@ -41,11 +41,7 @@ pub(crate) fn plan(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Plan { framing: Framing::Empty, after: After::Upgrade };
     }
-    let framing = if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if *method == Method::HEAD || !status_has_body(status) {
         Framing::Empty
     } else if let Some(length) =
         hint.exact().or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| parse_length(v.as_bytes())))
@@ -60,6 +56,11 @@ pub(crate) fn plan(
     Plan { framing, after: if close { After::Close } else { After::KeepAlive } }
 }
 
+/// 1xx, 204 and 304 responses never have a body (RFC 9112 §6.3).
+fn status_has_body(status: StatusCode) -> bool {
+    !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
+}
+
 /// Appends the head: status line, the response's fields (less the connection and framing
 /// fields this hop decides), `Date` when missing, then the framing and connection fields.
 pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, version: Version, plan: &Plan) {
@@ -68,7 +69,10 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let own_length = matches!(plan.framing, Framing::Length(_));
+    // A 204 or 304 carries no length (a 304's would describe a body that is not sent).
+    let own_length = matches!(plan.framing, Framing::Length(_)) || !status_has_body(status);
+    // Transfer codings the target applied under chunked (`gzip, chunked`) stay on the body.
+    let codings = headers.get(header::TRANSFER_ENCODING).filter(|_| plan.framing == Framing::Chunked);
     for (name, value) in headers {
         let decided_here = name == header::TRANSFER_ENCODING
             || (name == header::CONNECTION && plan.after != After::Upgrade)
@@ -82,7 +86,14 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &Heade
     }
     match plan.framing {
         Framing::Length(n) => field(out, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        Framing::Chunked => match codings {
+            Some(codings) => {
+                out.extend_from_slice(b"transfer-encoding: ");
+                out.extend_from_slice(codings.as_bytes());
+                out.extend_from_slice(b", chunked\r\n");
+            }
+            None => field(out, b"transfer-encoding", b"chunked"),
+        },
         Framing::Empty | Framing::UntilClose => {}
     }
     match plan.after {
@@ -139,11 +150,7 @@ pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option
     let spans = FieldSpans::record(buf.as_ptr() as usize, parsed.headers);
     let head = buf.split_to(len).freeze();
     let (fields, noted) = spans.to_map(&head).map_err(str::trim_end)?;
-    let (framing, ambiguous) = if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let (framing, ambiguous) = if *method == Method::HEAD || !status_has_body(status) {
         (Framing::Empty, false)
     } else if noted.encodings > 0 {
         let framing = if noted.chunked_last() { Framing::Chunked } else { Framing::UntilClose };
@@ -156,13 +163,42 @@ pub(crate) fn parse_target(buf: &mut BytesMut, method: &Method) -> Result<Option
             _ => return Err("invalid Content-Length"),
         }
     };
+    let mut fields = fields;
+    if noted.encodings > 0 {
+        // Chunked framing wins over a length beside it (and the length never reaches the
+        // client); what remains of Transfer-Encoding is the codings under chunked, if any.
+        fields.remove(header::CONTENT_LENGTH);
+        match codings_under_chunked(&fields) {
+            Some(codings) => fields.insert(header::TRANSFER_ENCODING, codings),
+            None => fields.remove(header::TRANSFER_ENCODING),
+        };
+    }
     let keep_alive = noted.persistent(version);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = fields;
-    let reusable = keep_alive && !ambiguous && framing != Framing::UntilClose;
+    // After a 101 the connection belongs to whoever asked for the switch: never pooled.
+    let reusable =
+        keep_alive && !ambiguous && framing != Framing::UntilClose && status != StatusCode::SWITCHING_PROTOCOLS;
     Ok(Some(TargetHead { response, framing, reusable }))
+}
+
+/// The transfer codings a target applied before chunked (`gzip` of `gzip, chunked`), joined
+/// from every Transfer-Encoding field; None when chunked is all there is.
+fn codings_under_chunked(fields: &HeaderMap) -> Option<HeaderValue> {
+    let all: Vec<&[u8]> = fields
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let under = match all.split_last() {
+        Some((last, rest)) if last.eq_ignore_ascii_case(b"chunked") => rest,
+        _ => &all[..],
+    };
+    (!under.is_empty()).then(|| HeaderValue::from_bytes(&under.join(&b", "[..])).ok()).flatten()
 }
 
 #[cfg(test)]
@@ -209,6 +245,17 @@ mod tests {
         assert_eq!(text.matches("content-length: 2\r\n").count(), 1, "{text}");
         assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
         assert!(text.contains("x-a: 1\r\n") && text.contains("date: ") && text.ends_with("\r\n\r\n"), "{text}");
+
+        let mut out = Vec::new();
+        let p = plan(&Method::GET, Version::HTTP_11, StatusCode::NO_CONTENT, &headers, SizeHint::new(), true);
+        encode_head(&mut out, StatusCode::NO_CONTENT, &headers, Version::HTTP_11, &p);
+        assert!(!String::from_utf8(out).unwrap().contains("content-length"), "a 204 has no length");
+        headers.insert(header::TRANSFER_ENCODING, "gzip".parse().unwrap());
+        headers.remove(header::CONTENT_LENGTH);
+        let mut out = Vec::new();
+        let p = plan(&Method::GET, Version::HTTP_11, StatusCode::OK, &headers, SizeHint::new(), false);
+        encode_head(&mut out, StatusCode::OK, &headers, Version::HTTP_11, &p);
+        assert!(String::from_utf8(out).unwrap().contains("transfer-encoding: gzip, chunked\r\n"));
     }
 
     fn target(input: &str, method: Method) -> TargetHead {
@@ -222,8 +269,13 @@ mod tests {
         assert_eq!(t.response.headers()["x-a"], "1");
         let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Method::GET);
         assert_eq!((t.framing, t.reusable), (Framing::Chunked, true));
+        assert_eq!(t.response.headers()["transfer-encoding"], "gzip", "the coding under chunked stays");
         let t = target("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Method::GET);
         assert_eq!((t.framing, t.reusable), (Framing::Chunked, false), "suspect: closed after");
+        let fields = t.response.headers();
+        assert!(!fields.contains_key("content-length") && !fields.contains_key("transfer-encoding"), "{fields:?}");
+        let t = target("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", Method::GET);
+        assert!(!t.reusable, "a switched connection is never pooled");
         let t = target("HTTP/1.0 200 OK\r\n\r\n", Method::GET);
         assert_eq!((t.framing, t.reusable), (Framing::UntilClose, false));
         let t = target("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD);
