@@ -24,6 +24,8 @@ pub(crate) struct FileConfig {
     /// "stdout", "off" or a file: one JSON line per request.
     pub access_log: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
+    /// What one client may cost: timeouts and connection and request caps.
+    pub limits: Option<FileLimits>,
     #[serde(default)]
     pub listeners: Vec<FileListener>,
     #[serde(default)]
@@ -71,6 +73,22 @@ pub(crate) struct FileConfig {
     pub dns_resolution_timeout_sec: Option<Spanned<NumberOrText>>,
     pub proxy_control_plane_timeout_sec: Option<Spanned<NumberOrText>>,
     pub haproxy_global_server_state_file_path: Option<Spanned<String>>,
+}
+
+/// `[limits]`: every key optional, defaults in `gatehouse_model::EdgeLimits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileLimits {
+    pub head_timeout: Option<Spanned<NumberOrText>>,
+    pub keepalive_timeout: Option<Spanned<NumberOrText>>,
+    pub body_timeout: Option<Spanned<NumberOrText>>,
+    pub send_timeout: Option<Spanned<NumberOrText>>,
+    pub tunnel_idle_timeout: Option<Spanned<NumberOrText>>,
+    pub http2_ping_interval: Option<Spanned<NumberOrText>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_client: Option<Spanned<i64>>,
+    pub max_requests: Option<Spanned<i64>>,
+    pub max_requests_per_client: Option<Spanned<i64>>,
 }
 
 /// drove-gateway 2.1's `[[namespaces]]` table.

@@ -47,6 +47,8 @@ pub struct Config {
     pub templated: Option<TemplatedSettings>,
     /// Worker threads of the native proxy; all cores when unset.
     pub workers: Option<usize>,
+    /// Timeouts and caps on what one client may cost (`[limits]`).
+    pub limits: gatehouse_model::EdgeLimits,
     pub listeners: Vec<ListenerSpec>,
     pub services: Vec<ServiceSpec>,
     /// The Drove source: `[[namespaces]]` and their polling settings.

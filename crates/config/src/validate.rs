@@ -7,14 +7,18 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use gatehouse_model::{BalancePolicy, BuildError, HealthCheck, HostPattern, RouteTable, ServiceSpec, TargetSpec};
+use gatehouse_model::{
+    BalancePolicy, BuildError, EdgeLimits, HealthCheck, HostPattern, RouteTable, ServiceSpec, TargetSpec,
+};
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
 
 use crate::deferred::DEFERRED_KEYS;
 use crate::diagnostic::{ConfigError, Diagnostic};
 use crate::drove::Environment;
-use crate::file::{FileBalance, FileConfig, FileHealthCheck, FileListener, FileService, FileTarget, NumberOrText};
+use crate::file::{
+    FileBalance, FileConfig, FileHealthCheck, FileLimits, FileListener, FileService, FileTarget, NumberOrText,
+};
 use crate::units::{parse_duration, parse_size};
 use crate::{AdminSettings, CertificatePaths, Config, ListenerSpec, ProxyPlatform, Secret};
 
@@ -125,6 +129,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
             None
         }
     });
+    let limits = file.limits.as_ref().map_or_else(EdgeLimits::default, |l| limits(c, l));
     let templated = crate::templated::convert(c, &file, proxy_platform);
     let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
     let admin_tls = match &file.port_use_tls {
@@ -193,6 +198,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         proxy_platform,
         templated,
         workers,
+        limits,
         listeners,
         services,
         drove,
@@ -200,6 +206,35 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         access_log,
         warnings: Vec::new(),
     }
+}
+
+/// `[limits]`: timeouts above zero, caps from 0 (no limit) up.
+fn limits(c: &mut Checker<'_>, file: &FileLimits) -> EdgeLimits {
+    let mut limits = EdgeLimits::default();
+    for (value, slot, key) in [
+        (&file.head_timeout, &mut limits.head_timeout, "head_timeout"),
+        (&file.keepalive_timeout, &mut limits.keepalive_timeout, "keepalive_timeout"),
+        (&file.body_timeout, &mut limits.body_timeout, "body_timeout"),
+        (&file.send_timeout, &mut limits.send_timeout, "send_timeout"),
+        (&file.tunnel_idle_timeout, &mut limits.tunnel_idle_timeout, "tunnel_idle_timeout"),
+        (&file.http2_ping_interval, &mut limits.http2_ping_interval, "http2_ping_interval"),
+    ] {
+        *slot = positive_seconds(c, value, key, *slot);
+    }
+    for (value, slot, key) in [
+        (&file.max_connections, &mut limits.max_connections, "max_connections"),
+        (&file.max_connections_per_client, &mut limits.max_connections_per_client, "max_connections_per_client"),
+        (&file.max_requests, &mut limits.max_requests, "max_requests"),
+        (&file.max_requests_per_client, &mut limits.max_requests_per_client, "max_requests_per_client"),
+    ] {
+        if let Some(v) = value {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) => *slot = n,
+                Err(_) => c.error(Some(v.span()), format!("`{key}` must be from 0 (no limit) to {}", u32::MAX)),
+            }
+        }
+    }
+    limits
 }
 
 fn port_number(value: &NumberOrText) -> Option<u16> {
@@ -449,6 +484,10 @@ xproxy = "edge-1"
 admin_token = "s3cret"
 workers = 2
 
+[limits]
+head_timeout = "5s"
+max_connections_per_client = 0
+
 [[listeners]]
 address = "127.0.0.1:8080"
 
@@ -469,6 +508,8 @@ retries = 1
         .unwrap();
         assert_eq!(cfg.admin.address, "127.0.0.1:6100".parse().unwrap());
         assert_eq!(cfg.workers, Some(2));
+        assert_eq!((cfg.limits.head_timeout.as_secs(), cfg.limits.max_connections_per_client), (5, 0));
+        assert_eq!(cfg.limits.body_timeout, EdgeLimits::default().body_timeout, "unset keys keep their defaults");
         let s = &cfg.services[0];
         assert_eq!(s.hosts[1].to_string(), "*.example.com");
         assert_eq!(s.targets[1].host, "::1");
@@ -589,6 +630,15 @@ access_token = "O-Bearer T"
     fn syntax_errors_have_positions() {
         let err = check("port = \n").unwrap_err();
         assert!(err.starts_with("g.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn bad_limits_are_reported_at_their_place() {
+        let err = check("[limits]\nhead_timeout = \"0s\"\nmax_requests = -1\nmax_conns = 3\n").unwrap_err();
+        assert!(err.contains("g.toml:4:1: unknown field `max_conns`"), "{err}");
+        let err = check("[limits]\nhead_timeout = \"0s\"\nmax_requests = -1\n").unwrap_err();
+        assert!(err.contains("g.toml:2:16: `head_timeout` must be a positive number of seconds"), "{err}");
+        assert!(err.contains("g.toml:3:16: `max_requests` must be from 0 (no limit)"), "{err}");
     }
 
     #[test]

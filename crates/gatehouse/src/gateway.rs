@@ -117,7 +117,8 @@ impl Gateway {
                 Some(AccessLog::start(&target).with_context(|| format!("cannot open the access log {destination:?}"))?)
             }
         };
-        let proxy = NativeProxy::start(listeners, workers, snapshot, metrics.clone(), access_log)?;
+        let proxy =
+            NativeProxy::start(listeners, workers, snapshot, metrics.clone(), access_log, config.limits.clone())?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls { "https" } else { "http" };
             tracing::info!(address = %bound, protocol = tls, "listening");
@@ -362,6 +363,9 @@ impl Gateway {
         }
         if old.workers != new.workers {
             tracing::warn!("`workers` changed: that takes a restart");
+        }
+        if old.limits != new.limits {
+            tracing::warn!("[limits] changed: that takes a restart");
         }
         if old.drove != new.drove {
             tracing::warn!("the Drove settings ([[namespaces]] or polling keys) changed: that takes a restart");

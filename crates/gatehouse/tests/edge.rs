@@ -186,3 +186,156 @@ async fn answers_say_when_the_connection_ends() {
     assert!(reply.starts_with("HTTP/1.1 404") && reply.contains("connection: close\r\n"), "{reply}");
     assert!(reply.ends_with("no route for this host and path\n"), "the whole answer arrived: {reply}");
 }
+
+const SHORT_TIMEOUTS: &str = "[limits]\nhead_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\nbody_timeout = \"1s\"\n\
+                              send_timeout = \"1s\"\ntunnel_idle_timeout = \"1s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_answered_408_or_closed() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), SHORT_TIMEOUTS);
+    let at = gh.listeners[0];
+
+    // A head that does not arrive whole in time: 408, not a silent close.
+    let reply = raw(at, b"GET / HTTP/1.1\r\nHost: h.te").await;
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    // A body that stops arriving: 408 (the target is let go).
+    let reply = raw(at, b"POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: 10\r\n\r\nabc").await;
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    // A connection that sends nothing is closed without a word.
+    let reply = raw(at, b"").await;
+    assert_eq!(reply, "");
+    // So is an idle keep-alive connection, after answering.
+    let reply = raw(at, b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("b 0"), "{reply}");
+    // A tunnel nothing crosses is closed.
+    let reply = raw(at, b"GET /ws HTTP/1.1\r\nHost: h.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    assert_eq!(status_of(&reply), 101, "closed by the idle timeout within raw's 5 s: {reply}");
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"tunnel_idle\"}").await >= 1.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"head_timeout\"}").await >= 1.0);
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"body_timeout\"}").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_sent_a_byte_at_a_time_are_read_whole() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "");
+    for head in [&b"GET /a HTTP/1.1\r\nHost: h.test\r\nX-A: 1\r\n\r\n"[..], b"GET /b HTTP/1.1\nHost: h.test\n\n"] {
+        let mut s = tokio::net::TcpStream::connect(gh.listeners[0]).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        for byte in head {
+            s.write_all(&[*byte]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let reply = support::client::read_until(&mut s, |t| t.ends_with("b 0")).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    assert_eq!(b.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_requests_over_the_limits_are_refused() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "[limits]\nmax_connections_per_client = 2\nmax_requests_per_client = 1\n");
+    let at = gh.listeners[0];
+    let mut first = support::client::KeepAlive::connect(at).await;
+    let mut second = support::client::KeepAlive::connect(at).await;
+    // A third connection from the same address is closed at once, unanswered.
+    assert_eq!(raw(at, b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n").await, "");
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"connection_limit\"}").await >= 1.0);
+
+    // One request in progress is this client's share: another gets 503 until it is done.
+    let slow = tokio::spawn(async move { first.get("h.test", "/slow?ms=1500").await.unwrap().status });
+    b.wait_for_request(1).await;
+    let refused = second.get("h.test", "/").await.unwrap();
+    assert_eq!((refused.status, refused.body.as_str()), (503, "too many requests in progress; try again shortly\n"));
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(second.get("h.test", "/").await.unwrap().status, 200, "the place was given back");
+    assert!(gh.metric("gatehouse_proxy_errors_total{kind=\"over_capacity\"}").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_and_streams_are_bounded_in_time() {
+    let b = backend::start("b").await;
+    let (gh, ca) = start(&b.url(), SHORT_TIMEOUTS);
+    let tls = gh.listeners[1];
+
+    // Silent after the TLS handshake, or after the preface: closed.
+    let mut io = h2raw::connect(tls, &ca, "h.test").await;
+    assert!(h2raw::closed_within(&mut io, Duration::from_secs(5)).await, "silent connection closed");
+    let mut io = h2raw::connect(tls, &ca, "h.test").await;
+    io.write_all(&h2raw::preface()).await.unwrap();
+    assert!(h2raw::closed_within(&mut io, Duration::from_secs(5)).await, "preface-only connection closed");
+
+    // A stream whose window never opens is reset; the connection goes once it is idle.
+    let mut io = h2raw::connect(tls, &ca, "h.test").await;
+    io.write_all(&h2raw::preface()).await.unwrap();
+    io.write_all(&h2raw::settings(&[(4, 0)])).await.unwrap();
+    let mut big = request("GET", &[]);
+    big[3] = (":path", "/size?n=100000");
+    io.write_all(&h2raw::headers(1, &big, true)).await.unwrap();
+    assert_eq!(h2_status(&mut io, 1).await, 200);
+    let reset = h2raw::wait_for(&mut io, 1, &[RST_STREAM], Duration::from_secs(5)).await;
+    assert!(reset.is_some(), "the stalled stream was reset");
+    assert!(h2raw::closed_within(&mut io, Duration::from_secs(5)).await, "then the idle connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_peers_that_stop_answering_pings_are_dropped() {
+    let b = backend::start("b").await;
+    let (gh, ca) = start(&b.url(), "[limits]\nhttp2_ping_interval = \"1s\"\n");
+    let mut io = h2raw::connect(gh.listeners[1], &ca, "h.test").await;
+    io.write_all(&h2raw::preface()).await.unwrap();
+    io.write_all(&h2raw::headers(1, &request("GET", &[]), true)).await.unwrap();
+    assert_eq!(h2_status(&mut io, 1).await, 200);
+    // Read on, answering nothing: a PING comes, then the end.
+    loop {
+        let f = h2raw::read_frame(&mut io, Duration::from_secs(5)).await.expect("a PING before the end");
+        if f.kind == h2raw::PING && f.flags & h2raw::ACK == 0 {
+            break;
+        }
+    }
+    assert!(h2raw::closed_within(&mut io, Duration::from_secs(5)).await, "closed for the unanswered PING");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_end_the_connection() {
+    let b = backend::start("b").await;
+    let (gh, ca) = start(&b.url(), "");
+    let tls = gh.listeners[1];
+
+    // Rapid reset: streams opened and cancelled at once, many times over.
+    let mut io = h2raw::connect(tls, &ca, "h.test").await;
+    let mut flood = h2raw::preface();
+    for n in 0..500u32 {
+        let stream = 2 * n + 1;
+        flood.extend(h2raw::headers(stream, &request("GET", &[]), true));
+        flood.extend(h2raw::frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let _ = io.write_all(&flood).await;
+    let goaway = h2raw::wait_for(&mut io, 0, &[h2raw::GOAWAY], Duration::from_secs(5)).await;
+    let reason = goaway.map(|f| u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
+    assert_eq!(reason, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    assert!(b.requests() < 500, "most cancelled streams never reached the target: {}", b.requests());
+
+    // CONTINUATION without end: refused once the header list passes its limit.
+    let before = b.requests();
+    let mut io = h2raw::connect(tls, &ca, "h.test").await;
+    io.write_all(&h2raw::preface()).await.unwrap();
+    let mut first = h2raw::headers(1, &request("GET", &[]), false);
+    first[4] = 0; // neither END_HEADERS nor END_STREAM
+    io.write_all(&first).await.unwrap();
+    let filler = h2raw::headers(1, &[("x-filler", &"a".repeat(1000))], false);
+    let mut sent = 0;
+    while sent < 200 {
+        let continuation = h2raw::frame(9, 0, 1, &filler[9..]);
+        if io.write_all(&continuation).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let answer = h2raw::wait_for(&mut io, 0, &[h2raw::GOAWAY], Duration::from_secs(5)).await;
+    let closed = answer.is_some() || h2raw::closed_within(&mut io, Duration::from_secs(5)).await;
+    assert!(closed, "a CONTINUATION flood ends the connection");
+    assert_eq!(b.requests(), before, "nothing reached the target");
+}

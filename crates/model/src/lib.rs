@@ -10,6 +10,7 @@ mod balance;
 mod cow_map;
 mod facts;
 mod host;
+mod limits;
 mod retire;
 pub mod split;
 mod table;
@@ -21,5 +22,6 @@ pub use facts::{
     TargetSpec, Timeouts,
 };
 pub use host::{host_port, Authority, AuthorityError, HostPattern, HostPatternError};
+pub use limits::EdgeLimits;
 pub use retire::{Scope, Signalled};
 pub use table::{BuildError, InFlight, Retired, Route, RouteTable, Service, Target};

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::access_log::Pending;
 use crate::buffer::Buffered;
 use crate::h1;
+use crate::occupancy::RequestSlot;
 
 /// A request body as the client connection delivers it.
 pub(crate) enum ClientBody {
@@ -122,6 +123,8 @@ pub struct ProxyBody {
     kind: Kind,
     /// The access log's record, sent when the body is done (or dropped).
     log: Option<Box<Pending>>,
+    /// The request's place against the request limits, given back when the body is done.
+    slot: Option<RequestSlot>,
 }
 
 enum Kind {
@@ -172,11 +175,15 @@ impl ProxyBody {
     }
 
     fn of(kind: Kind) -> Self {
-        ProxyBody { kind, log: None }
+        ProxyBody { kind, log: None, slot: None }
     }
 
     pub(crate) fn attach_log(&mut self, pending: Pending) {
         self.log = Some(Box::new(pending));
+    }
+
+    pub(crate) fn hold(&mut self, slot: RequestSlot) {
+        self.slot = Some(slot);
     }
 
     pub(crate) fn buffered(whole: Buffered) -> Self {

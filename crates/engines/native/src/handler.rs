@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{
-    split, Authority, Availability, InFlight, Lane, PickContext, Route, Scheme, Scope, Service, ServiceSpec, TargetSpec,
+    split, Authority, Availability, EdgeLimits, InFlight, Lane, PickContext, Route, Scheme, Scope, Service,
+    ServiceSpec, TargetSpec,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -25,6 +26,7 @@ use crate::buffer::{self, BufferError};
 use crate::h1::{self, SendError};
 use crate::headers::{self, X_PROXY, X_REQUEST_ID};
 use crate::local::LocalError;
+use crate::occupancy::{Client, Occupancy};
 use crate::snapshot::{ServiceRuntime, Snapshot};
 use crate::upstream::{self, BoxedIo, ConnectError, ConnectOptions};
 
@@ -37,6 +39,10 @@ pub(crate) struct Shared {
     pub installed: tokio::sync::Notify,
     /// The port of the first HTTPS listener, where plain-HTTP requests of TLS services go.
     pub https_port: Option<u16>,
+    pub limits: EdgeLimits,
+    pub occupancy: Arc<Occupancy>,
+    /// Log lines about connections refused over a limit, at most one a second.
+    pub refusals: crate::throttle::Throttle,
 }
 
 /// What a request knows about the connection it came on.
@@ -47,11 +53,13 @@ pub(crate) struct ConnInfo {
     pub https: bool,
     /// The client address as an `X-Forwarded-For` value, formatted once per connection.
     pub forwarded_for: HeaderValue,
+    /// What this client address holds open, for the per-client limits.
+    pub client: Arc<Client>,
 }
 
 impl ConnInfo {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, https: bool) -> Self {
-        ConnInfo { shared, peer, https, forwarded_for: headers::client_address(peer.ip()) }
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, https: bool, client: Arc<Client>) -> Self {
+        ConnInfo { shared, peer, https, forwarded_for: headers::client_address(peer.ip()), client }
     }
 }
 
@@ -78,6 +86,10 @@ struct Trace {
 pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer: ResponseTimer<'_>) -> Handled {
     let snap = conn.shared.snapshot.load_full();
     let request_id = headers::request_id(req.headers());
+    let slot = match conn.client.begin_request() {
+        Ok(slot) => slot,
+        Err(_) => return (local_error(LocalError::OverCapacity, conn, None, &snap, &request_id), None),
+    };
     let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer));
     let mut trace = Trace { routed: None, target: None, log };
     let (mut response, tunnel) = match proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await {
@@ -90,6 +102,8 @@ pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer:
         let pending = access_log::Pending::new(log.clone(), start, status, response.headers(), route, &request_id);
         response.body_mut().attach_log(pending);
     }
+    // The request counts against the limits until its answer has been sent.
+    response.body_mut().hold(slot);
     (response, tunnel)
 }
 
@@ -316,7 +330,8 @@ async fn proxy(
             Answer::H1(body) if switching => {
                 let (upstream, from_target) = body.into_upgraded().ok_or(LocalError::BadUpstream)?;
                 let metrics = conn.shared.metrics.clone();
-                let tunnel = Tunnel { upstream, from_target, metrics, in_flight };
+                let idle_timeout = conn.shared.limits.tunnel_idle_timeout;
+                let tunnel = Tunnel { upstream, from_target, metrics, in_flight, idle_timeout };
                 Ok((Response::from_parts(parts, ProxyBody::empty()), Some(tunnel)))
             }
             Answer::H1(body) => Ok((Response::from_parts(parts, ProxyBody::h1(body, in_flight)), None)),
@@ -654,6 +669,9 @@ fn classify(
             if let Some(body) = candidate.downcast_ref::<RequestBodyError>() {
                 return match body {
                     RequestBodyError::TooLarge => LocalError::BodyTooLarge,
+                    RequestBodyError::Client(e) if e.downcast_ref() == Some(&h1::BodyError::TimedOut) => {
+                        LocalError::BodyTimeout
+                    }
                     RequestBodyError::Client(_) => LocalError::BadRequest("the request body could not be read\n"),
                 };
             }
@@ -678,11 +696,13 @@ pub(crate) struct Tunnel {
     metrics: Arc<Metrics>,
     /// Counts the tunnel on its target; a deploy closes it at the switch.
     in_flight: gatehouse_model::InFlight,
+    /// Closed when no byte has crossed either way for this long.
+    idle_timeout: Duration,
 }
 
 impl Tunnel {
-    /// Relays bytes both ways until either side closes. `from_client` is what the client
-    /// sent after its upgrade request, before the switch.
+    /// Relays bytes both ways until either side closes or the tunnel idles out.
+    /// `from_client` is what the client sent after its upgrade request, before the switch.
     pub async fn run<IO: AsyncRead + AsyncWrite + Unpin>(mut self, client: &mut IO, from_client: Bytes) {
         let mut upstream = self.upstream;
         if upstream.write_all(&from_client).await.is_err() || client.write_all(&self.from_target).await.is_err() {
@@ -690,16 +710,99 @@ impl Tunnel {
         }
         self.from_target = Bytes::new();
         self.metrics.open_websockets.inc();
-        tokio::select! {
-            copied = tokio::io::copy_bidirectional(client, &mut upstream) => {
-                if let Err(e) = copied {
-                    tracing::debug!(error = %e, "tunnel closed with an error");
+        let activity = Activity::new();
+        let (mut client, mut upstream) = (activity.watch(client), activity.watch(&mut upstream));
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                copied = &mut copy => {
+                    if let Err(e) = copied {
+                        tracing::debug!(error = %e, "tunnel closed with an error");
+                    }
+                    break;
+                }
+                () = &mut idle => {
+                    let quiet = activity.quiet_for();
+                    if quiet >= self.idle_timeout {
+                        tracing::debug!(idle = ?quiet, "tunnel closed: nothing crossed it");
+                        self.metrics.proxy_error("tunnel_idle");
+                        break;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + (self.idle_timeout - quiet));
+                }
+                // Both sides are closed when the tunnel is dropped.
+                () = self.in_flight.signalled(Scope::Tunnels) => {
+                    tracing::debug!("tunnel closed: its target was switched away from");
+                    break;
                 }
             }
-            // Both sides are closed when the tunnel is dropped.
-            () = self.in_flight.signalled(Scope::Tunnels) => tracing::debug!("tunnel closed: its target was switched away from"),
         }
         self.metrics.open_websockets.dec();
+    }
+}
+
+/// When bytes last arrived on either side of a tunnel (milliseconds from its start).
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: tokio::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn watch<'a, IO>(&'a self, io: &'a mut IO) -> Watched<'a, IO> {
+        Watched { io, activity: self }
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream whose reads are noted in an [`Activity`].
+struct Watched<'a, IO> {
+    io: &'a mut IO,
+    activity: &'a Activity,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<'_, IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(this.activity.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.activity.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<'_, IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
     }
 }
 

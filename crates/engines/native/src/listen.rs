@@ -1,7 +1,5 @@
 //! Listeners and worker threads.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,23 +7,20 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use gatehouse_model::EdgeLimits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
-use crate::body::ClientBody;
 use crate::h1;
-use crate::handler::{self, ConnInfo, Shared};
+use crate::handler::{ConnInfo, Shared};
+use crate::occupancy::{ConnectionSlot, Occupancy, Refused};
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore};
 use crate::upstream;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// How often each worker drops expired idle upstream connections.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
@@ -68,6 +63,7 @@ impl NativeProxy {
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
         access_log: Option<Arc<AccessLog>>,
+        limits: EdgeLimits,
     ) -> Result<Self, EngineError> {
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
@@ -96,6 +92,9 @@ impl NativeProxy {
             access_log,
             installed: Notify::new(),
             https_port,
+            occupancy: Occupancy::new(&limits),
+            refusals: Default::default(),
+            limits,
         });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
@@ -214,8 +213,16 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = ConnInfo::new(shared.clone(), peer, tls.is_some());
-                let counted = OpenConnection::new(&shared, open.clone());
+                let slot = match shared.occupancy.connect(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        // Closed at once: nothing read, nothing written.
+                        refused_connection(&shared, peer, refused);
+                        continue;
+                    }
+                };
+                let conn = ConnInfo::new(shared.clone(), peer, tls.is_some(), slot.client().clone());
+                let counted = OpenConnection::new(&shared, open.clone(), slot);
                 let _ = stream.set_nodelay(true);
                 // Each task is sized for what it runs: plain HTTP/1 tasks do not carry the
                 // TLS handshake's or HTTP/2's state.
@@ -234,6 +241,20 @@ async fn accept_loop(
     }
 }
 
+fn refused_connection(shared: &Shared, peer: SocketAddr, refused: Refused) {
+    shared.metrics.proxy_error("connection_limit");
+    let limit = match refused {
+        Refused::All => "max_connections",
+        Refused::PerClient => "max_connections_per_client",
+    };
+    match shared.refusals.allow(1000) {
+        Some(held_back) => {
+            tracing::warn!(client = %peer.ip(), limit, similar_lines_held_back = held_back, "connection refused: over a limit")
+        }
+        None => tracing::debug!(client = %peer.ip(), limit, "connection refused: over a limit"),
+    }
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM.
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
@@ -248,15 +269,16 @@ pub(crate) async fn stop_requested(mut stopped: watch::Receiver<Option<Duration>
 
 /// Keeps the open-connections gauge honest however a connection ends, and holds the
 /// worker's drain channel open while the connection lives.
-struct OpenConnection {
+pub(crate) struct OpenConnection {
     shared: Arc<Shared>,
     _open: mpsc::Sender<()>,
+    _slot: ConnectionSlot,
 }
 
 impl OpenConnection {
-    fn new(shared: &Arc<Shared>, open: mpsc::Sender<()>) -> Self {
+    fn new(shared: &Arc<Shared>, open: mpsc::Sender<()>, slot: ConnectionSlot) -> Self {
         shared.metrics.open_connections.inc();
-        OpenConnection { shared: shared.clone(), _open: open }
+        OpenConnection { shared: shared.clone(), _open: open, _slot: slot }
     }
 }
 
@@ -286,7 +308,7 @@ async fn serve_tls(
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        Box::pin(serve_h2(stream, conn, stopped, counted)).await
+        Box::pin(crate::h2::serve(stream, conn, stopped, counted)).await
     } else {
         Box::pin(serve_h1(stream, conn, stopped, counted)).await
     }
@@ -299,70 +321,4 @@ async fn serve_h1<IO: h1::Transport>(
     _counted: OpenConnection,
 ) {
     h1::serve(io, conn, stopped).await
-}
-
-async fn serve_h2<IO>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>, _counted: OpenConnection)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let shared = conn.shared.clone();
-    let connection = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(h1::MAX_HEAD_BYTES as u32)
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .serve_connection(TokioIo::new(io), proxy_service(conn));
-    drive(connection, |c| c.graceful_shutdown(), stopped, &shared).await;
-}
-
-/// The request handler, for one HTTP/2 client connection.
-fn proxy_service(
-    conn: ConnInfo,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::body::ProxyBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>> + Send,
-> + Clone {
-    service_fn(move |req| {
-        let conn = conn.clone();
-        // Boxed so the future hyper keeps for every idle connection is a pointer, not the
-        // few kilobytes the request path needs while it runs.
-        async move { Ok::<_, Infallible>(Box::pin(handler::handle(req.map(ClientBody::H2), &conn, None)).await.0) }
-    })
-}
-
-/// Serves a connection to its end; when the worker stops, finishes the requests in flight
-/// and closes idle keep-alive connections.
-async fn drive<C>(
-    connection: C,
-    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-    stopped: watch::Receiver<Option<Duration>>,
-    shared: &Shared,
-) where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop_requested(stopped) => {
-            graceful_shutdown(connection.as_mut());
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        count_connection_error(shared, &e);
-    }
-}
-
-/// Streams hyper's HTTP/2 server refused before they reached a handler.
-fn count_connection_error(shared: &Shared, e: &hyper::Error) {
-    if e.is_parse_too_large() {
-        shared.metrics.proxy_error("headers_too_large");
-    } else if e.is_parse() {
-        shared.metrics.proxy_error("malformed_request");
-    } else if e.is_timeout() {
-        shared.metrics.proxy_error("client_timeout");
-    } else {
-        tracing::debug!(error = %e, "client connection ended with an error");
-    }
 }

@@ -26,8 +26,12 @@ pub(crate) enum LocalError {
     /// The service stayed paused longer than its `max_pause`.
     PausedTooLong,
     BodyTooLarge,
-    /// A request body being buffered stopped arriving.
+    /// A request body stopped arriving (for `body_timeout`).
     BodyTimeout,
+    /// A request head did not arrive whole within `head_timeout`.
+    HeadTimeout,
+    /// More requests are in progress than `max_requests` (or the client's share) allows.
+    OverCapacity,
     /// A request body could not be buffered (the temp file failed).
     BufferFailed,
     /// A buffered response was larger than the service allows.
@@ -47,7 +51,8 @@ impl LocalError {
             LocalError::Unreachable | LocalError::BadUpstream => StatusCode::BAD_GATEWAY,
             LocalError::Timeout | LocalError::Drained | LocalError::PausedTooLong => StatusCode::GATEWAY_TIMEOUT,
             LocalError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            LocalError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalError::BodyTimeout | LocalError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalError::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::BufferFailed => StatusCode::INTERNAL_SERVER_ERROR,
             LocalError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
         }
@@ -68,6 +73,8 @@ impl LocalError {
             LocalError::PausedTooLong => "paused_too_long",
             LocalError::BodyTooLarge => "body_too_large",
             LocalError::BodyTimeout => "body_timeout",
+            LocalError::HeadTimeout => "head_timeout",
+            LocalError::OverCapacity => "over_capacity",
             LocalError::BufferFailed => "buffer_failed",
             LocalError::ResponseTooLarge => "response_too_large",
             LocalError::BadUpstream => "bad_upstream_response",
@@ -87,6 +94,8 @@ impl LocalError {
             LocalError::PausedTooLong => "the service is paused\n",
             LocalError::BodyTooLarge => "request body too large\n",
             LocalError::BodyTimeout => "the request body stopped arriving\n",
+            LocalError::HeadTimeout => "the request head did not arrive in time\n",
+            LocalError::OverCapacity => "too many requests in progress; try again shortly\n",
             LocalError::BufferFailed => "the request could not be buffered\n",
             LocalError::ResponseTooLarge => "the response is larger than this service allows\n",
             LocalError::BadUpstream => "the target sent an invalid response\n",
@@ -113,6 +122,7 @@ impl LocalError {
                 | LocalError::HeadersTooLarge
                 | LocalError::BodyTooLarge
                 | LocalError::BodyTimeout
+                | LocalError::HeadTimeout
                 | LocalError::BufferFailed
         ) {
             // The rest of the request may still be on the wire; do not read it as a new one.

@@ -170,3 +170,19 @@ fn huffman_digits(bytes: &[u8]) -> Option<String> {
     }
     Some(out)
 }
+
+/// Reads (and drops) frames until the server closes the connection: true when it does
+/// within `within`, false when it is still open then.
+pub async fn closed_within(io: &mut TlsStream<TcpStream>, within: Duration) -> bool {
+    let mut scratch = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}

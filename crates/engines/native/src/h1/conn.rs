@@ -30,12 +30,6 @@ use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ConnInfo};
 use crate::local::LocalError;
 
-/// Time a client has to send a complete request head, counted from the end of the previous
-/// exchange: it is also how long an idle keep-alive connection is kept.
-pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// A response that makes no progress for this long (the client reads nothing, or the target
-/// sends nothing) ends the connection, as nginx's `send_timeout` and `proxy_read_timeout` do.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// After refusing a request whose body is still arriving, read and drop this much (or for
 /// this long) before closing, so the client sees the answer instead of a reset.
 const LINGER_BYTES: usize = 1 << 20;
@@ -63,35 +57,54 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 /// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
 /// the worker stops (the request in flight finishes first).
 pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>) {
-    let mut c = Connection { io, buf: BytesMut::new(), response_timer: None };
+    let limits = &conn.shared.limits;
+    let mut c = Connection {
+        io,
+        buf: BytesMut::new(),
+        scanned: 0,
+        response_timer: None,
+        send_timeout: limits.send_timeout,
+        body_timeout: limits.body_timeout,
+    };
     // One timer for the life of the connection: pushing its deadline later is cheap, while
     // a new timer per request costs a registration and a removal.
-    let mut deadline = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+    let mut deadline = pin!(tokio::time::sleep(limits.head_timeout));
     let mut stop = pin!(crate::listen::stop_requested(stopped.clone()));
+    // The first head's time counts from the connection's start, later ones from their
+    // first byte (before it, the connection is an idle keep-alive one).
+    let mut idle = false;
     loop {
-        deadline.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
-        let read = tokio::select! {
-            // The head first: when it is there, the timer and the stop signal need no look.
-            biased;
-            read = c.read_head() => read,
-            () = deadline.as_mut() => {
-                if !c.buf.is_empty() {
-                    conn.shared.metrics.proxy_error("client_timeout");
+        let wait = if idle && c.buf.is_empty() { limits.keepalive_timeout } else { limits.head_timeout };
+        deadline.as_mut().reset(tokio::time::Instant::now() + wait);
+        let head = loop {
+            let read = tokio::select! {
+                // The head first: when it is there, the timer and the stop signal need no look.
+                biased;
+                read = c.read_head() => read,
+                () = deadline.as_mut() => {
+                    if c.buf.is_empty() {
+                        return;
+                    }
+                    // A head begun and not finished in time: say so, as HAProxy does.
+                    return Box::pin(c.refuse(LocalError::HeadTimeout, &conn)).await;
                 }
-                return;
-            }
-            () = stop.as_mut() => return,
-        };
-        let head = match read {
-            Ok(Some(head)) => head,
-            // Closed between requests, or reset.
-            Ok(None) | Err(ReadError::Io) => return,
-            Err(ReadError::Head(e)) => {
-                let refused = match e {
-                    HeadError::Malformed(why) => LocalError::Malformed(why),
-                    HeadError::TooLarge => LocalError::HeadersTooLarge,
-                };
-                return Box::pin(c.refuse(refused, &conn)).await;
+                () = stop.as_mut() => return,
+            };
+            match read {
+                Ok(Read::Head(head)) => break head,
+                Ok(Read::Started) if idle => {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limits.head_timeout);
+                }
+                Ok(Read::Started) => {}
+                // Closed between requests, or reset.
+                Ok(Read::Closed) | Err(ReadError::Io) => return,
+                Err(ReadError::Head(e)) => {
+                    let refused = match e {
+                        HeadError::Malformed(why) => LocalError::Malformed(why),
+                        HeadError::TooLarge => LocalError::HeadersTooLarge,
+                    };
+                    return Box::pin(c.refuse(refused, &conn)).await;
+                }
             }
         };
         match Box::pin(c.exchange(head, &conn, &stopped)).await {
@@ -100,6 +113,7 @@ pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch:
                     // Let the buffer go (the request's header values may still share it).
                     c.buf = BytesMut::new();
                 }
+                idle = true;
             }
             After::Close | After::Upgrade => return,
         }
@@ -111,32 +125,66 @@ enum ReadError {
     Io,
 }
 
+// Returned, never stored: boxing the head would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Read {
+    Head(Head),
+    /// The first bytes of a head arrived on an empty buffer.
+    Started,
+    /// The client closed cleanly between requests.
+    Closed,
+}
+
 struct Connection<IO> {
     io: IO,
     /// Bytes read and not yet used: part of a head, or body bytes, or a pipelined request.
     buf: BytesMut,
+    /// How much of a partial head in `buf` has been looked at for its end: a head sent a
+    /// few bytes at a time is parsed once it is whole, not again at every read.
+    scanned: usize,
     /// Times the wait for each target's answer (see `handler::ResponseTimer`); made on the
     /// first request that needs it.
     response_timer: Option<Pin<Box<Sleep>>>,
+    /// See [`gatehouse_model::EdgeLimits`].
+    send_timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl<IO: Transport> Connection<IO> {
-    /// The next request head; `None` when the client closed cleanly before sending one.
-    async fn read_head(&mut self) -> Result<Option<Head>, ReadError> {
+    /// The next request head, or word that one has begun.
+    async fn read_head(&mut self) -> Result<Read, ReadError> {
         loop {
-            if !self.buf.is_empty() {
-                if let Some(head) = request::parse(&mut self.buf).map_err(ReadError::Head)? {
-                    return Ok(Some(head));
-                }
-            } else {
+            let started = self.buf.is_empty();
+            if started {
                 poll_fn(|cx| self.io.poll_idle(cx)).await.map_err(|_| ReadError::Io)?;
+            } else if self.head_may_be_whole() {
+                match request::parse(&mut self.buf).map_err(ReadError::Head)? {
+                    Some(head) => {
+                        self.scanned = 0;
+                        return Ok(Read::Head(head));
+                    }
+                    None => self.scanned = self.buf.len(),
+                }
+            } else if self.buf.len() > request::MAX_HEAD_BYTES {
+                return Err(ReadError::Head(HeadError::TooLarge));
             }
             match poll_fn(|cx| read::poll_fill(cx, &mut self.io, &mut self.buf, read::HEAD_READ)).await {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) if self.buf.is_empty() => return Ok(Read::Closed),
                 Ok(0) | Err(_) => return Err(ReadError::Io),
+                Ok(_) if started => return Ok(Read::Started),
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Whether the bytes added since the last parse may end the head (an empty line): the
+    /// first look parses at once (most heads arrive whole); later looks scan only new bytes.
+    fn head_may_be_whole(&self) -> bool {
+        if self.scanned == 0 {
+            return true;
+        }
+        let new = &self.buf[self.scanned.saturating_sub(2)..];
+        new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
     }
 
     /// Answers a request that could not be read, and closes.
@@ -157,11 +205,12 @@ impl<IO: Transport> Connection<IO> {
                     Framing::Length(n) => Some(n),
                     _ => None,
                 });
-                (ClientBody::H1(rx), Some(Pump::new(tx, BodyDecoder::new(framing), expect_continue)))
+                let decode = BodyDecoder::new(framing);
+                (ClientBody::H1(rx), Some(Pump::new(tx, decode, expect_continue, self.body_timeout)))
             }
         };
         let (response, tunnel) = {
-            let timer = self.response_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+            let timer = self.response_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::ZERO)));
             let mut handling = pin!(handler::handle(request.map(|()| body), conn, Some(timer.as_mut())));
             poll_fn(|cx| {
                 if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
@@ -237,6 +286,7 @@ impl<IO: Transport> Connection<IO> {
         response::encode_head(&mut out, parts.status, &parts.headers, version, &plan);
         drop(parts);
         let mut writer = Writer::new(out, body, plan.framing);
+        let send_timeout = self.send_timeout;
         // Armed only when a write has to wait (never for a response written at once).
         let mut stall: Option<(Pin<Box<Sleep>>, u64)> = None;
         poll_fn(|cx| {
@@ -247,10 +297,10 @@ impl<IO: Transport> Connection<IO> {
                 return Poll::Ready(done);
             }
             let progress = writer.written();
-            let (timer, seen) = stall.get_or_insert_with(|| (Box::pin(tokio::time::sleep(STALL_TIMEOUT)), progress));
+            let (timer, seen) = stall.get_or_insert_with(|| (Box::pin(tokio::time::sleep(send_timeout)), progress));
             if *seen != progress {
                 *seen = progress;
-                timer.as_mut().reset(tokio::time::Instant::now() + STALL_TIMEOUT);
+                timer.as_mut().reset(tokio::time::Instant::now() + send_timeout);
             }
             ready!(timer.as_mut().poll(cx));
             Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the response made no progress")))
@@ -306,12 +356,27 @@ struct Pump {
     /// Bytes of `100 Continue` written; all of it when none is due.
     continue_sent: usize,
     outcome: Option<Outcome>,
+    /// A body that stops arriving for this long fails (armed at the first wait).
+    idle_timeout: Duration,
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Bytes arrived since the idle timer was last set.
+    progressed: bool,
 }
 
 impl Pump {
-    fn new(tx: pipe::Sender, decode: BodyDecoder, expect_continue: bool) -> Self {
+    fn new(tx: pipe::Sender, decode: BodyDecoder, expect_continue: bool, idle_timeout: Duration) -> Self {
         let continue_sent = if expect_continue { 0 } else { CONTINUE.len() };
-        Pump { tx: Some(tx), decode, continue_sent, outcome: None }
+        Pump { tx: Some(tx), decode, continue_sent, outcome: None, idle_timeout, idle: None, progressed: false }
+    }
+
+    /// Ready when the client has sent nothing for the idle timeout.
+    fn poll_idle_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
+        let timer = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.progressed) {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
     }
 
     /// The body will not be read to its end: the request was answered without it.
@@ -359,6 +424,8 @@ impl Pump {
                     if let Some(tx) = self.tx.as_mut() {
                         tx.send(frame);
                     }
+                    // Waiting for the target to take it is not the client's idleness.
+                    self.progressed = true;
                     if last {
                         self.end(Outcome::Complete, None);
                     }
@@ -366,8 +433,11 @@ impl Pump {
                 Piece::End => self.end(Outcome::Complete, None),
                 Piece::Malformed => self.end(Outcome::Failed, Some(BodyError::Malformed)),
                 Piece::NeedMore => match read::poll_fill(cx, io, buf, read::BODY_READ) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    Poll::Pending => {
+                        ready!(self.poll_idle_timeout(cx));
+                        self.end(Outcome::Failed, Some(BodyError::TimedOut));
+                    }
+                    Poll::Ready(Ok(n)) if n > 0 => self.progressed = true,
                     Poll::Ready(_) => self.end(Outcome::Failed, Some(BodyError::Incomplete)),
                 },
             }

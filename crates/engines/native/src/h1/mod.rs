@@ -19,7 +19,7 @@ mod write;
 
 pub(crate) use client::{send, Connection, ResponseBody, SendError};
 pub(crate) use conn::{serve, Transport};
-pub(crate) use pipe::Receiver as RequestBodyPipe;
+pub(crate) use pipe::{BodyError, Receiver as RequestBodyPipe};
 
 /// How a message's body is delimited on the wire, for reading and writing alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

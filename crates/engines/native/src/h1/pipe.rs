@@ -17,6 +17,8 @@ pub(crate) enum BodyError {
     Incomplete,
     #[error("malformed chunked body")]
     Malformed,
+    #[error("the request body stopped arriving")]
+    TimedOut,
 }
 
 #[derive(Default)]
