@@ -1,7 +1,7 @@
 //! The chunked transfer coding (RFC 9112 §7.1): a strict decoder for request bodies and the
 //! encoder for response bodies.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 
 /// Longest chunk-size line (size and extensions) accepted.
@@ -82,17 +82,44 @@ pub(crate) struct ChunkError;
 #[derive(Debug)]
 pub(crate) struct Decoder {
     state: State,
+    /// What came after a run of data that [`Decoder::decode_run`] returned first.
+    held: Option<Result<Decoded, ChunkError>>,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder { state: NEXT_SIZE }
+        Decoder { state: NEXT_SIZE, held: None }
     }
 }
 
 impl Decoder {
+    /// Like [`Decoder::decode`], but the data of chunks that are in `buf` together comes back
+    /// as one piece (up to `max` bytes): a body sent in 1-byte chunks costs a piece per read,
+    /// not a piece (and an upstream write) per chunk.
+    pub fn decode_run(&mut self, buf: &mut BytesMut, max: usize) -> Result<Decoded, ChunkError> {
+        let first = match self.decode(buf)? {
+            Decoded::Data(data) => data,
+            other => return Ok(other),
+        };
+        let mut run: Option<BytesMut> = None;
+        while !buf.is_empty() && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
+            match self.decode(buf) {
+                Ok(Decoded::Data(more)) => run.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more),
+                Ok(Decoded::NeedMore) => break,
+                next => {
+                    self.held = Some(next);
+                    break;
+                }
+            }
+        }
+        Ok(Decoded::Data(run.map_or(first, BytesMut::freeze)))
+    }
+
     /// Consumes framing from the front of `buf` and returns the next piece of the body.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        if let Some(held) = self.held.take() {
+            return held;
+        }
         loop {
             match self.state {
                 State::Done => return Ok(Decoded::End),
@@ -109,7 +136,7 @@ impl Decoder {
                     let Some(&byte) = buf.first() else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let _ = buf.split_to(1);
+                    buf.advance(1);
                     self.state = step(state, byte)?;
                 }
             }
@@ -118,7 +145,7 @@ impl Decoder {
 
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
         if buf.starts_with(b"\r\n") {
-            let _ = buf.split_to(2);
+            buf.advance(2);
             self.state = State::Done;
             return Ok(Decoded::End);
         }
@@ -140,7 +167,7 @@ impl Decoder {
                         trailers.append(name, value);
                     }
                 }
-                let _ = buf.split_to(len);
+                buf.advance(len);
                 self.state = State::Done;
                 Ok(Decoded::Trailers(trailers))
             }
@@ -268,6 +295,24 @@ mod tests {
         assert!(decode_in_steps(b"0\r\nX-Sum: 1\r\n\n", 64).is_err(), "bare LF at the end");
         let (body, _, _) = decode_in_steps(b"00000000000000000005\r\nhello\r\n0\r\n\r\n", 4).unwrap();
         assert_eq!(body, b"hello", "leading zeros are not a large size");
+    }
+
+    #[test]
+    fn chunks_that_arrive_together_come_out_as_one_piece() {
+        let mut input: Vec<u8> = (0..1000).flat_map(|_| *b"1\r\na\r\n").collect();
+        input.extend_from_slice(b"0\r\nX-Sum: 1\r\n\r\n");
+        let mut buf = BytesMut::from(&input[..]);
+        let mut decoder = Decoder::default();
+        let Decoded::Data(run) = decoder.decode_run(&mut buf, 16 * 1024).unwrap() else { panic!("data first") };
+        assert_eq!(run.len(), 1000, "one piece for a thousand chunks");
+        assert!(matches!(decoder.decode_run(&mut buf, 16 * 1024), Ok(Decoded::Trailers(_))), "then the trailers");
+        let mut buf = BytesMut::from(&b"1\r\na\r\n1\r\nbX"[..]);
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.decode_run(&mut buf, 1024), Ok(Decoded::Data(Bytes::from_static(b"ab"))));
+        assert_eq!(decoder.decode_run(&mut buf, 1024), Err(ChunkError), "the error after the run is kept");
+        let mut buf = BytesMut::from(&b"1\r\na\r\n1\r\nb\r\n"[..]);
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.decode_run(&mut buf, 1), Ok(Decoded::Data(Bytes::from_static(b"a"))), "bounded");
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl BodyDecoder {
                 Piece::Frame(Frame::data(buf.split_to(take as usize).freeze()), *remaining == 0)
             }
             BodyDecoder::UntilClose => Piece::Frame(Frame::data(buf.split().freeze()), false),
-            BodyDecoder::Chunked(decoder) => match decoder.decode(buf) {
+            BodyDecoder::Chunked(decoder) => match decoder.decode_run(buf, BODY_READ) {
                 Ok(Decoded::Data(data)) => Piece::Frame(Frame::data(data), false),
                 Ok(Decoded::Trailers(fields)) => Piece::Frame(Frame::trailers(fields), true),
                 Ok(Decoded::End) => Piece::End,
