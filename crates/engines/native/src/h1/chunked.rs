@@ -52,6 +52,8 @@ enum State {
     DataLf,
     Trailers,
     Done,
+    /// The framing was broken; every later call says so again.
+    Failed,
 }
 
 /// Where a chunk-size line is: `1f`, then optional blanks, then optional `;extensions`.
@@ -82,8 +84,9 @@ pub(crate) struct ChunkError;
 #[derive(Debug)]
 pub(crate) struct Decoder {
     state: State,
-    /// What came after a run of data that [`Decoder::decode_run`] returned first.
-    held: Option<Result<Decoded, ChunkError>>,
+    /// Trailers that came after a run of data that [`Decoder::decode_run`] returned first
+    /// (an end or an error needs no holding: the state says it again).
+    held: Option<Box<HeaderMap>>,
 }
 
 impl Default for Decoder {
@@ -104,12 +107,14 @@ impl Decoder {
         let mut run: Option<BytesMut> = None;
         while !buf.is_empty() && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
             match self.decode(buf) {
-                Ok(Decoded::Data(more)) => run.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more),
-                Ok(Decoded::NeedMore) => break,
-                next => {
-                    self.held = Some(next);
+                Ok(Decoded::Data(more)) => {
+                    run.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more)
+                }
+                Ok(Decoded::Trailers(fields)) => {
+                    self.held = Some(Box::new(fields));
                     break;
                 }
+                Ok(Decoded::NeedMore | Decoded::End) | Err(_) => break,
             }
         }
         Ok(Decoded::Data(run.map_or(first, BytesMut::freeze)))
@@ -117,12 +122,13 @@ impl Decoder {
 
     /// Consumes framing from the front of `buf` and returns the next piece of the body.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
-        if let Some(held) = self.held.take() {
-            return held;
+        if let Some(trailers) = self.held.take() {
+            return Ok(Decoded::Trailers(*trailers));
         }
         loop {
             match self.state {
                 State::Done => return Ok(Decoded::End),
+                State::Failed => return Err(ChunkError),
                 State::Data(remaining) => {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
@@ -131,13 +137,19 @@ impl Decoder {
                     self.state = if take == remaining { State::DataCr } else { State::Data(remaining - take) };
                     return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
                 }
-                State::Trailers => return self.trailers(buf),
+                State::Trailers => {
+                    let trailers = self.trailers(buf);
+                    if trailers.is_err() {
+                        self.state = State::Failed;
+                    }
+                    return trailers;
+                }
                 state => {
                     let Some(&byte) = buf.first() else {
                         return Ok(Decoded::NeedMore);
                     };
                     buf.advance(1);
-                    self.state = step(state, byte)?;
+                    self.state = step(state, byte).unwrap_or(State::Failed);
                 }
             }
         }
