@@ -26,6 +26,15 @@ pub(crate) struct FileConfig {
     pub workers: Option<Spanned<i64>>,
     /// What one client may cost: timeouts and connection and request caps.
     pub limits: Option<FileLimits>,
+    /// Peers (CIDRs) whose forwarding headers are kept and extended.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Also write RFC 7239 `Forwarded`.
+    #[serde(default)]
+    pub forwarded_header: bool,
+    /// Keep header fields with `_` in their names (dropped by default, as nginx does).
+    #[serde(default)]
+    pub underscores_in_headers: bool,
     #[serde(default)]
     pub listeners: Vec<FileListener>,
     #[serde(default)]

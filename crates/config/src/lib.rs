@@ -49,6 +49,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Timeouts and caps on what one client may cost (`[limits]`).
     pub limits: gatehouse_model::EdgeLimits,
+    /// Whose forwarding headers are kept, and what is written (`trusted_proxies`, ...).
+    pub forwarding: gatehouse_model::ForwardingPolicy,
     pub listeners: Vec<ListenerSpec>,
     pub services: Vec<ServiceSpec>,
     /// The Drove source: `[[namespaces]]` and their polling settings.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_model::{
-    BalancePolicy, BuildError, EdgeLimits, HealthCheck, HostPattern, RouteTable, ServiceSpec, TargetSpec,
+    BalancePolicy, BuildError, Cidr, EdgeLimits, ForwardingPolicy, HealthCheck, HostPattern, RouteTable, ServiceSpec,
+    TargetSpec,
 };
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
@@ -130,6 +131,17 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         }
     });
     let limits = file.limits.as_ref().map_or_else(EdgeLimits::default, |l| limits(c, l));
+    let mut forwarding = ForwardingPolicy {
+        trusted_proxies: Vec::new(),
+        write_forwarded: file.forwarded_header,
+        underscores_in_headers: file.underscores_in_headers,
+    };
+    for block in &file.trusted_proxies {
+        match Cidr::parse(block.get_ref()) {
+            Ok(cidr) => forwarding.trusted_proxies.push(cidr),
+            Err(e) => c.error(Some(block.span()), format!("`trusted_proxies`: {e}")),
+        }
+    }
     let templated = crate::templated::convert(c, &file, proxy_platform);
     let token = file.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
     let admin_tls = match &file.port_use_tls {
@@ -199,6 +211,7 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         templated,
         workers,
         limits,
+        forwarding,
         listeners,
         services,
         drove,
@@ -484,6 +497,9 @@ xproxy = "edge-1"
 admin_token = "s3cret"
 workers = 2
 
+trusted_proxies = ["10.0.0.0/8", "::1"]
+forwarded_header = true
+
 [limits]
 head_timeout = "5s"
 max_connections_per_client = 0
@@ -510,6 +526,8 @@ retries = 1
         assert_eq!(cfg.workers, Some(2));
         assert_eq!((cfg.limits.head_timeout.as_secs(), cfg.limits.max_connections_per_client), (5, 0));
         assert_eq!(cfg.limits.body_timeout, EdgeLimits::default().body_timeout, "unset keys keep their defaults");
+        assert!(cfg.forwarding.trusts("10.1.1.1".parse().unwrap()) && cfg.forwarding.trusts("::1".parse().unwrap()));
+        assert!(cfg.forwarding.write_forwarded && !cfg.forwarding.underscores_in_headers);
         let s = &cfg.services[0];
         assert_eq!(s.hosts[1].to_string(), "*.example.com");
         assert_eq!(s.targets[1].host, "::1");
@@ -630,6 +648,12 @@ access_token = "O-Bearer T"
     fn syntax_errors_have_positions() {
         let err = check("port = \n").unwrap_err();
         assert!(err.starts_with("g.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_reported_at_their_place() {
+        let err = check("trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(err.contains("g.toml:1:34: `trusted_proxies`: `10.0.0.0/40` is not an address block"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec, ServiceTls};
 use gatehouse_native::{
-    AccessLog, AccessLogTarget, CertStore, Certificates, ListenerConfig, NativeProxy, Snapshot, SnapshotError,
+    AccessLog, AccessLogTarget, CertStore, Certificates, EdgePolicy, ListenerConfig, NativeProxy, Snapshot,
+    SnapshotError,
 };
 use gatehouse_templated::RenderingData;
 use serde::Serialize;
@@ -117,8 +118,14 @@ impl Gateway {
                 Some(AccessLog::start(&target).with_context(|| format!("cannot open the access log {destination:?}"))?)
             }
         };
-        let proxy =
-            NativeProxy::start(listeners, workers, snapshot, metrics.clone(), access_log, config.limits.clone())?;
+        let proxy = NativeProxy::start(
+            listeners,
+            workers,
+            snapshot,
+            metrics.clone(),
+            access_log,
+            EdgePolicy { limits: config.limits.clone(), forwarding: config.forwarding.clone() },
+        )?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls { "https" } else { "http" };
             tracing::info!(address = %bound, protocol = tls, "listening");
@@ -364,8 +371,8 @@ impl Gateway {
         if old.workers != new.workers {
             tracing::warn!("`workers` changed: that takes a restart");
         }
-        if old.limits != new.limits {
-            tracing::warn!("[limits] changed: that takes a restart");
+        if old.limits != new.limits || old.forwarding != new.forwarding {
+            tracing::warn!("[limits] or the forwarding keys changed: that takes a restart");
         }
         if old.drove != new.drove {
             tracing::warn!("the Drove settings ([[namespaces]] or polling keys) changed: that takes a restart");

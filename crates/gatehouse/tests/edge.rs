@@ -339,3 +339,37 @@ async fn http2_floods_end_the_connection() {
     assert!(closed, "a CONTINUATION flood ends the connection");
     assert_eq!(b.requests(), before, "nothing reached the target");
 }
+
+/// `bytes` sent from `from` (a loopback address), and what came back until the close.
+async fn raw_from(from: &str, to: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_proxies_may_say_where_a_request_came_from() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "trusted_proxies = [\"127.0.0.2/32\"]\nforwarded_header = true\n");
+    let at = gh.listeners[0];
+    let request = b"GET / HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n";
+
+    assert_eq!(status_of(&raw_from("127.0.0.1", at, request).await), 200);
+    let seen = b.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http;host=\"h.test\"");
+    assert!(!seen.contains_key("x-real-ip"));
+
+    assert_eq!(status_of(&raw_from("127.0.0.2", at, request).await), 200);
+    let seen = b.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.2");
+    assert_eq!(seen["x-forwarded-proto"], "https", "the trusted proxy's scheme stays");
+    assert_eq!(seen["forwarded"], "for=6.6.6.6, for=127.0.0.2;proto=http;host=\"h.test\"");
+    assert_eq!(seen["x-real-ip"], "6.6.6.6");
+}

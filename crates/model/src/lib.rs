@@ -9,6 +9,7 @@
 mod balance;
 mod cow_map;
 mod facts;
+mod forwarding;
 mod host;
 mod limits;
 mod retire;
@@ -21,6 +22,7 @@ pub use facts::{
     Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, ServiceTls,
     TargetSpec, Timeouts,
 };
+pub use forwarding::{Cidr, CidrError, ForwardingPolicy};
 pub use host::{host_port, Authority, AuthorityError, HostPattern, HostPatternError};
 pub use limits::EdgeLimits;
 pub use retire::{Scope, Signalled};

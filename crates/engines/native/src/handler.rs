@@ -10,8 +10,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_metrics::Metrics;
 use gatehouse_model::{
-    split, Authority, Availability, EdgeLimits, InFlight, Lane, PickContext, Route, Scheme, Scope, Service,
-    ServiceSpec, TargetSpec,
+    split, Authority, Availability, EdgeLimits, ForwardingPolicy, InFlight, Lane, PickContext, Route, Scheme, Scope,
+    Service, ServiceSpec, TargetSpec,
 };
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     /// The port of the first HTTPS listener, where plain-HTTP requests of TLS services go.
     pub https_port: Option<u16>,
     pub limits: EdgeLimits,
+    pub forwarding: ForwardingPolicy,
     pub occupancy: Arc<Occupancy>,
     /// Log lines about connections refused over a limit, at most one a second.
     pub refusals: crate::throttle::Throttle,
@@ -55,11 +56,14 @@ pub(crate) struct ConnInfo {
     pub forwarded_for: HeaderValue,
     /// What this client address holds open, for the per-client limits.
     pub client: Arc<Client>,
+    /// The peer is one of the `trusted_proxies`.
+    pub trusted: bool,
 }
 
 impl ConnInfo {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, https: bool, client: Arc<Client>) -> Self {
-        ConnInfo { shared, peer, https, forwarded_for: headers::client_address(peer.ip()), client }
+        let trusted = shared.forwarding.trusts(peer.ip());
+        ConnInfo { shared, peer, https, forwarded_for: headers::client_address(peer.ip()), client, trusted }
     }
 }
 
@@ -203,7 +207,16 @@ async fn proxy(
     if upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::set_forwarded(&mut parts.headers, &conn.forwarded_for, conn.https, &host, spec.forward_headers);
+    let policy = &conn.shared.forwarding;
+    let forwarding = headers::Forwarding {
+        client: &conn.forwarded_for,
+        https: conn.https,
+        host: &host,
+        trust_client: spec.forward_headers || conn.trusted,
+        rfc7239: policy.write_forwarded,
+        underscores: policy.underscores_in_headers,
+    };
+    headers::set_forwarded(&mut parts.headers, &forwarding);
     if let Some(length) = length {
         // The target gets the length we framed by, not the client's spelling of it (`010`).
         headers::normalize_length(&mut parts.headers, length);

@@ -90,52 +90,90 @@ pub(crate) fn te_has_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
+/// How one request's forwarding headers are written.
+pub(crate) struct Forwarding<'a> {
+    /// The peer's address as a header value.
+    pub client: &'a HeaderValue,
+    pub https: bool,
+    /// The request's host, in normal form.
+    pub host: &'a HeaderValue,
+    /// The peer is a proxy we trust (`trusted_proxies`, or a service's `--forward-headers`):
+    /// its forwarding values are kept and extended instead of replaced.
+    pub trust_client: bool,
+    /// Write RFC 7239 `Forwarded` too.
+    pub rfc7239: bool,
+    /// Keep fields with `_` in their names.
+    pub underscores: bool,
+}
+
 /// Sets the forwarding headers. Values a client sent are replaced, not appended to: at the
-/// edge nothing before us is trusted. A service behind another proxy (`keep_client`,
-/// kamal-proxy's `--forward-headers`) keeps the client's: our peer is appended to its
-/// X-Forwarded-For, and its X-Forwarded-Proto and -Host stay.
-pub(crate) fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    https: bool,
-    host: &HeaderValue,
-    keep_client: bool,
-) {
-    strip_client_claims(headers, keep_client);
-    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
-    if !keep_client {
-        headers.insert(X_FORWARDED_FOR, client.clone());
-        headers.insert(X_FORWARDED_PROTO, proto);
-        headers.insert(X_FORWARDED_HOST, host.clone());
+/// edge nothing before us is trusted. From a trusted proxy they are kept: our peer is
+/// appended to its X-Forwarded-For (and Forwarded), and its X-Forwarded-Proto and -Host stay.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_client_claims(headers, f.trust_client, f.underscores);
+    let proto = if f.https { "https" } else { "http" };
+    if f.rfc7239 {
+        let ours = forwarded_element(f.client, proto, f.host);
+        let value = if f.trust_client { appended(headers, &header::FORWARDED, ours) } else { ours };
+        headers.insert(header::FORWARDED, value);
+    }
+    if !f.trust_client {
+        headers.insert(X_FORWARDED_FOR, f.client.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_HOST, f.host.clone());
         return;
     }
-    let chain: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-    let forwarded_for = if chain.is_empty() {
-        client.clone()
-    } else {
-        let mut joined = chain.join(&b", "[..]);
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(client.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
-    };
+    let forwarded_for = appended(headers, &X_FORWARDED_FOR, f.client.clone());
     headers.insert(X_FORWARDED_FOR, forwarded_for);
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, proto);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(X_FORWARDED_HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, f.host.clone());
     }
 }
 
+/// The fields `name` already has, joined with ", ", then `ours`.
+fn appended(headers: &HeaderMap, name: &HeaderName, ours: HeaderValue) -> HeaderValue {
+    let mut chain: Vec<&[u8]> = headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+    if chain.is_empty() {
+        return ours;
+    }
+    chain.push(ours.as_bytes());
+    HeaderValue::from_bytes(&chain.join(&b", "[..])).unwrap_or(ours)
+}
+
+/// One RFC 7239 element: `for=192.0.2.1;proto=https;host="a.test"` (an IPv6 node is quoted
+/// and bracketed; the host is always quoted, since a port's `:` is not a token character).
+fn forwarded_element(client: &HeaderValue, proto: &str, host: &HeaderValue) -> HeaderValue {
+    let node = client.as_bytes();
+    let mut out = Vec::with_capacity(node.len() + host.len() + 32);
+    out.extend_from_slice(b"for=");
+    if node.contains(&b':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(node);
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(node);
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b";host=\"");
+    out.extend_from_slice(host.as_bytes());
+    out.push(b'"');
+    // Made of a formatted address and a normal-form host: always a valid value.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("for=unknown"))
+}
+
 /// Removes what a client claims about where it came from: the forwarding fields we do not
-/// set (unless `keep_client`: a trusted proxy in front set them), and every field with `_` in
-/// its name, which CGI, WSGI and PHP read as the same variable as its `-` spelling
-/// (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR`), as nginx does by default. One pass over the
-/// names; nothing is allocated unless something is removed.
-fn strip_client_claims(headers: &mut HeaderMap, keep_client: bool) {
+/// set (unless `trust_client`), and every field with `_` in its name unless `underscores`:
+/// CGI, WSGI and PHP read `X_Forwarded_For` as the same variable as `X-Forwarded-For`
+/// (`HTTP_X_FORWARDED_FOR`), and nginx drops them by default. One pass over the names;
+/// nothing is allocated unless something is removed.
+fn strip_client_claims(headers: &mut HeaderMap, trust_client: bool, underscores: bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if name.as_str().contains('_') || (!keep_client && CLIENT_FORWARDING.contains(name)) {
+        if (!underscores && name.as_str().contains('_')) || (!trust_client && CLIENT_FORWARDING.contains(name)) {
             doomed.push(name.clone());
         }
     }
@@ -225,17 +263,18 @@ mod tests {
         assert!(tunnel.contains_key(header::UPGRADE) && !tunnel.contains_key("x-secret"));
     }
 
+    /// Forwarding for a plain-HTTP request to `a.test` from `client`.
+    fn forwarding(client: &HeaderValue, trust_client: bool) -> Forwarding<'_> {
+        static HOST: HeaderValue = HeaderValue::from_static("a.test");
+        Forwarding { client, https: false, host: &HOST, trust_client, rfc7239: false, underscores: false }
+    }
+
     #[test]
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        set_forwarded(
-            &mut h,
-            &client_address("::ffff:127.0.0.2".parse().unwrap()),
-            true,
-            &HeaderValue::from_static("a.test"),
-            false,
-        );
+        let client = client_address("::ffff:127.0.0.2".parse().unwrap());
+        set_forwarded(&mut h, &Forwarding { https: true, ..forwarding(&client, false) });
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");
@@ -248,15 +287,17 @@ mod tests {
         for name in claims.iter().chain(&["x_forwarded_for", "x-keep"]) {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("6.6.6.6"));
         }
-        let mut trusted = h.clone();
+        let (mut trusted, mut underscores) = (h.clone(), h.clone());
         let client = client_address("10.0.0.9".parse().unwrap());
-        set_forwarded(&mut h, &client, false, &HeaderValue::from_static("a.test"), false);
+        set_forwarded(&mut h, &forwarding(&client, false));
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort();
         assert_eq!(left, ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-keep"]);
-        set_forwarded(&mut trusted, &client, false, &HeaderValue::from_static("a.test"), true);
+        set_forwarded(&mut trusted, &forwarding(&client, true));
         assert!(claims.iter().all(|c| trusted.contains_key(*c)), "a trusted front proxy's fields stay");
-        assert!(!trusted.contains_key("x_forwarded_for"), "underscore names never pass");
+        assert!(!trusted.contains_key("x_forwarded_for"), "underscore names do not pass by default");
+        set_forwarded(&mut underscores, &Forwarding { underscores: true, ..forwarding(&client, false) });
+        assert!(underscores.contains_key("x_forwarded_for"), "unless underscores_in_headers");
     }
 
     #[test]
@@ -266,16 +307,30 @@ mod tests {
         h.append(X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
         let client = client_address("10.0.0.9".parse().unwrap());
-        set_forwarded(&mut h, &client, false, &HeaderValue::from_static("a.test"), true);
+        set_forwarded(&mut h, &forwarding(&client, true));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "https", "the front proxy's scheme stays");
         assert_eq!(h[X_FORWARDED_HOST], "a.test");
         let mut fresh = HeaderMap::new();
-        set_forwarded(&mut fresh, &client, false, &HeaderValue::from_static("a.test"), true);
+        set_forwarded(&mut fresh, &forwarding(&client, true));
         assert_eq!(
             (fresh[X_FORWARDED_FOR].to_str().unwrap(), fresh[X_FORWARDED_PROTO].to_str().unwrap()),
             ("10.0.0.9", "http")
         );
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_written_and_extended_for_trusted_proxies() {
+        let v6 = client_address("2001:db8::7".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(header::FORWARDED, "for=6.6.6.6".parse().unwrap());
+        set_forwarded(&mut h, &Forwarding { rfc7239: true, https: true, ..forwarding(&v6, false) });
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::7]\";proto=https;host=\"a.test\"");
+        let v4 = client_address("10.0.0.9".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(header::FORWARDED, "for=192.0.2.1;proto=https".parse().unwrap());
+        set_forwarded(&mut h, &Forwarding { rfc7239: true, ..forwarding(&v4, true) });
+        assert_eq!(h[header::FORWARDED], "for=192.0.2.1;proto=https, for=10.0.0.9;proto=http;host=\"a.test\"");
     }
 
     #[test]

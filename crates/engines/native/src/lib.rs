@@ -22,6 +22,6 @@ mod tls;
 mod upstream;
 
 pub use access_log::{AccessLog, AccessLogTarget};
-pub use listen::{EngineError, ListenerConfig, NativeProxy};
+pub use listen::{EdgePolicy, EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
 pub use tls::{server_config, CertError, CertStore, Certificates};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::EdgeLimits;
+use gatehouse_model::{EdgeLimits, ForwardingPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +24,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often each worker drops expired idle upstream connections.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
+
+/// What the proxy allows clients and believes of them.
+pub struct EdgePolicy {
+    pub limits: EdgeLimits,
+    pub forwarding: ForwardingPolicy,
+}
 
 /// One address to accept on; TLS when it has a certificate store.
 pub struct ListenerConfig {
@@ -63,8 +69,9 @@ impl NativeProxy {
         snapshot: Snapshot,
         metrics: Arc<Metrics>,
         access_log: Option<Arc<AccessLog>>,
-        limits: EdgeLimits,
+        edge: EdgePolicy,
     ) -> Result<Self, EngineError> {
+        let EdgePolicy { limits, forwarding } = edge;
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
         let mut https_port = None;
@@ -93,6 +100,7 @@ impl NativeProxy {
             installed: Notify::new(),
             https_port,
             occupancy: Occupancy::new(&limits),
+            forwarding,
             refusals: Default::default(),
             limits,
         });
