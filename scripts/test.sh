@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and the integration tests that spawn the real binary against
-# real servers on loopback. Installs what the tests need when it is missing. Ends with the
-# total over every test binary.
+# real servers on loopback, then every coverage-guided fuzz target for a bounded time.
+# Installs what the tests need when it is missing. Ends with the total over every test
+# binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/packages.sh
@@ -19,4 +20,7 @@ set -e
 passed=$(awk '/^test result:/ {n += $4} END {print n + 0}' "$log")
 failed=$(awk '/^test result:/ {n += $6} END {print n + 0}' "$log")
 echo "tests: $passed passed, $failed failed"
-exit "$status"
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

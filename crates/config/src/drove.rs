@@ -33,7 +33,8 @@ pub struct DroveSettings {
     pub startup_wait: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The default is a namespace with no controllers, no credentials and no filters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NamespaceSettings {
     pub name: String,
     /// Controller base URLs, in priority order.
@@ -47,9 +48,10 @@ pub struct NamespaceSettings {
     pub leader_vhost: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Credentials {
+    #[default]
     None,
     Basic {
         user: String,

@@ -22,6 +22,8 @@ mod tls;
 mod upstream;
 
 pub use access_log::{AccessLog, AccessLogTarget};
+#[cfg(feature = "fuzzing")]
+pub use h1::fuzzing;
 pub use listen::{EdgePolicy, EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
 pub use tls::{server_config, CertError, CertStore, Certificates};

@@ -5,6 +5,8 @@
 
 mod api;
 mod client;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod namespace;
 mod state_file;
 pub mod view;

@@ -440,18 +440,9 @@ pub fn merge_namespaces(namespaces: &[&Services]) -> Vec<Arc<ServiceSpec>> {
 mod tests {
     use super::*;
     use crate::api::ExposedHost;
-    use gatehouse_config::Credentials;
 
     fn settings() -> NamespaceSettings {
-        NamespaceSettings {
-            name: "stage".into(),
-            controllers: Vec::new(),
-            credentials: Credentials::None,
-            realms: Vec::new(),
-            realm_suffix: None,
-            routing_tag: None,
-            leader_vhost: None,
-        }
+        NamespaceSettings { name: "stage".into(), ..NamespaceSettings::default() }
     }
 
     fn entry(app_id: &str, vhost: &str, hosts: &[(&str, u16, &str)], tags: &[(&str, &str)]) -> ExposedApp {

@@ -216,7 +216,12 @@ fn framing(noted: &Noted, version: Version) -> Result<Framing, HeadError> {
 pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if target.starts_with('?') {
+        // `http://a.test?x` has an empty path; the origin form needs `/` (found by fuzzing).
+        out.push(b'/');
+    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -360,6 +365,15 @@ mod tests {
         let (heads, _) = parse_all(&input);
         let targets: Vec<_> = heads.iter().map(|h| h.as_ref().unwrap().request.uri().to_string()).collect();
         assert_eq!(targets, ["/", "/next"]);
+    }
+
+    #[test]
+    fn an_absolute_form_without_a_path_is_written_with_one() {
+        let head = one(b"GET http://h?x HTTP/1.0\r\n\r\n").unwrap();
+        let (parts, ()) = head.request.into_parts();
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, Framing::Empty);
+        assert!(out.starts_with(b"GET /?x HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&out));
     }
 
     #[test]
