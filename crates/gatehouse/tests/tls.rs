@@ -221,3 +221,45 @@ async fn deployed_services_bring_their_own_certificates_and_redirect_plain_http(
         "no certificate for the name once its service is gone"
     );
 }
+
+/// One request over TLS with `config` (whose session store carries over between calls);
+/// whether the handshake was a resumption.
+async fn resumed(at: std::net::SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    // Reading the answer also takes in the session tickets sent after the handshake.
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_their_tls_sessions() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["default", "exact", "wild"] {
+        put(dir.path(), name, &ca.leaf(&["a.test"]));
+    }
+    let b = backend::start("app").await;
+    let gh = Gatehouse::start_with(&tls_config(&b.url()), dir, &[]);
+    let at = gh.listeners[0];
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12]] {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let config = std::sync::Arc::new(config);
+        assert!(!resumed(at, &config).await, "the first handshake is a full one");
+        assert!(resumed(at, &config).await, "the second resumes ({:?})", versions[0].version);
+    }
+}
