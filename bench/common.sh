@@ -53,6 +53,22 @@ targets = ["http://$BACKEND"]
 CONF
 }
 
+# nginx_config "DIRECTIVES" ["MORE"]: nginx (one worker) proxying Host app.local to $BACKEND
+# with kept-alive upstream connections; DIRECTIVES go into that server block (listen, ssl_*),
+# MORE (further upstreams and servers) into the http block.
+nginx_config() {
+  cat <<CONF
+worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
+  upstream be { server $BACKEND; keepalive 128; }
+  ssl_session_cache shared:SSL:10m;
+  server { $1 server_name app.local;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  ${2:-} }
+CONF
+}
+
 # haproxy_config: HAProxy on $PROXY with one thread, routing Host app.local to $BACKEND with
 # idle server connections reused.
 haproxy_config() {
@@ -73,3 +89,14 @@ backend be_app
   server s1 $BACKEND
 CONF
 }
+
+# make_certificate: an ECDSA P-256 certificate for app.local in $B/cert.pem and $B/key.pem,
+# and both in $B/combined.pem (HAProxy's form).
+make_certificate() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=app.local \
+    -addext subjectAltName=DNS:app.local -keyout "$B/key.pem" -out "$B/cert.pem" 2>/dev/null
+  cat "$B/cert.pem" "$B/key.pem" >"$B/combined.pem"
+}
+
+# ticks "PIDS": user+system clock ticks the processes have used.
+ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }

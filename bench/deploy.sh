@@ -80,20 +80,12 @@ p99 gatehouse "taskset -c 0 $TOOLS deploys --socket $SOCKET --service churn --ho
 kill $GH; wait $GH 2>/dev/null || true
 
 # nginx: the same change as an upstream rewrite and `nginx -s reload`.
-nginx_config() {
-  cat <<CONF
-worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
-  upstream be { server $BACKEND; keepalive 128; }
-  upstream churn { server $1; }
-  server { listen $PROXY; server_name app.local;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen $PROXY; server_name churn.local; location / { proxy_pass http://churn; } } }
-CONF
+nginx_churn_config() {
+  nginx_config "listen $PROXY;" "upstream churn { server $1; }
+  server { listen $PROXY; server_name churn.local; location / { proxy_pass http://churn; } }"
 }
-nginx_config "$BLUE" >"$B/nginx-0.conf"
-nginx_config "$GREEN" >"$B/nginx-1.conf"
+nginx_churn_config "$BLUE" >"$B/nginx-0.conf"
+nginx_churn_config "$GREEN" >"$B/nginx-1.conf"
 cp "$B/nginx-0.conf" "$B/nginx.conf"
 taskset -c 1 nginx -c "$B/nginx.conf" & NG=$!; PIDS+=($NG)
 wait_ready "$PROXY" || { echo "nginx did not start" >&2; exit 1; }

@@ -46,24 +46,16 @@ echo "gatehouse afterwards: route table generation $generation, RSS ${rss_before
 kill $GH; wait $GH 2>/dev/null || true
 
 if [ "${CONTRAST:-1}" = 1 ]; then
-  nginx_config() {
-    cat <<CONF
-worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
-  upstream be { server $BACKEND; keepalive 128; }
+  nginx_churn_config() {
+    nginx_config "listen $PROXY;" "map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
   upstream ws { server $WS; }
   upstream churn { server $1; }
-  server { listen $PROXY; server_name app.local;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen $PROXY; server_name ws.local;
     location / { proxy_pass http://ws; proxy_http_version 1.1; proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 1h; } }
-  server { listen $PROXY; server_name churn.local; location / { proxy_pass http://churn; } } }
-CONF
+  server { listen $PROXY; server_name churn.local; location / { proxy_pass http://churn; } }"
   }
-  nginx_config "$BACKEND" >"$B/nginx-0.conf"
-  nginx_config "$BACKEND2" >"$B/nginx-1.conf"
+  nginx_churn_config "$BACKEND" >"$B/nginx-0.conf"
+  nginx_churn_config "$BACKEND2" >"$B/nginx-1.conf"
   cp "$B/nginx-0.conf" "$B/nginx.conf"
   taskset -c 1 nginx -c "$B/nginx.conf" & NG=$!; PIDS+=($NG)
   wait_ready "$PROXY" || { echo "nginx did not start" >&2; exit 1; }

@@ -12,14 +12,7 @@ SECS="${SECONDS_PER_RUN:-10}"
 source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
 
-cat >"$B/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $B/nginx.pid; error_log $B/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS
-  upstream be { server $BACKEND; keepalive 128; }
-  server { listen $PROXY; server_name app.local;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+nginx_config "listen $PROXY;" >"$B/nginx.conf"
 haproxy_config >"$B/haproxy.cfg"
 gatehouse_config >"$B/gatehouse.toml"
 ACCESS_LOG="$B/access.log" gatehouse_config >"$B/gatehouse-logging.toml"
@@ -27,7 +20,6 @@ ACCESS_LOG="$B/access.log" gatehouse_config >"$B/gatehouse-logging.toml"
 start_backend "$BACKEND=hello world"
 wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
 TICK=$(getconf CLK_TCK)
-ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
 RESULTS="$B/results.tsv"
 : >"$RESULTS"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Prints the median of each figure per proxy, its spread, and its ratio to HAProxy's: the
-ratio of the medians, and the median of the per-round ratios (each round runs the proxies one
-after the other, so a round's ratio compares runs made under the same conditions)."""
+"""Prints the median of each figure per proxy, its spread, and its ratio to a peer's (HAProxy,
+or the proxy named as the second argument): the ratio of the medians, and the median of the
+per-round ratios (each round runs the proxies one after the other, so a round's ratio
+compares runs made under the same conditions)."""
 import collections
 import statistics
 import sys
@@ -17,7 +18,12 @@ LABELS = [
     ("bytes_per_idle_conn_settled", "RSS bytes per idle keep-alive connection, settled (min over 10 s)"),
     ("open_loop_errors", "errors at 5k req/s"),
     ("wrk_error_lines", "wrk socket-error/non-2xx lines"),
+    ("tls_new_per_s", "new TLS connections/s (wrk -c20, Connection: close)"),
+    ("tls_new_cpu_us", "CPU us per new TLS connection (full handshake + request)"),
+    ("tls_resumed_cpu_us", "CPU us per resumed TLS connection (openssl s_time -reuse)"),
+    ("tls_keepalive_cpu_us", "CPU us/request, TLS keep-alive (wrk -c50)"),
 ]
+BASE = sys.argv[2] if len(sys.argv) > 2 else "haproxy"
 
 values = collections.defaultdict(list)
 by_round = {}
@@ -27,8 +33,12 @@ with open(sys.argv[1]) as f:
         values[(proxy, metric)].append(float(value))
         by_round[(proxy, metric, rnd)] = float(value)
 
-proxies = [p for p in ["gatehouse", "gatehouse+access_log", "nginx", "haproxy"] if any(k[0] == p for k in values)]
-print(f"| figure | {' | '.join(proxies)} | gatehouse / haproxy | per round |")
+proxies = [
+    p
+    for p in ["gatehouse", "gatehouse+access_log", "gatehouse+aws-lc-rs", "nginx", "haproxy"]
+    if any(k[0] == p for k in values)
+]
+print(f"| figure | {' | '.join(proxies)} | gatehouse / {BASE} | per round |")
 print("|---|" + "---|" * (len(proxies) + 2))
 for metric, label in LABELS:
     cells = []
@@ -41,12 +51,12 @@ for metric, label in LABELS:
         medians[p] = statistics.median(v)
         cells.append(f"{medians[p]:.3g} ({min(v):.3g}-{max(v):.3g})")
     ratio = "-"
-    if medians.get("haproxy") and "gatehouse" in medians:
-        ratio = f"{medians['gatehouse'] / medians['haproxy']:.2f}x"
+    if medians.get(BASE) and "gatehouse" in medians:
+        ratio = f"{medians['gatehouse'] / medians[BASE]:.2f}x"
     paired = [
         by_round[("gatehouse", m, r)] / v
         for (p, m, r), v in by_round.items()
-        if p == "haproxy" and m == metric and v and ("gatehouse", m, r) in by_round
+        if p == BASE and m == metric and v and ("gatehouse", m, r) in by_round
     ]
     per_round = f"{statistics.median(paired):.2f}x" if paired else "-"
     print(f"| {label} | {' | '.join(cells)} | {ratio} | {per_round} |")

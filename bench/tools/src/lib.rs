@@ -92,3 +92,13 @@ pub fn quantile_ms(sorted: &[u64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
     sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
 }
+
+pub mod attack;
+
+/// A TLS connection offering only `h2`, for the HTTP/2 attacks. The proxy's certificate is
+/// not checked: these tools only talk to proxies on this machine that the bench started.
+pub async fn tls_h2(tcp: TcpStream) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = std::sync::Arc::new(gatehouse_connect::unverified_client(b"h2"));
+    let name = rustls::pki_types::ServerName::try_from("app.local")?;
+    Ok(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
+}

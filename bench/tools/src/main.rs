@@ -71,6 +71,25 @@ enum Command {
         #[arg(long)]
         reload_cmd: String,
     },
+    /// Runs one cheap attack (bench/attacks.sh) from a loopback source address for a while
+    /// and prints what it did as JSON.
+    Attack {
+        #[arg(long, value_enum)]
+        kind: gatehouse_bench::attack::Kind,
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The TLS (HTTP/2) address, for the h2 attacks.
+        #[arg(long)]
+        tls: Option<SocketAddr>,
+        #[arg(long, default_value = "127.0.0.2")]
+        source: std::net::IpAddr,
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value = "app.local")]
+        host: String,
+    },
     /// Deploys a service to each target in turn over Gatehouse's admin socket, one every
     /// interval, for a while (no process started per deploy).
     Deploys {
@@ -104,6 +123,11 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Deploys { socket, service, host, targets, interval_ms, seconds } => {
                 deploys(socket, service, host, targets, interval_ms, seconds).await
+            }
+            Command::Attack { kind, addr, tls, source, connections, seconds, host } => {
+                let attack = gatehouse_bench::attack::Attack { kind, addr, tls, source, connections, seconds, host };
+                println!("{}", attack.run().await?);
+                Ok(())
             }
         }
     })

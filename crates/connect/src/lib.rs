@@ -42,24 +42,37 @@ fn client_config(verify: bool, http2: bool) -> Arc<rustls::ClientConfig> {
     static CONFIGS: OnceLock<[Arc<rustls::ClientConfig>; 4]> = OnceLock::new();
     let configs = CONFIGS.get_or_init(|| {
         let build = |verify: bool, http2: bool| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions");
-            let mut config = if verify {
-                builder.with_root_certificates(native_roots()).with_no_client_auth()
-            } else {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-                    .with_no_client_auth()
-            };
-            config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+            let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+            if !verify {
+                return Arc::new(unverified_client(alpn));
+            }
+            let mut config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(native_roots())
+                    .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
             Arc::new(config)
         };
         [build(true, false), build(true, true), build(false, false), build(false, true)]
     });
     configs[usize::from(!verify) * 2 + usize::from(http2)].clone()
+}
+
+/// A client configuration offering `alpn` that accepts any certificate (the handshake's
+/// signatures are still checked): for targets with `tls_verify = false`, and for the bench
+/// tools, which only talk to proxies on this machine.
+pub fn unverified_client(alpn: &[u8]) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
 }
 
 /// The system's trust store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).

@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::crypto::ring::sign::any_supported_type;
+use provider::sign::any_supported_type;
+
+// The crypto behind client connections' TLS: ring by default (no C toolchain beyond cc);
+// aws-lc-rs with the `aws-lc-rs` feature, for measuring one against the other (bench/tls.sh).
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as provider;
+#[cfg(not(feature = "aws-lc-rs"))]
+use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -163,12 +170,12 @@ const SESSION_CACHE: usize = 20_000;
 /// tickets sealed with keys that rotate every 6 hours, and a bounded session cache for TLS
 /// 1.2 clients without tickets.
 pub fn server_config(store: Arc<CertStore>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = provider::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(config)
 }

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Cheap attacks against Gatehouse, nginx and HAProxy, one proxy at a time, each pinned to
+# CPU 1 with one worker (the backend, the attacker and the well-behaved client on CPU 0).
+# For each attack: the proxy's CPU and peak RSS while it runs, and the p99 latency of a
+# well-behaved client (1,000 req/s from 127.0.0.1, open loop) against its quiet p99 (goal:
+# within 1.2x). The attacker connects from 127.0.0.2 so that per-client limits apply to it
+# alone. Every proxy runs with its default limits.
+#   slowloris        500 connections sending a head one byte every 2 s
+#   slow-body        500 bodies sending one byte every 2 s
+#   tiny-chunks      4 connections uploading 64 KiB bodies in 1-byte chunks, back to back
+#   pipeline-unread  10 connections writing 10,000 pipelined GETs each, reading nothing
+#   h2-zero-window   50 HTTP/2 connections, 100 streams each, flow-control window 0
+#   h2-idle          500 HTTP/2 connections that send the preface and then nothing
+# Loopback only; every run is bounded. SECONDS_PER_RUN (default 10) per attack.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/packages.sh"
+need_commands nginx:nginx-light haproxy:haproxy taskset:util-linux curl:curl openssl:openssl
+SECS="${SECONDS_PER_RUN:-10}"
+source "$ROOT/bench/common.sh"
+BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 PROXY_TLS=127.0.0.1:18443 ADMIN=127.0.0.1:16000
+make_certificate
+
+nginx_config "listen $PROXY; listen $PROXY_TLS ssl http2; ssl_certificate $B/cert.pem; ssl_certificate_key $B/key.pem;" \
+  >"$B/nginx.conf"
+haproxy_config | sed "s|  bind $PROXY|&\n  bind $PROXY_TLS ssl crt $B/combined.pem alpn h2,http/1.1|" >"$B/haproxy.cfg"
+{
+  gatehouse_config
+  printf '[[listeners]]\naddress = "%s"\ntls_certificates = [{ cert = "%s", key = "%s" }]\n' "$PROXY_TLS" "$B/cert.pem" "$B/key.pem"
+} >"$B/gatehouse.toml"
+
+start_backend "$BACKEND=hello world"
+wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
+TICK=$(getconf CLK_TCK)
+RESULTS="$B/results.tsv"
+: >"$RESULTS"
+
+rss_kb() { local s=0; for p in $1; do s=$((s + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$s"; }
+
+# well_behaved: p99 (ms) of 1,000 req/s from 127.0.0.1 for SECS.
+well_behaved() {
+  taskset -c 0 "$TOOLS" open-loop --addr "$PROXY" --rate 1000 --seconds "$SECS" --connections 20 |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p99_ms"], d["errors"])'
+}
+
+run_proxy() {
+  local name=$1; shift
+  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
+  PIDS+=($pid)
+  wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
+  local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
+  well_behaved >/dev/null # warm-up
+  read -r p99 errors < <(well_behaved)
+  printf '%s\tquiet\tp99_ms\t%s\n%s\tquiet\terrors\t%s\n%s\tquiet\trss_mb\t%s\n' "$name" "$p99" "$name" "$errors" \
+    "$name" "$(( $(rss_kb "$pids") / 1024 ))" >>"$RESULTS"
+  for attack in slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle; do
+    local conns=500
+    case $attack in tiny-chunks) conns=4 ;; pipeline-unread) conns=10 ;; h2-zero-window) conns=50 ;; esac
+    taskset -c 0 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \
+      --seconds $((SECS + 3)) >"$B/attack.json" 2>"$B/attack.err" & local attacker=$!
+    sleep 2
+    local t0 peak=0 sampler
+    t0=$(ticks "$pids")
+    ( while sleep 0.5; do echo "$(rss_kb "$pids")"; done ) >"$B/rss.log" & sampler=$!
+    read -r p99 errors < <(well_behaved)
+    local t1; t1=$(ticks "$pids")
+    kill $sampler 2>/dev/null || true
+    wait $attacker 2>/dev/null || true
+    peak=$(sort -n "$B/rss.log" | tail -1)
+    {
+      printf '%s\t%s\tp99_ms\t%s\n' "$name" "$attack" "$p99"
+      printf '%s\t%s\terrors\t%s\n' "$name" "$attack" "$errors"
+      printf '%s\t%s\tcpu_pct\t%s\n' "$name" "$attack" "$(awk -v d=$((t1-t0)) -v hz="$TICK" -v s="$SECS" 'BEGIN{printf "%.0f", d/hz/s*100}')"
+      printf '%s\t%s\trss_mb\t%s\n' "$name" "$attack" "$(( ${peak:-0} / 1024 ))"
+      python3 -c 'import json,sys; d=json.load(open(sys.argv[3])); print("%s\t%s\tclosed_by_proxy\t%d" % (sys.argv[1], sys.argv[2], d["closed_by_proxy"]))' \
+        "$name" "$attack" "$B/attack.json" 2>/dev/null || printf '%s\t%s\tclosed_by_proxy\t-1\n' "$name" "$attack"
+    } >>"$RESULTS"
+    echo "$name $attack: p99 ${p99} ms, errors $errors" >&2
+    sleep 1
+  done
+  kill $pid; wait $pid 2>/dev/null || true
+  sleep 1
+}
+
+GATEHOUSE_LOG=warn run_proxy gatehouse "$GATEHOUSE" run -c "$B/gatehouse.toml"
+run_proxy nginx nginx -c "$B/nginx.conf"
+run_proxy haproxy haproxy -db -f "$B/haproxy.cfg"
+
+python3 - "$RESULTS" <<'PY'
+import collections, sys
+v = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    proxy, attack, metric, value = line.rstrip("\n").split("\t")
+    v[(proxy, attack)][metric] = float(value)
+proxies = [p for p in ("gatehouse", "nginx", "haproxy") if (p, "quiet") in v]
+attacks = ["slowloris", "slow-body", "tiny-chunks", "pipeline-unread", "h2-zero-window", "h2-idle"]
+print("| attack | " + " | ".join(f"{p}: p99 vs quiet, CPU %, peak RSS MB, client errors" for p in proxies) + " |")
+print("|---|" + "---|" * len(proxies))
+print("| quiet p99 ms | " + " | ".join(f"{v[(p, 'quiet')]['p99_ms']:.2f} ms, RSS {v[(p, 'quiet')]['rss_mb']:.0f} MB" for p in proxies) + " |")
+for a in attacks:
+    cells = []
+    for p in proxies:
+        r = v.get((p, a))
+        if not r:
+            cells.append("-")
+            continue
+        ratio = r["p99_ms"] / max(v[(p, "quiet")]["p99_ms"], 1e-9)
+        cells.append(f"{ratio:.2f}x ({r['p99_ms']:.2f} ms), {r['cpu_pct']:.0f}%, {r['rss_mb']:.0f} MB, {r['errors']:.0f}")
+    print(f"| {a} | " + " | ".join(cells) + " |")
+print("\nwell-behaved client: 1,000 req/s open loop from 127.0.0.1; attacker from 127.0.0.2; goal: p99 within 1.2x of quiet")
+PY
