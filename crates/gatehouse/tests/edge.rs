@@ -313,9 +313,14 @@ async fn http2_floods_end_the_connection() {
         flood.extend(h2raw::frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
     }
     let _ = io.write_all(&flood).await;
-    let goaway = h2raw::wait_for(&mut io, 0, &[h2raw::GOAWAY], Duration::from_secs(5)).await;
-    let reason = goaway.map(|f| u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
-    assert_eq!(reason, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    match h2raw::wait_for(&mut io, 0, &[h2raw::GOAWAY], Duration::from_secs(5)).await {
+        Some(goaway) => {
+            let reason = u32::from_be_bytes(goaway.payload[4..8].try_into().unwrap());
+            assert_eq!(reason, 0xb, "GOAWAY with ENHANCE_YOUR_CALM");
+        }
+        // Closed with the flood still unread: the reset can overtake the GOAWAY.
+        None => assert!(h2raw::closed_within(&mut io, Duration::from_secs(1)).await, "the connection ended"),
+    }
     assert!(b.requests() < 500, "most cancelled streams never reached the target: {}", b.requests());
 
     // CONTINUATION without end: refused once the header list passes its limit.
