@@ -5,4 +5,4 @@
 # Usage: bench/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec scripts/fuzz.sh "${1:-600}"
+exec scripts/fuzz.sh --seconds "${1:-600}"

@@ -23,4 +23,4 @@ echo "tests: $passed passed, $failed failed"
 if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
-scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+scripts/fuzz.sh --runs "${FUZZ_RUNS:-1000000}"

@@ -181,7 +181,8 @@ impl Decoder {
                 }
                 buf.advance(len);
                 self.state = State::Done;
-                Ok(Decoded::Trailers(trailers))
+                // Only forbidden fields: no trailers at all (found by fuzzing).
+                Ok(if trailers.is_empty() { Decoded::End } else { Decoded::Trailers(trailers) })
             }
             Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => Ok(Decoded::NeedMore),
             _ => Err(ChunkError),
@@ -304,6 +305,8 @@ mod tests {
         let trailers = trailers.unwrap();
         assert_eq!(trailers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-sum"]);
         assert!(decode_in_steps(b"0\r\nX-Sum: 1\n\n", 1).is_err(), "bare LF");
+        let (_, none, _) = decode_in_steps(b"0\r\nTE: x\r\n\r\n", 2).unwrap();
+        assert!(none.is_none(), "forbidden fields only: no trailers");
         assert!(decode_in_steps(b"0\r\nX-Sum: 1\r\n\n", 64).is_err(), "bare LF at the end");
         let (body, _, _) = decode_in_steps(b"00000000000000000005\r\nhello\r\n0\r\n\r\n", 4).unwrap();
         assert_eq!(body, b"hello", "leading zeros are not a large size");
