@@ -33,7 +33,7 @@ RESULTS="$B/results.tsv"
 : >"$RESULTS"
 ready_tls() {
   for _ in $(seq 1 100); do
-    [ "$(curl -sk -o /dev/null -w '%{http_code}' --resolve "app.local:${PROXY##*:}:127.0.0.1" "https://app.local:${PROXY##*:}/")" = 200 ] && return 0
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Host: app.local' --resolve "app.local:${PROXY##*:}:127.0.0.1" "https://app.local:${PROXY##*:}/")" = 200 ] && return 0
     sleep 0.1
   done
   return 1
