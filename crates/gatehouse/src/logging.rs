@@ -12,14 +12,25 @@ pub struct LogHandle {
     from_env: bool,
 }
 
+/// Dependencies log only when something is wrong, and rustls only its own errors: its
+/// warnings are about what a client sent (an IP address as SNI, from every `wrk`), one line
+/// per connection that any client could repeat at will. A filter that names one of them
+/// (`GATEHOUSE_LOG=debug,rustls=debug`) decides for it.
 fn filter_for(level: &str) -> EnvFilter {
-    // Dependencies log at their own level only when something is wrong.
-    EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,tokio_rustls=warn"))
+    let mut directives = level.to_string();
+    for quiet in ["hyper=warn", "h2=warn", "rustls=error", "tokio_rustls=error"] {
+        let target = quiet.split('=').next().unwrap_or(quiet);
+        if !level.split(',').any(|d| d.trim().starts_with(target)) {
+            directives.push(',');
+            directives.push_str(quiet);
+        }
+    }
+    EnvFilter::new(directives)
 }
 
 pub fn init(level: &str) -> LogHandle {
     let env = std::env::var("GATEHOUSE_LOG").ok().filter(|f| !f.is_empty());
-    let filter = env.as_deref().map_or_else(|| filter_for(level), EnvFilter::new);
+    let filter = filter_for(env.as_deref().unwrap_or(level));
     let (filter, handle) = reload::Layer::new(filter);
     let json = std::env::var("GATEHOUSE_LOG_FORMAT").is_ok_and(|f| f == "json");
     let registry = tracing_subscriber::registry().with(filter);
