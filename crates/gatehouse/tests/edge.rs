@@ -62,14 +62,16 @@ async fn framing_is_regenerated_and_bodies_that_cannot_be_framed_are_refused() {
     assert_eq!(status_of(&reply), 400, "{reply}");
 
     // An upgrade cannot carry a body: refused, not blamed on the target.
-    let before = b.requests();
     let reply = raw(
         at,
         b"GET / HTTP/1.1\r\nHost: h.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
     )
     .await;
     assert_eq!(status_of(&reply), 400, "{reply}");
-    assert_eq!(b.requests(), before, "the upgrade with a body never reached the target");
+    // (Counted by what the target saw: the refused chunked request above may or may not have
+    // reached it, depending on whether its head went out before its body broke.)
+    let upgrades = b.stats.seen.lock().unwrap().iter().filter(|s| s.headers.contains_key("upgrade")).count();
+    assert_eq!(upgrades, 0, "the upgrade with a body never reached the target");
 
     // h2c anywhere in Upgrade: no upgrade, and the field is gone.
     let reply =

@@ -204,16 +204,16 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
+        let now = Instant::now();
         // Polled with the deadline passed: only the timer woke the task, the stream never did.
-        if this.timer.is_elapsed() || Instant::now() >= this.timer.deadline() {
+        if now >= this.timer.deadline() {
             tracing::debug!("HTTP/2 stream reset: no progress within the send timeout");
             return Poll::Ready(());
         }
         if this.stream.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        let next = Instant::now() + this.streams.send_timeout;
-        this.timer.as_mut().reset(next);
+        this.timer.as_mut().reset(now + this.streams.send_timeout);
         let _ = this.timer.poll(cx);
         Poll::Pending
     }

@@ -129,7 +129,7 @@ enum ReadError {
 #[allow(clippy::large_enum_variant)]
 enum Read {
     Head(Head),
-    /// The first bytes of a head arrived on an empty buffer.
+    /// The first bytes of a head arrived on an empty buffer, not yet the whole head.
     Started,
     /// The client closed cleanly between requests.
     Closed,
@@ -151,11 +151,13 @@ struct Connection<IO> {
 }
 
 impl<IO: Transport> Connection<IO> {
-    /// The next request head, or word that one has begun.
+    /// The next request head, or word that one has begun and is not whole yet (a head that
+    /// arrives in one read, nearly all, comes back at once: no timer is touched for it).
     async fn read_head(&mut self) -> Result<Read, ReadError> {
+        // This call put the first bytes into an empty buffer.
+        let mut began = false;
         loop {
-            let started = self.buf.is_empty();
-            if started {
+            if self.buf.is_empty() {
                 poll_fn(|cx| self.io.poll_idle(cx)).await.map_err(|_| ReadError::Io)?;
             } else if self.head_may_be_whole() {
                 match request::parse(&mut self.buf).map_err(ReadError::Head)? {
@@ -165,14 +167,17 @@ impl<IO: Transport> Connection<IO> {
                     }
                     None => self.scanned = self.buf.len(),
                 }
+                if began {
+                    return Ok(Read::Started);
+                }
             } else if self.buf.len() > request::MAX_HEAD_BYTES {
                 return Err(ReadError::Head(HeadError::TooLarge));
             }
+            let was_empty = self.buf.is_empty();
             match poll_fn(|cx| read::poll_fill(cx, &mut self.io, &mut self.buf, read::HEAD_READ)).await {
                 Ok(0) if self.buf.is_empty() => return Ok(Read::Closed),
                 Ok(0) | Err(_) => return Err(ReadError::Io),
-                Ok(_) if started => return Ok(Read::Started),
-                Ok(_) => {}
+                Ok(_) => began |= was_empty,
             }
         }
     }
