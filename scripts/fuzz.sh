@@ -13,6 +13,9 @@ case "${1:-}" in
     --seconds) budget=(-max_total_time="$2"); what="${2}s" ;;
     *) echo "usage: $0 --runs N | --seconds S" >&2; exit 2 ;;
 esac
+source scripts/packages.sh
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+need_commands c++:g++
 if ! command -v cargo-fuzz >/dev/null; then
     echo "== installing cargo-fuzz"
     cargo install cargo-fuzz --locked --quiet
