@@ -24,6 +24,17 @@ impl Staged {
     /// Writes `bytes` to a hidden temporary file beside `target` (creating the folder) and
     /// syncs it. The target's permissions are kept when it exists.
     pub fn write(target: &Path, bytes: &[u8]) -> std::io::Result<Self> {
+        Self::write_mode(target, bytes, None)
+    }
+
+    /// As [`Staged::write`], the file readable by its owner only (0600) from its creation:
+    /// private keys never exist with wider permissions, even for an instant.
+    pub fn write_private(target: &Path, bytes: &[u8]) -> std::io::Result<Self> {
+        Self::write_mode(target, bytes, Some(0o600))
+    }
+
+    fn write_mode(target: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = folder(target);
         std::fs::create_dir_all(dir)?;
@@ -31,10 +42,16 @@ impl Staged {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
         let staged = Staged { temp, target: target.into(), committed: false };
-        let mut file = std::fs::File::create(&staged.temp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut file = options.open(&staged.temp)?;
         file.write_all(bytes)?;
-        if let Ok(meta) = std::fs::metadata(target) {
-            file.set_permissions(meta.permissions())?;
+        match std::fs::metadata(target) {
+            Ok(meta) if mode.is_none() => file.set_permissions(meta.permissions())?,
+            _ => {}
         }
         file.sync_all()?;
         Ok(staged)
@@ -66,6 +83,11 @@ pub fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Staged::write(target, bytes)?.commit()
 }
 
+/// Replaces `target` with `bytes` atomically, readable by its owner only (keys, credentials).
+pub fn replace_private(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    Staged::write_private(target, bytes)?.commit()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +106,18 @@ mod tests {
         Staged::write(&target, b"three").unwrap().commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"three");
         assert_eq!(files(), 1);
+    }
+
+    #[test]
+    fn private_files_are_owner_only_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("key.pem");
+        replace(&target, b"public").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let staged = Staged::write_private(&target, b"secret").unwrap();
+        assert_eq!(std::fs::metadata(staged.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        staged.commit().unwrap();
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600, "not the old file's mode");
     }
 }
