@@ -349,7 +349,7 @@ async fn serve(
             let certs = gatehouse_native::Certificates::load(&[(paths.cert.clone(), paths.key.clone())])
                 .context("admin API TLS (port_tls_certfile, port_tls_keyfile)")?;
             let store = Arc::new(gatehouse_native::CertStore::new(certs));
-            Some(gatehouse_native::server_config(store, &[b"http/1.1"]).context("admin API TLS")?)
+            Some(gatehouse_native::server_config(store, None, &[b"http/1.1"]).context("admin API TLS")?)
         }
         None => None,
     };

@@ -267,11 +267,20 @@ pub struct ServiceSpec {
 /// A service's certificate and what it does to plain HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceTls {
-    /// PEM chain and key (kamal-proxy's `--tls-certificate-path`, `--tls-private-key-path`).
-    pub certificate: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-    /// Plain-HTTP requests get a 301 to HTTPS (kamal-proxy's `--tls-redirect`).
+    pub certificate: TlsCertificate,
+    /// Plain-HTTP requests get a 301 to HTTPS (kamal-proxy's `--tls-redirect`); ACME's
+    /// HTTP-01 requests still get through.
     pub redirect: bool,
+}
+
+/// Where a service's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsCertificate {
+    /// PEM chain and key (kamal-proxy's `--tls-certificate-path`, `--tls-private-key-path`).
+    Files { certificate: std::path::PathBuf, key: std::path::PathBuf },
+    /// Obtained and renewed by ACME for the service's hosts (`--tls`, `tls = "auto"`).
+    Acme,
 }
 
 /// An HTTP health check of a service's targets: a GET of `path` every `interval`; `rise`

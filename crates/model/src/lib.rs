@@ -6,6 +6,7 @@
 //! changed services, sharing the rest ([`CowMap`]). Engines read snapshots and never mutate
 //! them, so a route change is a pointer swap. This crate does no I/O.
 
+pub mod acme;
 mod balance;
 mod cow_map;
 mod facts;
@@ -20,7 +21,7 @@ pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{
     Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, ServiceTls,
-    TargetSpec, Timeouts,
+    TargetSpec, Timeouts, TlsCertificate,
 };
 pub use forwarding::{Cidr, CidrError, ForwardingPolicy};
 pub use host::{host_port, Authority, AuthorityError, HostPattern, HostPatternError};

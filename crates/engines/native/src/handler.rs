@@ -44,6 +44,7 @@ pub(crate) struct Shared {
     pub occupancy: Arc<Occupancy>,
     /// Log lines about connections refused over a limit, at most one a second.
     pub refusals: crate::throttle::Throttle,
+    pub challenges: Arc<gatehouse_model::acme::Challenges>,
 }
 
 /// What a request knows about the connection it came on.
@@ -130,6 +131,19 @@ fn local_error(
     err.respond(&snap.xproxy, request_id, service.map(|s| &s.spec.error_pages))
 }
 
+/// The answer to a CA's HTTP-01 validation of `host`, when one of its tokens is pending:
+/// plain HTTP only, before routing and before any redirect to HTTPS. Other paths under
+/// `/.well-known/acme-challenge/` are routed as usual (an application may run its own ACME).
+fn acme_http_answer(req: &Request<ClientBody>, host: &str, conn: &ConnInfo) -> Option<Bytes> {
+    if conn.https || !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let token = req.uri().path().strip_prefix("/.well-known/acme-challenge/")?;
+    let answer = conn.shared.challenges.http_answer(host, token)?;
+    tracing::info!(host, token, "answered an HTTP-01 validation");
+    Some(Bytes::from(answer))
+}
+
 async fn proxy(
     req: Request<ClientBody>,
     conn: &ConnInfo,
@@ -151,6 +165,9 @@ async fn proxy(
         HeaderValue::try_from(authority.to_text()).map_err(|_| invalid())?
     };
     let route_host = authority.host;
+    if let Some(key_authorization) = acme_http_answer(&req, &route_host, conn) {
+        return Ok((crate::local::answer(StatusCode::OK, key_authorization, &snap.xproxy, request_id), None));
+    }
     let found = snap.table.lookup(&route_host, req.uri().path()).ok_or(LocalError::NoRoute)?;
     let canonical = found.spec.canonical_host.as_deref().filter(|c| *c != route_host);
     let to_https = !conn.https && found.spec.tls.as_ref().is_some_and(|t| t.redirect);

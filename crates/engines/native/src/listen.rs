@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
+use gatehouse_model::acme::Challenges;
 use gatehouse_model::{EdgeLimits, ForwardingPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -29,6 +30,8 @@ const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
 pub struct EdgePolicy {
     pub limits: EdgeLimits,
     pub forwarding: ForwardingPolicy,
+    /// ACME challenges answered before routing (HTTP-01) and in handshakes (TLS-ALPN-01).
+    pub challenges: Arc<Challenges>,
 }
 
 /// One address to accept on; TLS when it has a certificate store.
@@ -71,7 +74,7 @@ impl NativeProxy {
         access_log: Option<Arc<AccessLog>>,
         edge: EdgePolicy,
     ) -> Result<Self, EngineError> {
-        let EdgePolicy { limits, forwarding } = edge;
+        let EdgePolicy { limits, forwarding, challenges } = edge;
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
         let mut https_port = None;
@@ -85,7 +88,7 @@ impl NativeProxy {
             let tls = match l.tls {
                 None => None,
                 Some(store) => {
-                    let config = tls::server_config(store, &[b"h2", b"http/1.1"])
+                    let config = tls::server_config(store, Some(challenges.clone()), &[b"h2", b"http/1.1"])
                         .map_err(|source| EngineError::Tls { address: l.address, source })?;
                     Some(TlsAcceptor::from(Arc::new(config)))
                 }
@@ -103,6 +106,7 @@ impl NativeProxy {
             forwarding,
             refusals: Default::default(),
             limits,
+            challenges,
         });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
@@ -315,7 +319,13 @@ async fn serve_tls(
             return;
         }
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(tls::ACME_TLS_ALPN) {
+        // A CA's TLS-ALPN-01 validation: the handshake was the answer; nothing follows.
+        tracing::info!(peer = %conn.peer, "answered a TLS-ALPN-01 validation");
+        return;
+    }
+    if alpn == Some(b"h2") {
         Box::pin(crate::h2::serve(stream, conn, stopped, counted)).await
     } else {
         Box::pin(serve_h1(stream, conn, stopped, counted)).await

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use gatehouse_model::acme::Challenges;
 use provider::sign::any_supported_type;
 
 // The crypto behind client connections' TLS: ring by default (no C toolchain beyond cc);
@@ -16,7 +17,7 @@ use rustls::crypto::aws_lc_rs as provider;
 #[cfg(not(feature = "aws-lc-rs"))]
 use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -67,6 +68,14 @@ impl Certificates {
         Ok(())
     }
 
+    /// As [`Certificates::add_preferred`], from PEM text held in memory (ACME's);
+    /// `origin` names it in errors.
+    pub fn add_preferred_pem(&mut self, chain: &[u8], key: &[u8], origin: &Path) -> Result<(), CertError> {
+        let (key, names) = parse_pair(chain, key, origin, origin)?;
+        self.insert(&key, names, true);
+        Ok(())
+    }
+
     /// Indexes `key` under `names`; a name already indexed keeps its key unless `take_over`.
     fn insert(&mut self, key: &Arc<CertifiedKey>, names: Vec<String>, take_over: bool) {
         for name in names {
@@ -112,11 +121,21 @@ impl Certificates {
 }
 
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
+    let chain = std::fs::read(cert_path)
+        .map_err(|e| CertError::Certificate { path: cert_path.to_path_buf(), reason: e.to_string() })?;
+    let key = std::fs::read(key_path).map_err(|e| CertError::Key { path: key_path.to_path_buf(), reason: e.to_string() })?;
+    parse_pair(&chain, &key, cert_path, key_path)
+}
+
+fn parse_pair(
+    chain: &[u8],
+    key: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
     let cert_err = |reason: String| CertError::Certificate { path: cert_path.to_path_buf(), reason };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(chain).collect::<Result<_, _>>().map_err(|e| cert_err(e.to_string()))?;
     let leaf = chain.first().ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
     let names: Vec<String> = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| cert_err(format!("not a usable certificate: {e}")))?
@@ -127,7 +146,7 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, Ve
         return Err(CertError::NoNames { path: cert_path.to_path_buf() });
     }
     let key_err = |reason: String| CertError::Key { path: key_path.to_path_buf(), reason };
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| key_err(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| key_err(e.to_string()))?;
     let signer = any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| key_err(format!("does not belong to {}: {e}", cert_path.display())))?;
@@ -160,6 +179,31 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// A listener's certificates, or a TLS-ALPN-01 answer when a CA validates a name: a
+/// handshake offering `acme-tls/1` gets the challenge certificate for its SNI, or nothing.
+#[derive(Debug)]
+struct Resolver {
+    store: Arc<CertStore>,
+    challenges: Option<Arc<Challenges>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(challenges) = &self.challenges {
+            if hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN)) {
+                let answer = challenges.tls_alpn_answer(hello.server_name()?)?;
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(answer.key.clone()));
+                let signer = any_supported_type(&key).ok()?;
+                return Some(Arc::new(CertifiedKey::new(vec![CertificateDer::from(answer.certificate.clone())], signer)));
+            }
+        }
+        self.store.resolve(hello)
+    }
+}
+
 /// The rustls server configuration of a TLS listener (TLS 1.2 and 1.3, safe defaults),
 /// offering `alpn` in order: h2 and http/1.1 for the proxy, http/1.1 for the admin API.
 /// Sessions kept for TLS 1.2 clients that resume by session id (about 200 bytes each).
@@ -168,16 +212,24 @@ const SESSION_CACHE: usize = 20_000;
 /// A TLS server configuration choosing certificates from `store`, offering `alpn`. Clients
 /// that come back resume their session instead of a full handshake: TLS 1.3 (and 1.2)
 /// tickets sealed with keys that rotate every 6 hours, and a bounded session cache for TLS
-/// 1.2 clients without tickets.
-pub fn server_config(store: Arc<CertStore>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, rustls::Error> {
+/// 1.2 clients without tickets. With `challenges`, `acme-tls/1` is offered too and answered
+/// from them.
+pub fn server_config(
+    store: Arc<CertStore>,
+    challenges: Option<Arc<Challenges>>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cipher_suites = provider::DEFAULT_CIPHER_SUITES.to_vec();
     cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     let crypto = rustls::crypto::CryptoProvider { cipher_suites, ..provider::default_provider() };
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(store);
+        .with_cert_resolver(Arc::new(Resolver { store, challenges: challenges.clone() }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if challenges.is_some() {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.ticketer = provider::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     // One ticket per connection (rustls sends two): each costs key derivation and sealing,

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec};
+use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec,
+    TlsCertificate,
+};
 use serde::{Deserialize, Serialize};
 
 /// Longest service name accepted (it shows in metrics labels and log lines).
@@ -290,7 +292,6 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
     // A target that refused a connection sits out until its next check says otherwise.
     spec.timeouts.fail = Duration::from_millis(hc.interval_ms);
     spec.health_check = Some(hc.check());
-    not_yet(options)?;
     spec.max_body_size = (options.max_request_body > 0).then_some(options.max_request_body);
     spec.buffering = Buffering {
         requests: options.buffer_requests,
@@ -298,13 +299,20 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         memory: options.buffer_memory,
         max_response_body: (options.max_response_body > 0).then_some(options.max_response_body),
     };
-    spec.tls = match (&options.tls_certificate_path, &options.tls_private_key_path) {
+    let certificate = match (&options.tls_certificate_path, &options.tls_private_key_path) {
+        (None, None) if options.tls => {
+            if options.hosts.is_empty() {
+                return Err("--tls without a certificate needs at least one --host to obtain it for".into());
+            }
+            Some(TlsCertificate::Acme)
+        }
         (None, None) => None,
         (Some(certificate), Some(key)) => {
-            Some(ServiceTls { certificate: certificate.into(), key: key.into(), redirect: options.tls_redirect })
+            Some(TlsCertificate::Files { certificate: certificate.into(), key: key.into() })
         }
         _ => return Err("--tls-certificate-path and --tls-private-key-path go together".into()),
     };
+    spec.tls = certificate.map(|certificate| ServiceTls { certificate, redirect: options.tls_redirect });
     spec.forward_headers = options.forward_headers.unwrap_or(spec.tls.is_none());
     if let Some(canonical) = &options.canonical_host {
         match HostPattern::parse(canonical) {
@@ -338,15 +346,6 @@ pub fn targets(list: &[String], taken: &[TargetSpec]) -> Result<Vec<TargetSpec>,
         parsed.push(spec);
     }
     Ok(parsed)
-}
-
-/// kamal-proxy options this build does not carry out: refused with what to do instead, never
-/// accepted and ignored.
-fn not_yet(options: &DeployOptions) -> Result<(), String> {
-    if options.tls && options.tls_certificate_path.is_none() {
-        return Err("--tls without --tls-certificate-path needs automatic certificates (ACME), which this build does not have yet; give the certificate with --tls-certificate-path and --tls-private-key-path".into());
-    }
-    Ok(())
 }
 
 /// Largest error page read.
@@ -453,7 +452,11 @@ mod tests {
         assert!(service_spec("a b", &options(&["a:1"], &["x.test"])).unwrap_err().contains("letters"));
         let mut o = options(&["a:1"], &["x.test"]);
         o.tls = true;
-        assert!(err(o.clone()).contains("ACME"), "--tls alone needs ACME");
+        let spec = service_spec("web", &o).unwrap();
+        assert!(spec.tls.is_some_and(|t| t.certificate == TlsCertificate::Acme), "--tls alone: ACME");
+        o.hosts.clear();
+        assert!(err(o.clone()).contains("--host"), "ACME needs names");
+        o.hosts = vec!["x.test".into()];
         o.tls_certificate_path = Some("/c.pem".into());
         assert!(err(o.clone()).contains("go together"));
         o.tls_private_key_path = Some("/c.key".into());

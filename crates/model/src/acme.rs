@@ -1,0 +1,175 @@
+//! Automatic certificates: what the ACME source is told (its settings) and the one thing it
+//! shares with the engines, the challenges it is answering right now.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// Let's Encrypt's production directory: the default, so that a certificate browsers trust
+/// is what a first deploy gets (staging is one key away).
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// How the CA is shown that we hold a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChallengeKind {
+    /// A file under `/.well-known/acme-challenge/` on port 80.
+    Http01,
+    /// A self-signed certificate offered to ALPN `acme-tls/1` on port 443.
+    TlsAlpn01,
+    /// A TXT record under `_acme-challenge.`, set by a hook command (needed for wildcards).
+    Dns01,
+}
+
+impl ChallengeKind {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "http-01" => Some(Self::Http01),
+            "tls-alpn-01" => Some(Self::TlsAlpn01),
+            "dns-01" => Some(Self::Dns01),
+            _ => None,
+        }
+    }
+}
+
+/// The `[acme]` table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// `mailto:` addresses given to the CA for expiry notices.
+    pub contact: Vec<String>,
+    /// External account binding (ZeroSSL, some private CAs): key id and base64url MAC key.
+    pub external_account: Option<(String, String)>,
+    /// A PEM root that signs the CA's own HTTPS certificate (a private CA, Pebble), trusted
+    /// besides the system's.
+    pub ca_root: Option<PathBuf>,
+    pub challenge: ChallengeKind,
+    /// Run as `HOOK present|cleanup NAME VALUE` for DNS-01.
+    pub dns_hook: Option<PathBuf>,
+    /// Where the account, certificates and keys are kept.
+    pub storage: PathBuf,
+}
+
+// The MAC key is a secret: never printed.
+impl fmt::Debug for AcmeSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeSettings")
+            .field("directory", &self.directory)
+            .field("contact", &self.contact)
+            .field("external_account", &self.external_account.as_ref().map(|(kid, _)| (kid, "<redacted>")))
+            .field("ca_root", &self.ca_root)
+            .field("challenge", &self.challenge)
+            .field("dns_hook", &self.dns_hook)
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+impl AcmeSettings {
+    pub fn new(storage: PathBuf) -> Self {
+        AcmeSettings {
+            directory: LETS_ENCRYPT.to_string(),
+            contact: Vec::new(),
+            external_account: None,
+            ca_root: None,
+            challenge: ChallengeKind::Http01,
+            dns_hook: None,
+            storage,
+        }
+    }
+}
+
+/// A TLS-ALPN-01 answer (RFC 8737): a self-signed certificate for one name, DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlpnAnswer {
+    pub certificate: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// The challenges being validated now. The ACME source adds one when it asks the CA to
+/// validate and removes it when the authorization ends; the engines answer only what is
+/// here, so a token from an ended order, or for another name, gets nothing.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    /// (lowercase host, token) -> key authorization.
+    http: RwLock<HashMap<(String, String), String>>,
+    /// Lowercase host -> the certificate that proves it.
+    tls_alpn: RwLock<HashMap<String, Arc<AlpnAnswer>>>,
+}
+
+impl Challenges {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The body to answer `GET /.well-known/acme-challenge/TOKEN` on `host` with.
+    pub fn http_answer(&self, host: &str, token: &str) -> Option<String> {
+        let http = self.http.read().unwrap_or_else(|e| e.into_inner());
+        if http.is_empty() {
+            return None;
+        }
+        http.get(&(host.to_ascii_lowercase(), token.to_string())).cloned()
+    }
+
+    pub fn tls_alpn_answer(&self, host: &str) -> Option<Arc<AlpnAnswer>> {
+        self.tls_alpn.read().unwrap_or_else(|e| e.into_inner()).get(&host.to_ascii_lowercase()).cloned()
+    }
+
+    pub fn present_http(&self, host: &str, token: &str, key_authorization: &str) {
+        let mut http = self.http.write().unwrap_or_else(|e| e.into_inner());
+        http.insert((host.to_ascii_lowercase(), token.to_string()), key_authorization.to_string());
+    }
+
+    pub fn clear_http(&self, host: &str, token: &str) {
+        let mut http = self.http.write().unwrap_or_else(|e| e.into_inner());
+        http.remove(&(host.to_ascii_lowercase(), token.to_string()));
+    }
+
+    pub fn present_tls_alpn(&self, host: &str, answer: AlpnAnswer) {
+        let mut tls = self.tls_alpn.write().unwrap_or_else(|e| e.into_inner());
+        tls.insert(host.to_ascii_lowercase(), Arc::new(answer));
+    }
+
+    pub fn clear_tls_alpn(&self, host: &str) {
+        self.tls_alpn.write().unwrap_or_else(|e| e.into_inner()).remove(&host.to_ascii_lowercase());
+    }
+
+    /// How many challenges are pending (both kinds).
+    pub fn pending(&self) -> usize {
+        let http = self.http.read().unwrap_or_else(|e| e.into_inner()).len();
+        http + self.tls_alpn.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pending_tokens_for_their_own_host_are_answered() {
+        let challenges = Challenges::new();
+        assert_eq!(challenges.http_answer("a.test", "t1"), None);
+        challenges.present_http("A.test", "t1", "t1.thumb");
+        assert_eq!(challenges.http_answer("a.TEST", "t1").as_deref(), Some("t1.thumb"));
+        assert_eq!(challenges.http_answer("b.test", "t1"), None, "another name");
+        assert_eq!(challenges.http_answer("a.test", "t2"), None, "another token");
+        challenges.clear_http("a.test", "t1");
+        assert_eq!(challenges.http_answer("a.test", "t1"), None, "an ended order's token");
+        challenges.present_tls_alpn("a.test", AlpnAnswer { certificate: vec![1], key: vec![2] });
+        assert!(challenges.tls_alpn_answer("A.test").is_some());
+        assert_eq!(challenges.pending(), 1);
+        challenges.clear_tls_alpn("a.test");
+        assert_eq!(challenges.pending(), 0);
+    }
+
+    #[test]
+    fn the_mac_key_is_never_printed() {
+        let mut settings = AcmeSettings::new("/var/lib/gatehouse/acme".into());
+        settings.external_account = Some(("kid-1".into(), "c2VjcmV0".into()));
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("kid-1") && !shown.contains("c2VjcmV0"), "{shown}");
+    }
+}

@@ -1,0 +1,426 @@
+//! The ACME source: certificates for the services that ask for them (`--tls` deploys, file
+//! services with `tls = "auto"`), obtained at once, renewed at two thirds of their lifetime
+//! (earlier when the CA's renewal information says so), kept in a [`Storage`] so a restart
+//! issues nothing new. It produces facts for the gateway (the certificates now valid) and
+//! shares the challenges being validated with the engines through the model's
+//! [`Challenges`]; it never calls into an engine.
+
+mod certificate;
+mod order;
+mod schedule;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use gatehouse_model::acme::{AcmeSettings, Challenges};
+use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use certificate::Issued;
+pub use storage::{FileStorage, Storage};
+
+/// At most this long between two looks at the schedule (a wall clock that jumps, renewal
+/// information to ask again).
+const LOOK_AGAIN: Duration = Duration::from_secs(3600);
+/// An order (account, validation, finalization, download) that takes longer fails.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A service that wants one certificate for its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub service: String,
+    pub names: Vec<String>,
+}
+
+/// One service's certificate as `/v1/certificates` and `gatehouse certs` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateStatus {
+    pub service: String,
+    pub names: Vec<String>,
+    /// The certificate in service, if any.
+    pub issuer: Option<String>,
+    pub not_after: Option<SystemTime>,
+    pub renew_at: Option<SystemTime>,
+    /// An order is running now.
+    pub ordering: bool,
+    /// Failed orders in a row, and the last one's error.
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// What the source knows of one service's certificate.
+struct Lineage {
+    names: Vec<String>,
+    issued: Option<Arc<Issued>>,
+    /// Wall-clock time of the next renewal (now for a missing or mismatched certificate).
+    renew_at: SystemTime,
+    /// No order before this (backoff after failures).
+    not_before: Instant,
+    failures: u32,
+    last_error: Option<String>,
+    ordering: bool,
+}
+
+impl Lineage {
+    fn due(&self, now: Instant, wall: SystemTime) -> bool {
+        !self.ordering && self.not_before <= now && self.renew_at <= wall
+    }
+}
+
+struct Inner {
+    settings: AcmeSettings,
+    storage: Arc<dyn Storage>,
+    challenges: Arc<Challenges>,
+    lineages: Mutex<BTreeMap<String, Lineage>>,
+    account: tokio::sync::Mutex<Option<Account>>,
+    /// Told when the set of valid certificates changed.
+    changed: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The running ACME source.
+pub struct AcmeSource {
+    inner: Arc<Inner>,
+    wanted: watch::Sender<Vec<Wanted>>,
+}
+
+impl AcmeSource {
+    /// Starts the source on the current Tokio runtime; `changed` is called (from its task)
+    /// whenever [`AcmeSource::certificates`] changed.
+    pub fn start(
+        settings: AcmeSettings,
+        storage: Arc<dyn Storage>,
+        challenges: Arc<Challenges>,
+        changed: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            settings,
+            storage,
+            challenges,
+            lineages: Mutex::new(BTreeMap::new()),
+            account: tokio::sync::Mutex::new(None),
+            changed: Box::new(changed),
+        });
+        let (wanted, watching) = watch::channel(Vec::new());
+        tokio::spawn(run(inner.clone(), watching));
+        AcmeSource { inner, wanted }
+    }
+
+    /// The services that want certificates now; certificates already stored are loaded at
+    /// once, missing or outdated ones ordered at once.
+    pub fn want(&self, wanted: Vec<Wanted>) {
+        self.inner.reconcile(&wanted);
+        self.wanted.send_if_modified(|current| {
+            let differs = *current != wanted;
+            *current = wanted;
+            differs
+        });
+    }
+
+    /// The certificates in service, one per service that has one.
+    pub fn certificates(&self) -> Vec<Arc<Issued>> {
+        let lineages = self.inner.lock();
+        lineages.values().filter_map(|l| l.issued.clone()).collect()
+    }
+
+    pub fn status(&self) -> Vec<CertificateStatus> {
+        let lineages = self.inner.lock();
+        lineages
+            .iter()
+            .map(|(service, l)| CertificateStatus {
+                service: service.clone(),
+                names: l.names.clone(),
+                issuer: l.issued.as_ref().map(|i| i.issuer.clone()),
+                not_after: l.issued.as_ref().map(|i| i.not_after),
+                renew_at: l.issued.as_ref().map(|_| l.renew_at),
+                ordering: l.ordering,
+                failures: l.failures,
+                last_error: l.last_error.clone(),
+            })
+            .collect()
+    }
+
+    pub fn settings(&self) -> &AcmeSettings {
+        &self.inner.settings
+    }
+}
+
+async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>) {
+    let mut orders: JoinSet<(String, Vec<String>, Result<Issued, String>)> = JoinSet::new();
+    loop {
+        for (service, names) in inner.start_due() {
+            let inner = inner.clone();
+            orders.spawn(async move {
+                let result = match tokio::time::timeout(ORDER_TIMEOUT, inner.order(&names)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("the order took longer than {}s", ORDER_TIMEOUT.as_secs())),
+                };
+                (service, names, result)
+            });
+        }
+        let wake = inner.next_wake();
+        tokio::select! {
+            changed = wanted.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            Some(done) = orders.join_next(), if !orders.is_empty() => {
+                if let Ok((service, names, result)) = done {
+                    inner.finish(&service, &names, result);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Lineage>> {
+        self.lineages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn certificate_key(service: &str) -> String {
+        format!("certificates/{service}.json")
+    }
+
+    /// Follows the wanted list: new services get their stored certificate (or are due at
+    /// once), services no longer wanted are dropped.
+    fn reconcile(&self, wanted: &[Wanted]) {
+        let mut changed = false;
+        {
+            let mut lineages = self.lock();
+            let before = lineages.len();
+            lineages.retain(|service, _| wanted.iter().any(|w| &w.service == service));
+            changed |= lineages.len() != before;
+            for w in wanted {
+                match lineages.get_mut(&w.service) {
+                    Some(l) if l.names == w.names => {}
+                    Some(l) => {
+                        // New names: the current certificate serves its names until the new
+                        // one arrives.
+                        l.names = w.names.clone();
+                        if !l.issued.as_ref().is_some_and(|i| i.covers(&w.names, &self.settings.directory)) {
+                            l.renew_at = SystemTime::UNIX_EPOCH;
+                            l.not_before = Instant::now();
+                            l.failures = 0;
+                        }
+                    }
+                    None => {
+                        let issued = self.stored(&w.service);
+                        changed |= issued.is_some();
+                        let renew_at = match &issued {
+                            Some(i) if i.covers(&w.names, &self.settings.directory) => {
+                                schedule::renew_at(i.not_before, i.not_after, None)
+                            }
+                            _ => SystemTime::UNIX_EPOCH,
+                        };
+                        let lineage = Lineage {
+                            names: w.names.clone(),
+                            issued,
+                            renew_at,
+                            not_before: Instant::now(),
+                            failures: 0,
+                            last_error: None,
+                            ordering: false,
+                        };
+                        lineages.insert(w.service.clone(), lineage);
+                    }
+                }
+            }
+        }
+        if changed {
+            (self.changed)();
+        }
+    }
+
+    /// The stored certificate of `service`, if one is readable.
+    fn stored(&self, service: &str) -> Option<Arc<Issued>> {
+        let bytes = match self.storage.load(&Self::certificate_key(service)) {
+            Ok(bytes) => bytes?,
+            Err(e) => {
+                tracing::error!(service, error = %e, "cannot read the stored certificate; a new one is ordered");
+                return None;
+            }
+        };
+        match Issued::from_bytes(&bytes) {
+            Ok(issued) => {
+                tracing::info!(service, names = ?issued.names, "stored certificate loaded");
+                Some(Arc::new(issued))
+            }
+            Err(e) => {
+                tracing::error!(service, error = %e, "the stored certificate is unusable; a new one is ordered");
+                None
+            }
+        }
+    }
+
+    /// Marks the lineages due now as ordering and returns them.
+    fn start_due(&self) -> Vec<(String, Vec<String>)> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut lineages = self.lock();
+        let mut due = Vec::new();
+        for (service, l) in lineages.iter_mut().filter(|(_, l)| l.due(now, wall)) {
+            l.ordering = true;
+            due.push((service.clone(), l.names.clone()));
+        }
+        due
+    }
+
+    /// When the next lineage falls due.
+    fn next_wake(&self) -> Instant {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let lineages = self.lock();
+        let soonest = lineages
+            .values()
+            .filter(|l| !l.ordering)
+            .map(|l| l.not_before.max(now + l.renew_at.duration_since(wall).unwrap_or(Duration::ZERO)))
+            .min();
+        soonest.unwrap_or(now + LOOK_AGAIN).min(now + LOOK_AGAIN)
+    }
+
+    fn finish(&self, service: &str, names: &[String], result: Result<Issued, String>) {
+        let mut changed = false;
+        {
+            let mut lineages = self.lock();
+            let Some(l) = lineages.get_mut(service) else { return };
+            l.ordering = false;
+            match result {
+                Ok(issued) => {
+                    if let Err(e) = self.storage.store(&Self::certificate_key(service), &issued.to_bytes()) {
+                        // Served anyway; a restart would order again.
+                        tracing::error!(service, error = %e, "cannot store the new certificate");
+                    }
+                    l.renew_at = schedule::renew_at(issued.not_before, issued.not_after, None);
+                    l.failures = 0;
+                    l.last_error = None;
+                    l.issued = Some(Arc::new(issued));
+                    changed = true;
+                    if l.names != names {
+                        // The names changed while ordering: order again for the new ones.
+                        l.renew_at = SystemTime::UNIX_EPOCH;
+                    }
+                }
+                Err(e) => {
+                    l.failures += 1;
+                    let wait = schedule::retry_delay(l.failures);
+                    l.not_before = Instant::now() + wait;
+                    tracing::warn!(service, failures = l.failures, retry_in_s = wait.as_secs(), error = %e,
+                        "ACME order failed; the current certificate (if any) keeps serving");
+                    l.last_error = Some(e);
+                }
+            }
+        }
+        if changed {
+            (self.changed)();
+        }
+    }
+
+    /// Obtains a certificate for `names` from the CA.
+    async fn order(&self, names: &[String]) -> Result<Issued, String> {
+        let account = self.account().await?;
+        let presenter = order::Presenter {
+            kind: self.settings.challenge,
+            challenges: &self.challenges,
+            dns_hook: self.settings.dns_hook.as_deref(),
+        };
+        let (chain, key) = order::obtain(&account, names, &presenter).await?;
+        Issued::new(names.to_vec(), chain, key, self.settings.directory.clone())
+    }
+
+    /// The ACME account: the stored one, else a new one created and stored.
+    async fn account(&self) -> Result<Account, String> {
+        let mut slot = self.account.lock().await;
+        if let Some(account) = &*slot {
+            return Ok(account.clone());
+        }
+        let settings = &self.settings;
+        let key = format!("accounts/{}.json", storage_name(&settings.directory));
+        let builder = || {
+            match &settings.ca_root {
+                Some(root) => Account::builder_with_root(root),
+                None => Account::builder(),
+            }
+            .map_err(|e| format!("ACME HTTP client: {e}"))
+        };
+        let stored = self.storage.load(&key).map_err(|e| format!("cannot read the ACME account: {e}"))?;
+        let account = match stored {
+            Some(bytes) => {
+                let credentials: AccountCredentials =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("the stored ACME account {key} is unreadable: {e}"))?;
+                builder()?.from_credentials(credentials).await.map_err(|e| format!("{}: {e}", settings.directory))?
+            }
+            None => {
+                let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
+                let binding = match &settings.external_account {
+                    None => None,
+                    Some((kid, mac)) => Some(ExternalAccountKey::new(kid.clone(), &decode_mac_key(mac)?)),
+                };
+                let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+                let (account, credentials) = builder()?
+                    .create(&new, settings.directory.clone(), binding.as_ref())
+                    .await
+                    .map_err(|e| format!("cannot create an ACME account at {}: {e}", settings.directory))?;
+                let bytes = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
+                self.storage.store(&key, &bytes).map_err(|e| format!("cannot store the ACME account: {e}"))?;
+                tracing::info!(directory = %settings.directory, account = account.id(), "ACME account created");
+                account
+            }
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+}
+
+/// A file-name-safe, stable name for a directory URL (one account per CA).
+fn storage_name(directory: &str) -> String {
+    let readable: String = directory
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .take(80)
+        .collect();
+    // FNV-1a: two URLs that read alike after the replacement still get two accounts.
+    let hash = directory.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{readable}-{hash:016x}")
+}
+
+/// External account binding MAC keys are base64url (what ZeroSSL and step-ca hand out).
+fn decode_mac_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim().trim_end_matches('='))
+        .map_err(|e| format!("[acme] eab_mac_key is not base64url: {e}"))?;
+    if key.is_empty() {
+        return Err("[acme] eab_mac_key is empty".into());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_keys_decode_as_base64url() {
+        assert_eq!(decode_mac_key("aGVsbG8").unwrap(), b"hello");
+        assert_eq!(decode_mac_key("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_mac_key("-_8").unwrap(), [0xfb, 0xff]);
+        assert!(decode_mac_key("+/8").is_err(), "standard base64 is not base64url");
+        assert!(decode_mac_key("a b").is_err());
+        assert!(decode_mac_key("").is_err());
+    }
+
+    #[test]
+    fn each_ca_gets_its_own_account_file() {
+        let prod = storage_name(gatehouse_model::acme::LETS_ENCRYPT);
+        let staging = storage_name(gatehouse_model::acme::LETS_ENCRYPT_STAGING);
+        assert!(prod.starts_with("acme-v02.api.letsencrypt.org_directory-"), "{prod}");
+        assert_ne!(prod, staging);
+        assert_ne!(storage_name("https://a.test/x_y"), storage_name("https://a.test/x/y"));
+    }
+}

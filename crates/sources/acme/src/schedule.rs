@@ -1,0 +1,48 @@
+//! When to renew and when to try again: pure arithmetic on times, no I/O.
+
+use std::time::{Duration, SystemTime};
+
+/// The moment to renew a certificate valid from `not_before` to `not_after`: two thirds
+/// into its lifetime (day 60 of 90, day 4 of 6 for short-lived ones), or at the start of
+/// the window the CA suggests (ACME Renewal Information) when that comes first.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime, suggested: Option<SystemTime>) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or(Duration::ZERO);
+    let two_thirds = not_before + lifetime * 2 / 3;
+    match suggested {
+        Some(start) if start < two_thirds => start,
+        _ => two_thirds,
+    }
+}
+
+/// How long to wait after `failures` failed orders in a row. Let's Encrypt allows 5 failed
+/// validations per name per hour: the first retries come quickly (a DNS record or a port
+/// just opened), then the pace drops below that limit.
+pub fn retry_delay(failures: u32) -> Duration {
+    const STEPS: [u64; 6] = [5, 30, 120, 600, 1800, 3600];
+    let step = STEPS[(failures.saturating_sub(1) as usize).min(STEPS.len() - 1)];
+    Duration::from_secs(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn renewal_at_two_thirds_or_the_cas_earlier_window() {
+        let start = SystemTime::UNIX_EPOCH + 1000 * DAY;
+        assert_eq!(renew_at(start, start + 90 * DAY, None), start + 60 * DAY);
+        assert_eq!(renew_at(start, start + 6 * DAY, None), start + 4 * DAY, "short-lived certificates");
+        assert_eq!(renew_at(start, start + 90 * DAY, Some(start + 10 * DAY)), start + 10 * DAY, "ARI says earlier");
+        assert_eq!(renew_at(start, start + 90 * DAY, Some(start + 80 * DAY)), start + 60 * DAY, "never later");
+        assert_eq!(renew_at(start + DAY, start, None), start + DAY, "a backwards certificate is due at once");
+    }
+
+    #[test]
+    fn retries_slow_down_below_the_cas_limits() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 30, 120, 600, 1800, 3600, 3600, 3600]);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+}
