@@ -26,6 +26,8 @@ pub(crate) struct FileConfig {
     pub workers: Option<Spanned<i64>>,
     /// What one client may cost: timeouts and connection and request caps.
     pub limits: Option<FileLimits>,
+    /// Automatic certificates.
+    pub acme: Option<FileAcme>,
     /// Peers (CIDRs) whose forwarding headers are kept and extended.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
@@ -100,6 +102,29 @@ pub(crate) struct FileLimits {
     pub max_requests_per_client: Option<Spanned<i64>>,
 }
 
+/// `[acme]`: every key optional; Let's Encrypt production and HTTP-01 by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAcme {
+    /// A directory URL, or "letsencrypt", "letsencrypt-staging".
+    pub directory: Option<Spanned<String>>,
+    /// One address or a list: the CA's expiry notices.
+    pub email: Option<Spanned<OneOrMany>>,
+    pub eab_kid: Option<Spanned<String>>,
+    pub eab_mac_key: Option<Spanned<String>>,
+    pub ca_root: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub dns_hook: Option<Spanned<String>>,
+    pub storage: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// drove-gateway 2.1's `[[namespaces]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +190,10 @@ pub(crate) struct FileService {
     pub tls_verify: Option<bool>,
     pub retries: Option<Spanned<i64>>,
     pub health_check: Option<FileHealthCheck>,
+    /// "auto": a certificate from ACME for the hosts.
+    pub tls: Option<Spanned<String>>,
+    /// Plain-HTTP requests of a TLS service are redirected to HTTPS (default true).
+    pub tls_redirect: Option<bool>,
 }
 
 /// `[services.health_check]`: HAProxy's active checks, over HTTP.

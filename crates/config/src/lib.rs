@@ -57,6 +57,8 @@ pub struct Config {
     pub drove: DroveSettings,
     /// The deploy source's state file.
     pub deploy_state: PathBuf,
+    /// Automatic certificates (`[acme]`), for the services that ask for them.
+    pub acme: gatehouse_model::acme::AcmeSettings,
     /// Where the access log goes (`None`: off).
     pub access_log: Option<AccessLogDestination>,
     /// Things worth a log line that do not stop the file from loading.

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use gatehouse_model::acme::{self, AcmeSettings, ChallengeKind, ExternalAccount};
 use gatehouse_model::{
     BalancePolicy, BuildError, Cidr, EdgeLimits, ForwardingPolicy, HealthCheck, HostPattern, RouteTable, ServiceSpec,
-    TargetSpec,
+    ServiceTls, TargetSpec, TlsCertificate,
 };
 use toml::de::{DeTable, Deserializer};
 use toml::Spanned;
@@ -18,7 +19,8 @@ use crate::deferred::DEFERRED_KEYS;
 use crate::diagnostic::{ConfigError, Diagnostic};
 use crate::drove::Environment;
 use crate::file::{
-    FileBalance, FileConfig, FileHealthCheck, FileLimits, FileListener, FileService, FileTarget, NumberOrText,
+    FileAcme, FileBalance, FileConfig, FileHealthCheck, FileLimits, FileListener, FileService, FileTarget,
+    NumberOrText, OneOrMany,
 };
 use crate::units::{parse_duration, parse_size};
 use crate::{AdminSettings, CertificatePaths, Config, ListenerSpec, ProxyPlatform, Secret};
@@ -179,6 +181,16 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
     };
     let listeners = listeners(c, file.listeners);
     let services = services(c, file.services);
+    let acme_storage = deploy_state.parent().unwrap_or(Path::new(".")).join("acme");
+    let acme = acme(c, file.acme.as_ref(), acme_storage);
+    if let Some(s) = services.iter().find(|s| s.tls.is_some()) {
+        if !listeners.iter().any(|l| l.tls) {
+            c.error(None, format!("service `{}` has `tls = \"auto\"` but no [[listeners]] speaks HTTPS: add one with `tls = true`", s.name));
+        }
+        if acme.challenge == ChallengeKind::Http01 && !listeners.iter().any(|l| !l.tls) {
+            c.warn(None, "ACME's http-01 challenge is answered on plain-HTTP listeners (port 80), and there is none: add one, or set [acme] challenge = \"tls-alpn-01\"");
+        }
+    }
     if templated.is_some() && !listeners.is_empty() {
         c.warn(
             None,
@@ -216,9 +228,72 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
         services,
         drove,
         deploy_state,
+        acme,
         access_log,
         warnings: Vec::new(),
     }
+}
+
+/// `[acme]` with its defaults: Let's Encrypt production, HTTP-01, kept beside the deploy state.
+fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeSettings {
+    let mut settings = AcmeSettings::new(storage);
+    let Some(file) = file else { return settings };
+    if let Some(d) = &file.directory {
+        settings.directory = match d.get_ref().trim() {
+            "letsencrypt" => acme::LETS_ENCRYPT.to_string(),
+            "letsencrypt-staging" => acme::LETS_ENCRYPT_STAGING.to_string(),
+            url if url.starts_with("https://") => url.to_string(),
+            other => {
+                c.error(Some(d.span()), format!("[acme] `directory` `{other}`: an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\""));
+                settings.directory
+            }
+        };
+    }
+    if let Some(email) = &file.email {
+        let list = match email.get_ref() {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        };
+        for address in list {
+            let address = address.trim().trim_start_matches("mailto:").to_string();
+            if address.contains('@') && !address.contains(char::is_whitespace) {
+                settings.contact.push(format!("mailto:{address}"));
+            } else {
+                c.error(Some(email.span()), format!("[acme] `email` `{address}` is not an e-mail address"));
+            }
+        }
+    }
+    match (&file.eab_kid, &file.eab_mac_key) {
+        (None, None) => {}
+        (Some(kid), Some(mac)) if !kid.get_ref().is_empty() && !mac.get_ref().is_empty() => {
+            settings.external_account =
+                Some(ExternalAccount { key_id: kid.get_ref().clone(), mac_key: mac.get_ref().trim().to_string() });
+        }
+        (Some(one), _) | (_, Some(one)) => {
+            let span = one.span();
+            c.error(Some(span), "[acme] `eab_kid` and `eab_mac_key` go together, neither empty");
+        }
+    }
+    if let Some(root) = &file.ca_root {
+        settings.ca_root = existing_file(c, root, "[acme] `ca_root`");
+    }
+    if let Some(kind) = &file.challenge {
+        match ChallengeKind::parse(kind.get_ref().trim()) {
+            Some(kind) => settings.challenge = kind,
+            None => c.error(Some(kind.span()), format!("[acme] `challenge` `{}`: \"http-01\", \"tls-alpn-01\" or \"dns-01\"", kind.get_ref())),
+        }
+    }
+    if let Some(hook) = &file.dns_hook {
+        settings.dns_hook = existing_file(c, hook, "[acme] `dns_hook`");
+    }
+    if settings.challenge == ChallengeKind::Dns01 && file.dns_hook.is_none() {
+        let span = file.challenge.as_ref().map(|k| k.span());
+        c.error(span, "[acme] challenge = \"dns-01\" needs `dns_hook`, a command run as `HOOK present|cleanup NAME VALUE`");
+    }
+    if let Some(storage) = &file.storage {
+        settings.storage = c.resolve(storage.get_ref().trim());
+    }
+    settings
 }
 
 /// `[limits]`: timeouts above zero, caps from 0 (no limit) up.
@@ -370,6 +445,14 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         }
         if let Some(h) = &s.health_check {
             spec.health_check = Some(health_check(c, h));
+        }
+        if let Some(tls) = &s.tls {
+            if tls.get_ref() == "auto" {
+                let redirect = s.tls_redirect.unwrap_or(true);
+                spec.tls = Some(ServiceTls { certificate: TlsCertificate::Acme, redirect });
+            } else {
+                c.error(Some(tls.span()), format!("`tls` `{}`: only \"auto\" (a certificate from ACME) is supported here; give files on [[listeners]] `tls_certificates`", tls.get_ref()));
+            }
         }
         name_spans.push((spec.name.clone(), s.name.span()));
         specs.push(spec);
@@ -715,6 +798,54 @@ rise = 0
             err.starts_with("g.toml:6:8: host `x.test` with path prefix `/` is claimed by both `a` and `b`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn acme_defaults_to_lets_encrypt_production_beside_the_deploy_state() {
+        let cfg = check("deploy_state = \"/var/lib/gh/deploys.json\"\n").unwrap();
+        assert_eq!(cfg.acme.directory, acme::LETS_ENCRYPT);
+        assert_eq!(cfg.acme.challenge, ChallengeKind::Http01);
+        assert_eq!(cfg.acme.storage, Path::new("/var/lib/gh/acme"));
+        let text = r#"
+[acme]
+directory = "letsencrypt-staging"
+email = ["ops@example.com", "mailto:sec@example.com"]
+eab_kid = "kid-1"
+eab_mac_key = "c2VjcmV0"
+challenge = "tls-alpn-01"
+storage = "/srv/acme"
+
+[[listeners]]
+address = "127.0.0.1:8443"
+tls = true
+
+[[services]]
+name = "web"
+hosts = ["a.test", "b.test"]
+targets = ["http://127.0.0.1:9000"]
+tls = "auto"
+tls_redirect = false
+"#;
+        let cfg = check(text).unwrap();
+        assert_eq!(cfg.acme.directory, acme::LETS_ENCRYPT_STAGING);
+        assert_eq!(cfg.acme.contact, ["mailto:ops@example.com", "mailto:sec@example.com"]);
+        assert_eq!(cfg.acme.external_account.as_ref().map(|e| e.mac_key.as_str()), Some("c2VjcmV0"));
+        assert_eq!((cfg.acme.challenge, cfg.acme.storage.as_path()), (ChallengeKind::TlsAlpn01, Path::new("/srv/acme")));
+        let tls = cfg.services[0].tls.as_ref().unwrap();
+        assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme, false));
+    }
+
+    #[test]
+    fn bad_acme_settings_say_what_to_fix() {
+        let err = check("[acme]\ndirectory = \"http://ca.test\"\nemail = \"nobody\"\neab_kid = \"k\"\nchallenge = \"dns-01\"\n")
+            .unwrap_err();
+        for says in ["g.toml:2:", "https:// URL", "g.toml:3:", "not an e-mail", "g.toml:4:", "go together", "needs `dns_hook`"] {
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let err = check("[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"yes\"\n").unwrap_err();
+        assert!(err.contains("only \"auto\""), "{err}");
+        let err = check("[[listeners]]\naddress = \"127.0.0.1:80\"\n[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"auto\"\n").unwrap_err();
+        assert!(err.contains("no [[listeners]] speaks HTTPS"), "{err}");
     }
 
     #[test]

@@ -34,15 +34,29 @@ impl ChallengeKind {
     }
 }
 
+/// External account binding (ZeroSSL, some private CAs).
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExternalAccount {
+    pub key_id: String,
+    /// base64url HMAC key: a secret, never shown.
+    #[serde(skip)]
+    pub mac_key: String,
+}
+
+impl fmt::Debug for ExternalAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalAccount").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
 /// The `[acme]` table.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AcmeSettings {
     /// The CA's directory URL.
     pub directory: String,
     /// `mailto:` addresses given to the CA for expiry notices.
     pub contact: Vec<String>,
-    /// External account binding (ZeroSSL, some private CAs): key id and base64url MAC key.
-    pub external_account: Option<(String, String)>,
+    pub external_account: Option<ExternalAccount>,
     /// A PEM root that signs the CA's own HTTPS certificate (a private CA, Pebble), trusted
     /// besides the system's.
     pub ca_root: Option<PathBuf>,
@@ -51,21 +65,6 @@ pub struct AcmeSettings {
     pub dns_hook: Option<PathBuf>,
     /// Where the account, certificates and keys are kept.
     pub storage: PathBuf,
-}
-
-// The MAC key is a secret: never printed.
-impl fmt::Debug for AcmeSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcmeSettings")
-            .field("directory", &self.directory)
-            .field("contact", &self.contact)
-            .field("external_account", &self.external_account.as_ref().map(|(kid, _)| (kid, "<redacted>")))
-            .field("ca_root", &self.ca_root)
-            .field("challenge", &self.challenge)
-            .field("dns_hook", &self.dns_hook)
-            .field("storage", &self.storage)
-            .finish()
-    }
 }
 
 impl AcmeSettings {
@@ -168,8 +167,9 @@ mod tests {
     #[test]
     fn the_mac_key_is_never_printed() {
         let mut settings = AcmeSettings::new("/var/lib/gatehouse/acme".into());
-        settings.external_account = Some(("kid-1".into(), "c2VjcmV0".into()));
-        let shown = format!("{settings:?}");
-        assert!(shown.contains("kid-1") && !shown.contains("c2VjcmV0"), "{shown}");
+        settings.external_account = Some(ExternalAccount { key_id: "kid-1".into(), mac_key: "c2VjcmV0".into() });
+        for shown in [format!("{settings:?}"), serde_json::to_string(&settings).unwrap()] {
+            assert!(shown.contains("kid-1") && !shown.contains("c2VjcmV0"), "{shown}");
+        }
     }
 }

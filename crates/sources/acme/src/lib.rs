@@ -358,7 +358,7 @@ impl Inner {
                 let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
                 let binding = match &settings.external_account {
                     None => None,
-                    Some((kid, mac)) => Some(ExternalAccountKey::new(kid.clone(), &decode_mac_key(mac)?)),
+                    Some(eab) => Some(ExternalAccountKey::new(eab.key_id.clone(), &decode_mac_key(&eab.mac_key)?)),
                 };
                 let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
                 let (account, credentials) = builder()?
