@@ -51,6 +51,7 @@ pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
         // kamal-proxy's metrics path, for scrapers set up for it.
         .route("/metrics", get(metrics))
         .route("/v1/routes", get(routes))
+        .route("/v1/certificates", get(certificates))
         .route("/v1/services", get(list_services))
         .merge(changes)
         .layer(Extension(access))
@@ -98,6 +99,17 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     }
     if let Some(drove) = gw.drove() {
         healthy &= drove_health(drove, &mut body);
+    }
+    if let Some(acme) = gw.acme() {
+        // A failing order shows here at once, long before the certificate in service expires.
+        let failing: Vec<_> = acme
+            .status()
+            .into_iter()
+            .filter(|c| c.failures > 0)
+            .map(|c| json!({"Service": c.service, "Failures": c.failures, "LastError": c.last_error}))
+            .collect();
+        healthy &= failing.is_empty();
+        body["Acme"] = json!({"Healthy": failing.is_empty(), "Failing": failing});
     }
     let deploys = gw.deploys();
     healthy &= deploys.restore_problems.is_empty();
@@ -300,6 +312,37 @@ fn unauthorized() -> Response {
         Json(json!({"error": "this endpoint needs `Authorization: Bearer <admin_token>`"})),
     )
         .into_response()
+}
+
+/// The certificates ACME keeps: names, issuer, expiry, next renewal, last error.
+async fn certificates(State(gw): State<Arc<Gateway>>) -> Response {
+    let Some(acme) = gw.acme() else {
+        return Json(json!({"acme": false, "certificates": []})).into_response();
+    };
+    let settings = acme.settings();
+    let certificates: Vec<_> = acme
+        .status()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "service": c.service,
+                "names": c.names,
+                "issuer": c.issuer,
+                "not_after": c.not_after.map(rfc3339),
+                "renew_at": c.renew_at.map(rfc3339),
+                "ordering": c.ordering,
+                "failures": c.failures,
+                "last_error": c.last_error,
+            })
+        })
+        .collect();
+    Json(json!({
+        "acme": true,
+        "directory": settings.directory,
+        "challenge": settings.challenge,
+        "certificates": certificates,
+    }))
+    .into_response()
 }
 
 async fn config(State(gw): State<Arc<Gateway>>) -> Response {

@@ -384,6 +384,37 @@ pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn certificates(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = call(socket, http::Method::GET, "/v1/certificates", Vec::new()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    if reply["acme"] != serde_json::Value::Bool(true) {
+        println!("ACME is off: no listener speaks HTTPS");
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let rows: Vec<[String; 6]> = reply["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let state = match (c["ordering"].as_bool(), c["failures"].as_u64(), c["last_error"].as_str()) {
+                (Some(true), _, _) => "ordering".to_string(),
+                (_, Some(n @ 1..), Some(error)) => format!("failing ({n}x): {error}"),
+                _ if c["not_after"].is_null() => "waiting".to_string(),
+                _ => "valid".to_string(),
+            };
+            [text(&c["service"]), strings(&c["names"]), text(&c["issuer"]), text(&c["not_after"]), text(&c["renew_at"]), state]
+        })
+        .collect();
+    println!("CA: {} ({})", text(&reply["directory"]), text(&reply["challenge"]));
+    print!("{}", table(["Service", "Names", "Issuer", "Not after", "Renew at", "State"], &rows));
+    Ok(())
+}
+
 /// A JSON array of strings, comma-separated.
 fn strings(v: &serde_json::Value) -> String {
     v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::SystemTime;
 
 use anyhow::Context;
+use gatehouse_acme::{AcmeSource, FileStorage, Wanted};
 use gatehouse_config::{AccessLogDestination, Config, ConfigError, ListenerSpec, TemplatedSettings};
 use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec, ServiceTls};
+use gatehouse_model::acme::Challenges;
+use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec, ServiceTls, TlsCertificate};
 use gatehouse_native::{
     AccessLog, AccessLogTarget, CertStore, Certificates, EdgePolicy, ListenerConfig, NativeProxy, Snapshot,
     SnapshotError,
@@ -79,6 +81,8 @@ pub struct Gateway {
     file_health: Arc<Watch>,
     /// The nginx or HAProxy engine, when one carries the traffic.
     templated: OnceLock<Arc<Feed>>,
+    /// Certificates from ACME, when a listener speaks HTTPS.
+    acme: Option<AcmeSource>,
 }
 
 impl Gateway {
@@ -95,12 +99,27 @@ impl Gateway {
         let mut listeners = Vec::new();
         // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
         let native_listeners = if config.templated.is_some() { &[][..] } else { &config.listeners[..] };
+        let challenges = Challenges::new();
+        // Started before the listeners, so that stored certificates serve from the first
+        // handshake; it tells the gateway (once built) when certificates change.
+        let built: Arc<OnceLock<Weak<Gateway>>> = Arc::default();
+        let acme = native_listeners.iter().any(|l| l.tls).then(|| {
+            let storage = Arc::new(FileStorage::new(config.acme.storage.clone()));
+            let built = built.clone();
+            let acme = AcmeSource::start(config.acme.clone(), storage, challenges.clone(), move || {
+                if let Some(gateway) = built.get().and_then(Weak::upgrade) {
+                    gateway.compose_certificates(true);
+                }
+            });
+            acme.want(wanted_certificates(&config.services, &deploys.services()));
+            acme
+        });
         for (index, l) in native_listeners.iter().enumerate() {
             let tls = if !l.tls {
                 None
             } else {
-                let certs =
-                    listener_certificates(l, &deploys.services()).with_context(|| format!("listener {}", l.address))?;
+                let certs = listener_certificates(l, &deploys.services(), acme.as_ref())
+                    .with_context(|| format!("listener {}", l.address))?;
                 let store = Arc::new(CertStore::new(certs));
                 cert_stores.push((index, l.address, store.clone()));
                 Some(store)
@@ -124,7 +143,7 @@ impl Gateway {
             snapshot,
             metrics.clone(),
             access_log,
-            EdgePolicy { limits: config.limits.clone(), forwarding: config.forwarding.clone() },
+            EdgePolicy { limits: config.limits.clone(), forwarding: config.forwarding.clone(), challenges },
         )?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls { "https" } else { "http" };
@@ -155,7 +174,9 @@ impl Gateway {
             deploys,
             file_health,
             templated: OnceLock::new(),
+            acme,
         });
+        let _ = built.set(Arc::downgrade(&gateway));
         let weak: Weak<Gateway> = Arc::downgrade(&gateway);
         gateway.file_health.on_change(move |service: &str| {
             if let Some(gateway) = weak.upgrade() {
@@ -214,22 +235,35 @@ impl Gateway {
         }
     }
 
-    /// Puts the services' certificates on the TLS listeners when they changed.
-    fn compose_certificates(&self, config: &Config) {
+    /// Puts the services' certificates on the TLS listeners when they changed (`acme_changed`:
+    /// ACME's did). New handshakes get them; no listener or connection is touched.
+    fn compose_certificates(&self, acme_changed: bool) {
+        let config = self.config();
         let services = self.deploys.services();
         let wanted = service_certificates(&services);
         let mut current = self.service_certificates.lock().unwrap_or_else(|e| e.into_inner());
-        if *current == wanted {
+        if *current == wanted && !acme_changed {
             return;
         }
         for (index, address, store) in &self.cert_stores {
             let Some(l) = config.listeners.get(*index).filter(|l| l.address == *address) else { continue };
-            match listener_certificates(l, &services) {
+            match listener_certificates(l, &services, self.acme.as_ref()) {
                 Ok(certs) => store.replace(certs),
                 Err(e) => tracing::error!(listener = %address, error = %format!("{e:#}"), "certificates not updated"),
             }
         }
         *current = wanted;
+    }
+
+    /// Tells the ACME source which services want certificates now.
+    fn want_certificates(&self) {
+        if let Some(acme) = &self.acme {
+            acme.want(wanted_certificates(&self.config().services, &self.deploys.services()));
+        }
+    }
+
+    pub fn acme(&self) -> Option<&AcmeSource> {
+        self.acme.as_ref()
     }
 
     pub fn drove(&self) -> Option<&DroveSource> {
@@ -336,7 +370,7 @@ impl Gateway {
         for (index, address, store) in &self.cert_stores {
             let same_listener = config.listeners.get(*index).filter(|l| l.address == *address);
             if let Some(l) = same_listener.filter(|l| l.tls) {
-                let certs = listener_certificates(l, &self.deploys.services())
+                let certs = listener_certificates(l, &self.deploys.services(), self.acme.as_ref())
                     .map_err(|e| format!("listener {address}: {e:#}"))?;
                 new_certs.push((store, certs));
             }
@@ -352,6 +386,7 @@ impl Gateway {
         state.generation = generation;
         drop(state);
         self.file_health.follow(&config.services);
+        self.want_certificates();
         if let Some(engine) = self.templated.get() {
             engine.reloaded();
         }
@@ -456,8 +491,10 @@ impl Routes for Gateway {
                     spec.name
                 ));
             }
-            if let Err(e) = Certificates::default().add_preferred(&tls.certificate, &tls.key) {
-                return Some(format!("service `{}`: {e}", spec.name));
+            if let TlsCertificate::Files { certificate, key } = &tls.certificate {
+                if let Err(e) = Certificates::default().add_preferred(certificate, key) {
+                    return Some(format!("service `{}`: {e}", spec.name));
+                }
             }
         }
         let config = self.config();
@@ -506,7 +543,8 @@ impl Routes for Gateway {
             })
             .collect();
         self.install_routes(next, generation);
-        self.compose_certificates(&config);
+        self.compose_certificates(false);
+        self.want_certificates();
         tracing::debug!(generation, "deployed routes applied");
         Ok(retired)
     }
@@ -616,17 +654,43 @@ pub(crate) fn xproxy(config: &Config) -> String {
 }
 
 /// A TLS listener's certificates: its own (the first is the default), then each service's
-/// own for its names. A service certificate that cannot be read is logged and left out (the
-/// deploy that brought it was refused if it could not be read then).
-fn listener_certificates(listener: &ListenerSpec, services: &[Arc<ServiceSpec>]) -> anyhow::Result<Certificates> {
+/// own for its names, then those ACME obtained. A service certificate that cannot be read is
+/// logged and left out (the deploy that brought it was refused if it could not be read then).
+fn listener_certificates(
+    listener: &ListenerSpec,
+    services: &[Arc<ServiceSpec>],
+    acme: Option<&AcmeSource>,
+) -> anyhow::Result<Certificates> {
     let pairs: Vec<_> = listener.tls_certificates.iter().map(|c| (c.cert.clone(), c.key.clone())).collect();
     let mut certs = Certificates::load(&pairs)?;
     for (service, tls) in services.iter().filter_map(|s| Some((&s.name, s.tls.as_ref()?))) {
-        if let Err(e) = certs.add_preferred(&tls.certificate, &tls.key) {
-            tracing::error!(service = %service, error = %e, "the service's certificate is left out");
+        if let TlsCertificate::Files { certificate, key } = &tls.certificate {
+            if let Err(e) = certs.add_preferred(certificate, key) {
+                tracing::error!(service = %service, error = %e, "the service's certificate is left out");
+            }
+        }
+    }
+    for issued in acme.map(AcmeSource::certificates).unwrap_or_default() {
+        let origin = acme.map(|a| a.settings().storage.as_path()).unwrap_or(std::path::Path::new("acme"));
+        if let Err(e) = certs.add_preferred_pem(issued.chain.as_bytes(), issued.key.as_bytes(), origin) {
+            tracing::error!(names = ?issued.names, error = %e, "an ACME certificate is left out");
         }
     }
     Ok(certs)
+}
+
+/// The services (from the file and from deploys) whose certificates come from ACME, with
+/// the names to obtain them for.
+fn wanted_certificates(file: &[ServiceSpec], deployed: &[Arc<ServiceSpec>]) -> Vec<Wanted> {
+    file.iter()
+        .chain(deployed.iter().map(|s| &**s))
+        .filter(|s| s.tls.as_ref().is_some_and(|t| t.certificate == TlsCertificate::Acme))
+        .map(|s| Wanted {
+            service: s.name.clone(),
+            names: s.hosts.iter().filter(|h| **h != HostPattern::Any).map(|h| h.to_string()).collect(),
+        })
+        .filter(|w| !w.names.is_empty())
+        .collect()
 }
 
 /// The certificates services bring, to see whether the listeners' need composing again.

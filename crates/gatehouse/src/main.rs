@@ -97,6 +97,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the certificates ACME keeps: names, issuer, expiry, next renewal, last error.
+    Certs {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Canary releases of a deployed service: `rollout deploy`, `set`, `stop`.
     Rollout {
         #[command(subcommand)]
@@ -168,6 +174,7 @@ fn control_command(
             Command::Deploy(args) => control::deploy(&socket, args).await,
             Command::Remove { service } => control::remove(&socket, service).await,
             Command::List { json } => control::list(&socket, *json).await,
+            Command::Certs { json } => control::certificates(&socket, *json).await,
             Command::Pause(args) => control::change_state(&socket, "pause", args).await,
             Command::Stop(args) => control::change_state(&socket, "stop", args).await,
             Command::Resume(args) => control::change_state(&socket, "resume", args).await,
@@ -357,6 +364,7 @@ async fn serve(
         Some(path) => admin_socket::bind(path).await?,
         None => None,
     };
+    gatehouse_native::install_default_provider();
     let gateway = Gateway::start(source, config, log)?;
     let _socket_file = socket.map(|(listener, file)| {
         tracing::info!(socket = %file.0.display(), "admin socket listening");

@@ -568,8 +568,9 @@ async fn kamal_command_lines_buffering_and_forwarding() {
     assert_eq!(get(at, "app.test", "/size?n=5000").await.body.len(), 5000);
     assert_eq!(get(at, "app.test", "/size?n=30000").await.status, 502);
 
-    // Options this build does not carry out are refused with what to do, never ignored.
-    for (flag, says) in [("--tls", "ACME"), ("--error-pages=/nowhere", "/nowhere")] {
+    // Options that cannot be carried out here are refused with what to do, never ignored
+    // (this instance has no HTTPS listener to serve a certificate on).
+    for (flag, says) in [("--tls", "no listener speaks HTTPS"), ("--error-pages=/nowhere", "/nowhere")] {
         let out = cli(state.path(), &["deploy", "other", &target, "--host=o.test", flag]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(says), "{flag}: {stderr}");

@@ -26,4 +26,4 @@ pub use access_log::{AccessLog, AccessLogTarget};
 pub use h1::fuzzing;
 pub use listen::{EdgePolicy, EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
-pub use tls::{server_config, CertError, CertStore, Certificates};
+pub use tls::{install_default_provider, server_config, CertError, CertStore, Certificates};

@@ -179,6 +179,12 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// Makes this build's crypto provider the process default, for the TLS clients that take it
+/// from there (the ACME client); a second call changes nothing.
+pub fn install_default_provider() {
+    let _ = provider::default_provider().install_default();
+}
+
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
