@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 source scripts/packages.sh
 # nginx lives in /usr/sbin, which a normal user's PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
-# The tests start every server they need (nginx and HAProxy for their engines' tests); curl is
-# used by the README examples.
-need_commands curl:curl nginx:nginx-light haproxy:haproxy
+# The tests start every server they need (nginx and HAProxy for their engines' tests, Pebble
+# as the ACME CA); curl is used by the README examples and verifies issued certificates.
+need_commands curl:curl nginx:nginx-light haproxy:haproxy pebble:pebble pebble-challtestsrv:pebble
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

@@ -185,7 +185,13 @@ fn convert(c: &mut Checker<'_>, file: FileConfig, env: &Environment) -> Config {
     let acme = acme(c, file.acme.as_ref(), acme_storage);
     if let Some(s) = services.iter().find(|s| s.tls.is_some()) {
         if !listeners.iter().any(|l| l.tls) {
-            c.error(None, format!("service `{}` has `tls = \"auto\"` but no [[listeners]] speaks HTTPS: add one with `tls = true`", s.name));
+            c.error(
+                None,
+                format!(
+                    "service `{}` has `tls = \"auto\"` but no [[listeners]] speaks HTTPS: add one with `tls = true`",
+                    s.name
+                ),
+            );
         }
         if acme.challenge == ChallengeKind::Http01 && !listeners.iter().any(|l| !l.tls) {
             c.warn(None, "ACME's http-01 challenge is answered on plain-HTTP listeners (port 80), and there is none: add one, or set [acme] challenge = \"tls-alpn-01\"");
@@ -244,7 +250,12 @@ fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeS
             "letsencrypt-staging" => acme::LETS_ENCRYPT_STAGING.to_string(),
             url if url.starts_with("https://") => url.to_string(),
             other => {
-                c.error(Some(d.span()), format!("[acme] `directory` `{other}`: an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\""));
+                c.error(
+                    Some(d.span()),
+                    format!(
+                        "[acme] `directory` `{other}`: an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\""
+                    ),
+                );
                 settings.directory
             }
         };
@@ -280,7 +291,10 @@ fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeS
     if let Some(kind) = &file.challenge {
         match ChallengeKind::parse(kind.get_ref().trim()) {
             Some(kind) => settings.challenge = kind,
-            None => c.error(Some(kind.span()), format!("[acme] `challenge` `{}`: \"http-01\", \"tls-alpn-01\" or \"dns-01\"", kind.get_ref())),
+            None => c.error(
+                Some(kind.span()),
+                format!("[acme] `challenge` `{}`: \"http-01\", \"tls-alpn-01\" or \"dns-01\"", kind.get_ref()),
+            ),
         }
     }
     if let Some(hook) = &file.dns_hook {
@@ -288,7 +302,10 @@ fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeS
     }
     if settings.challenge == ChallengeKind::Dns01 && file.dns_hook.is_none() {
         let span = file.challenge.as_ref().map(|k| k.span());
-        c.error(span, "[acme] challenge = \"dns-01\" needs `dns_hook`, a command run as `HOOK present|cleanup NAME VALUE`");
+        c.error(
+            span,
+            "[acme] challenge = \"dns-01\" needs `dns_hook`, a command run as `HOOK present|cleanup NAME VALUE`",
+        );
     }
     if let Some(storage) = &file.storage {
         settings.storage = c.resolve(storage.get_ref().trim());
@@ -830,19 +847,29 @@ tls_redirect = false
         assert_eq!(cfg.acme.directory, acme::LETS_ENCRYPT_STAGING);
         assert_eq!(cfg.acme.contact, ["mailto:ops@example.com", "mailto:sec@example.com"]);
         assert_eq!(cfg.acme.external_account.as_ref().map(|e| e.mac_key.as_str()), Some("c2VjcmV0"));
-        assert_eq!((cfg.acme.challenge, cfg.acme.storage.as_path()), (ChallengeKind::TlsAlpn01, Path::new("/srv/acme")));
+        assert_eq!(
+            (cfg.acme.challenge, cfg.acme.storage.as_path()),
+            (ChallengeKind::TlsAlpn01, Path::new("/srv/acme"))
+        );
         let tls = cfg.services[0].tls.as_ref().unwrap();
         assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme, false));
     }
 
     #[test]
     fn bad_acme_settings_say_what_to_fix() {
-        let err = check("[acme]\ndirectory = \"http://ca.test\"\nemail = \"nobody\"\neab_kid = \"k\"\nchallenge = \"dns-01\"\n")
-            .unwrap_err();
-        for says in ["g.toml:2:", "https:// URL", "g.toml:3:", "not an e-mail", "g.toml:4:", "go together", "needs `dns_hook`"] {
+        let err = check(
+            "[acme]\ndirectory = \"http://ca.test\"\nemail = \"nobody\"\neab_kid = \"k\"\nchallenge = \"dns-01\"\n",
+        )
+        .unwrap_err();
+        for says in
+            ["g.toml:2:", "https:// URL", "g.toml:3:", "not an e-mail", "g.toml:4:", "go together", "needs `dns_hook`"]
+        {
             assert!(err.contains(says), "{says}: {err}");
         }
-        let err = check("[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"yes\"\n").unwrap_err();
+        let err = check(
+            "[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"yes\"\n",
+        )
+        .unwrap_err();
         assert!(err.contains("only \"auto\""), "{err}");
         let err = check("[[listeners]]\naddress = \"127.0.0.1:80\"\n[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"auto\"\n").unwrap_err();
         assert!(err.contains("no [[listeners]] speaks HTTPS"), "{err}");

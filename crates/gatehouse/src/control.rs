@@ -407,7 +407,14 @@ pub async fn certificates(socket: &Path, json: bool) -> anyhow::Result<()> {
                 _ if c["not_after"].is_null() => "waiting".to_string(),
                 _ => "valid".to_string(),
             };
-            [text(&c["service"]), strings(&c["names"]), text(&c["issuer"]), text(&c["not_after"]), text(&c["renew_at"]), state]
+            [
+                text(&c["service"]),
+                strings(&c["names"]),
+                text(&c["issuer"]),
+                text(&c["not_after"]),
+                text(&c["renew_at"]),
+                state,
+            ]
         })
         .collect();
     println!("CA: {} ({})", text(&reply["directory"]), text(&reply["challenge"]));

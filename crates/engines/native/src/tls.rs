@@ -123,7 +123,8 @@ impl Certificates {
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>), CertError> {
     let chain = std::fs::read(cert_path)
         .map_err(|e| CertError::Certificate { path: cert_path.to_path_buf(), reason: e.to_string() })?;
-    let key = std::fs::read(key_path).map_err(|e| CertError::Key { path: key_path.to_path_buf(), reason: e.to_string() })?;
+    let key =
+        std::fs::read(key_path).map_err(|e| CertError::Key { path: key_path.to_path_buf(), reason: e.to_string() })?;
     parse_pair(&chain, &key, cert_path, key_path)
 }
 
@@ -203,7 +204,10 @@ impl ResolvesServerCert for Resolver {
                 let answer = challenges.tls_alpn_answer(hello.server_name()?)?;
                 let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(answer.key.clone()));
                 let signer = any_supported_type(&key).ok()?;
-                return Some(Arc::new(CertifiedKey::new(vec![CertificateDer::from(answer.certificate.clone())], signer)));
+                return Some(Arc::new(CertifiedKey::new(
+                    vec![CertificateDer::from(answer.certificate.clone())],
+                    signer,
+                )));
             }
         }
         self.store.resolve(hello)

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod certs;
 pub mod client;
 pub mod h2raw;
+pub mod pebble;
 pub mod scripted;
 
 use std::io::{BufRead, BufReader};

@@ -350,8 +350,8 @@ impl Inner {
         let stored = self.storage.load(&key).map_err(|e| format!("cannot read the ACME account: {e}"))?;
         let account = match stored {
             Some(bytes) => {
-                let credentials: AccountCredentials =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("the stored ACME account {key} is unreadable: {e}"))?;
+                let credentials: AccountCredentials = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("the stored ACME account {key} is unreadable: {e}"))?;
                 builder()?.from_credentials(credentials).await.map_err(|e| format!("{}: {e}", settings.directory))?
             }
             None => {
@@ -385,7 +385,8 @@ fn storage_name(directory: &str) -> String {
         .take(80)
         .collect();
     // FNV-1a: two URLs that read alike after the replacement still get two accounts.
-    let hash = directory.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        directory.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{readable}-{hash:016x}")
 }
 

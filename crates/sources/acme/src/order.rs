@@ -31,7 +31,11 @@ enum Presented {
 
 /// Obtains a certificate for `names` (`*.` names need DNS-01). Returns the PEM chain and the
 /// PEM key generated for it.
-pub(crate) async fn obtain(account: &Account, names: &[String], how: &Presenter<'_>) -> Result<(String, String), String> {
+pub(crate) async fn obtain(
+    account: &Account,
+    names: &[String],
+    how: &Presenter<'_>,
+) -> Result<(String, String), String> {
     if how.kind != ChallengeKind::Dns01 {
         if let Some(wildcard) = names.iter().find(|n| n.starts_with("*.")) {
             return Err(format!("{wildcard}: wildcard names can only be validated with dns-01 (set [acme] challenge = \"dns-01\" and dns_hook)"));

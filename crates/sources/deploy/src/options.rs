@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use gatehouse_model::{Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec,
-    TlsCertificate,
+use gatehouse_model::{
+    Buffering, HealthCheck, HostPattern, LogHeaders, ServiceSpec, ServiceTls, TargetSpec, TlsCertificate,
 };
 use serde::{Deserialize, Serialize};
 
