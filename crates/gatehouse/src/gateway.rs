@@ -106,11 +106,12 @@ impl Gateway {
         let acme = native_listeners.iter().any(|l| l.tls).then(|| {
             let storage = Arc::new(FileStorage::new(config.acme.storage.clone()));
             let built = built.clone();
-            let acme = AcmeSource::start(config.acme.clone(), storage, challenges.clone(), move || {
-                if let Some(gateway) = built.get().and_then(Weak::upgrade) {
-                    gateway.compose_certificates(true);
-                }
-            });
+            let acme =
+                AcmeSource::start(config.acme.clone(), storage, challenges.clone(), metrics.acme.clone(), move || {
+                    if let Some(gateway) = built.get().and_then(Weak::upgrade) {
+                        gateway.compose_certificates(true);
+                    }
+                });
             acme.want(wanted_certificates(&config.services, &deploys.services()));
             acme
         });

@@ -5,8 +5,16 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
 use support::backend;
 use support::pebble::{free_port, verified_get, Pebble};
@@ -41,10 +49,23 @@ fn wait_verified(host: &str, port: u16, root: &Path, gatehouse: &Gatehouse, pebb
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http01_issues_at_once_and_a_restart_serves_the_stored_certificate_with_the_ca_down() {
+/// Pebble, a backend and Gatehouse serving `app.test` with a certificate from HTTP-01.
+struct Issued {
+    pebble: Pebble,
+    _blue: backend::Backend,
+    store: tempfile::TempDir,
+    config: String,
+    gatehouse: Gatehouse,
+    /// Pebble's issuing root, for curl.
+    root: std::path::PathBuf,
+    http: u16,
+    https: u16,
+}
+
+/// Starts everything and waits until `app.test` answers with a verified certificate.
+async fn issued(validity: Option<Duration>) -> Issued {
     let (http, https) = (free_port(), free_port());
-    let mut pebble = Pebble::start(http, https, None);
+    let pebble = Pebble::start(http, https, validity);
     let blue = backend::start("blue").await;
     let store = tempfile::tempdir().unwrap();
     let text =
@@ -55,6 +76,12 @@ async fn http01_issues_at_once_and_a_restart_serves_the_stored_certificate_with_
     let body = wait_verified("app.test", https, &root, &gatehouse, &pebble);
     assert!(body.starts_with("blue"), "{body}");
     eprintln!("first verified HTTPS answer after {:?}", started.elapsed());
+    Issued { pebble, _blue: blue, store, config: text, gatehouse, root, http, https }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_issues_at_once_and_a_restart_serves_the_stored_certificate_with_the_ca_down() {
+    let Issued { mut pebble, _blue: _backend, store, config: text, gatehouse, root, http, https } = issued(None).await;
     assert!(gatehouse.logs().iter().any(|l| l.contains("answered an HTTP-01 validation")));
 
     // Plain HTTP is redirected; a token that is not pending is not answered by Gatehouse.
@@ -168,4 +195,135 @@ async fn a_failing_validation_shows_in_health_and_wildcards_need_dns01() {
         health.body
     );
     assert!(gatehouse.logs().iter().any(|l| l.contains("ACME order failed")));
+}
+
+/// A TLS connection to `addr` for `name`, trusting only `root_pem`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    root_pem: &str,
+    name: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = support::client::tls_client(root_pem, &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn count<T, E: std::fmt::Display>(&self, what: &str, result: Result<T, E>) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                Some(value)
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{what} failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_swaps_the_certificate_under_load_without_a_failed_request_or_handshake() {
+    // 30 s certificates: renewed 20 s after issue.
+    // Bound whole: the CA and the backend must outlive the load.
+    let Issued { gatehouse, root, https, pebble: _ca, _blue: _backend, store: _store, .. } =
+        issued(Some(Duration::from_secs(30))).await;
+    let root_pem = std::fs::read_to_string(&root).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    let not_after = || async {
+        let shown: serde_json::Value =
+            serde_json::from_str(&gatehouse.admin_get("/v1/certificates").await.body).unwrap();
+        shown["certificates"][0]["not_after"].as_str().unwrap_or_default().to_string()
+    };
+    let first = not_after().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (keep_alive, handshakes, websocket) =
+        (Arc::new(Tally::default()), Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let leaves = Arc::new(Mutex::new(HashSet::new()));
+    let mut load = Vec::new();
+    {
+        // One keep-alive connection, a request every 10 ms.
+        let (stop, tally, root_pem) = (stop.clone(), keep_alive.clone(), root_pem.clone());
+        load.push(tokio::spawn(async move {
+            let tls = tls_connect(addr, &root_pem, "app.test").await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get("/").header("host", "app.test").body(Full::new(Bytes::new())).unwrap();
+                let sent = sender.send_request(req).await;
+                if let Some(resp) = tally.count("keep-alive request", sent) {
+                    let status = resp.status();
+                    let _ = resp.into_body().collect().await;
+                    tally.count("keep-alive status", if status == 200 { Ok(()) } else { Err(status) });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    {
+        // A new handshake for every request.
+        let (stop, tally, root_pem, leaves) = (stop.clone(), handshakes.clone(), root_pem.clone(), leaves.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let got = support::client::tls_get(addr, &root_pem, "app.test", true, &[b"http/1.1"], "/").await;
+                if let Some(reply) = tally.count("handshake", got) {
+                    leaves.lock().unwrap().insert(reply.leaf.to_vec());
+                }
+            }
+        }));
+    }
+    {
+        // A WebSocket over TLS, a message every 50 ms.
+        let (stop, tally, root_pem) = (stop.clone(), websocket.clone(), root_pem.clone());
+        load.push(tokio::spawn(async move {
+            let tls = tls_connect(addr, &root_pem, "app.test").await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::client_async("wss://app.test/ws", tls).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let echoed = async {
+                    ws.send("ping".into()).await.map_err(|e| e.to_string())?;
+                    match ws.next().await {
+                        Some(Ok(m)) if m.to_text().is_ok_and(|t| t == "blue: ping") => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                };
+                tally.count("websocket message", echoed.await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut renewed = false;
+    while Instant::now() < deadline {
+        if not_after().await != first {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Keep the load on a little after the swap.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(renewed, "not renewed within 45 s:\n{}", gatehouse.logs().join("\n"));
+    for (what, tally) in [("keep-alive", &keep_alive), ("handshakes", &handshakes), ("websocket", &websocket)] {
+        let (ok, failed) = (tally.ok.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+        eprintln!("{what}: {ok} ok, {failed} failed");
+        assert!(ok > 10 && failed == 0, "{what}: {ok} ok, {failed} failed");
+    }
+    assert!(leaves.lock().unwrap().len() >= 2, "handshakes saw the old and the new certificate");
+    let metrics = gatehouse.admin_get("/v1/metrics").await.body;
+    assert!(metrics.contains("gatehouse_acme_orders_total{result=\"issued\",challenge=\"http-01\"} 2"), "{metrics}");
+    assert!(metrics.contains("gatehouse_acme_certificate_expiry_timestamp_seconds{service=\"web\"}"), "{metrics}");
 }

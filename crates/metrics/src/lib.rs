@@ -39,6 +39,9 @@ pub mod names {
     pub const DROVE_LEADER_CHANGES: &str = "drove_leader_changes";
     pub const DROVE_CONTROLLER_ERRORS: &str = "drove_controller_errors";
     pub const DROVE_STATE_STALE: &str = "drove_state_stale";
+    pub const ACME_ORDERS: &str = "acme_orders";
+    pub const ACME_CERTIFICATE_EXPIRY: &str = "acme_certificate_expiry_timestamp_seconds";
+    pub const ACME_FAILURES: &str = "acme_consecutive_failures";
 
     /// drove-gateway's names (prefix `drove_gateway_`), kept where they mean the same thing.
     pub mod drove_gateway {
@@ -80,6 +83,12 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrderLabels {
+    result: &'static str,
+    challenge: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +148,40 @@ pub struct Metrics {
     pub deploys: DeployMetrics,
     drove: DroveFamilies,
     pub templated: TemplatedMetrics,
+    pub acme: AcmeMetrics,
+}
+
+/// The ACME source: orders, and each certificate's expiry and failing renewals.
+#[derive(Clone)]
+pub struct AcmeMetrics {
+    orders: Family<OrderLabels, Counter>,
+    expiry: Family<ServiceLabels, Gauge>,
+    failures: Family<ServiceLabels, Gauge>,
+}
+
+impl AcmeMetrics {
+    /// Counts a finished order by result (`issued`, `failed`) and challenge type.
+    pub fn order(&self, issued: bool, challenge: &'static str) {
+        let result = if issued { "issued" } else { "failed" };
+        self.orders.get_or_create(&OrderLabels { result, challenge }).inc();
+    }
+
+    /// The service's certificate in service: its not-after as a Unix time, and the failed
+    /// orders in a row since the last success.
+    pub fn certificate(&self, service: &str, not_after_unix: Option<i64>, failures: u32) {
+        let labels = ServiceLabels { service: service.to_string() };
+        if let Some(t) = not_after_unix {
+            self.expiry.get_or_create(&labels).set(t);
+        }
+        self.failures.get_or_create(&labels).set(i64::from(failures));
+    }
+
+    /// Drops a service's series (it no longer wants a certificate).
+    pub fn forget(&self, service: &str) {
+        let labels = ServiceLabels { service: service.to_string() };
+        self.expiry.remove(&labels);
+        self.failures.remove(&labels);
+    }
 }
 
 /// The deploy source: deploys, health checks, drains.
@@ -397,6 +440,18 @@ impl Metrics {
             "Generation of the route table in service",
             route_table_generation.clone(),
         );
+        let acme = AcmeMetrics { orders: Family::default(), expiry: Family::default(), failures: Family::default() };
+        registry.register(names::ACME_ORDERS, "ACME orders, by result and challenge type", acme.orders.clone());
+        registry.register(
+            names::ACME_CERTIFICATE_EXPIRY,
+            "Not-after of each service's ACME certificate, as a Unix time",
+            acme.expiry.clone(),
+        );
+        registry.register(
+            names::ACME_FAILURES,
+            "Failed ACME orders in a row for a service's certificate (0 once one succeeds)",
+            acme.failures.clone(),
+        );
         let drove = DroveFamilies::default();
         registry.register(
             names::DROVE_POLL_SECONDS,
@@ -499,6 +554,7 @@ impl Metrics {
             );
         }
         Metrics {
+            acme,
             drove,
             registry: root,
             requests,

@@ -12,8 +12,7 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// How the CA is shown that we hold a name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeKind {
     /// A file under `/.well-known/acme-challenge/` on port 80.
     Http01,
@@ -24,12 +23,18 @@ pub enum ChallengeKind {
 }
 
 impl ChallengeKind {
+    const ALL: [ChallengeKind; 3] = [Self::Http01, Self::TlsAlpn01, Self::Dns01];
+
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "http-01" => Some(Self::Http01),
-            "tls-alpn-01" => Some(Self::TlsAlpn01),
-            "dns-01" => Some(Self::Dns01),
-            _ => None,
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// The name RFC 8555 and RFC 8737 give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
         }
     }
 }
@@ -46,6 +51,12 @@ pub struct ExternalAccount {
 impl fmt::Debug for ExternalAccount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExternalAccount").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl serde::Serialize for ChallengeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -162,6 +173,15 @@ mod tests {
         assert_eq!(challenges.pending(), 1);
         challenges.clear_tls_alpn("a.test");
         assert_eq!(challenges.pending(), 0);
+    }
+
+    #[test]
+    fn challenge_kinds_go_by_their_rfc_names() {
+        for name in ["http-01", "tls-alpn-01", "dns-01"] {
+            let kind = ChallengeKind::parse(name).unwrap();
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+        }
+        assert_eq!(ChallengeKind::parse("http01"), None);
     }
 
     #[test]

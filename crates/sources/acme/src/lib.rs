@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use gatehouse_metrics::AcmeMetrics;
 use gatehouse_model::acme::{AcmeSettings, Challenges};
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::Serialize;
@@ -29,6 +30,9 @@ pub use storage::{FileStorage, Storage};
 const LOOK_AGAIN: Duration = Duration::from_secs(3600);
 /// An order (account, validation, finalization, download) that takes longer fails.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+/// At least this long between two orders of one certificate, so that a CA issuing
+/// certificates already due (backdated, very short) cannot make a loop of orders.
+const MIN_BETWEEN_ORDERS: Duration = Duration::from_secs(10);
 
 /// A service that wants one certificate for its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +82,7 @@ struct Inner {
     challenges: Arc<Challenges>,
     lineages: Mutex<BTreeMap<String, Lineage>>,
     account: tokio::sync::Mutex<Option<Account>>,
+    metrics: AcmeMetrics,
     /// Told when the set of valid certificates changed.
     changed: Box<dyn Fn() + Send + Sync>,
 }
@@ -95,12 +100,14 @@ impl AcmeSource {
         settings: AcmeSettings,
         storage: Arc<dyn Storage>,
         challenges: Arc<Challenges>,
+        metrics: AcmeMetrics,
         changed: impl Fn() + Send + Sync + 'static,
     ) -> Self {
         let inner = Arc::new(Inner {
             settings,
             storage,
             challenges,
+            metrics,
             lineages: Mutex::new(BTreeMap::new()),
             account: tokio::sync::Mutex::new(None),
             changed: Box::new(changed),
@@ -195,7 +202,13 @@ impl Inner {
         {
             let mut lineages = self.lock();
             let before = lineages.len();
-            lineages.retain(|service, _| wanted.iter().any(|w| &w.service == service));
+            lineages.retain(|service, _| {
+                let keep = wanted.iter().any(|w| &w.service == service);
+                if !keep {
+                    self.metrics.forget(service);
+                }
+                keep
+            });
             changed |= lineages.len() != before;
             for w in wanted {
                 match lineages.get_mut(&w.service) {
@@ -213,9 +226,10 @@ impl Inner {
                     None => {
                         let issued = self.stored(&w.service);
                         changed |= issued.is_some();
+                        self.metrics.certificate(&w.service, issued.as_ref().map(|i| unix(i.not_after)), 0);
                         let renew_at = match &issued {
                             Some(i) if i.covers(&w.names, &self.settings.directory) => {
-                                schedule::renew_at(i.not_before, i.not_after, None)
+                                schedule::renew_at(i.not_before, i.not_after)
                             }
                             _ => SystemTime::UNIX_EPOCH,
                         };
@@ -289,14 +303,17 @@ impl Inner {
             let mut lineages = self.lock();
             let Some(l) = lineages.get_mut(service) else { return };
             l.ordering = false;
+            self.metrics.order(result.is_ok(), self.settings.challenge.as_str());
             match result {
                 Ok(issued) => {
                     if let Err(e) = self.storage.store(&Self::certificate_key(service), &issued.to_bytes()) {
                         // Served anyway; a restart would order again.
                         tracing::error!(service, error = %e, "cannot store the new certificate");
                     }
-                    l.renew_at = schedule::renew_at(issued.not_before, issued.not_after, None);
+                    l.renew_at = schedule::renew_at(issued.not_before, issued.not_after);
+                    l.not_before = Instant::now() + MIN_BETWEEN_ORDERS;
                     l.failures = 0;
+                    self.metrics.certificate(service, Some(unix(issued.not_after)), 0);
                     l.last_error = None;
                     l.issued = Some(Arc::new(issued));
                     changed = true;
@@ -307,6 +324,7 @@ impl Inner {
                 }
                 Err(e) => {
                     l.failures += 1;
+                    self.metrics.certificate(service, None, l.failures);
                     let wait = schedule::retry_delay(l.failures);
                     l.not_before = Instant::now() + wait;
                     tracing::warn!(service, failures = l.failures, retry_in_s = wait.as_secs(), error = %e,
@@ -374,6 +392,10 @@ impl Inner {
         *slot = Some(account.clone());
         Ok(account)
     }
+}
+
+fn unix(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A file-name-safe, stable name for a directory URL (one account per CA).

@@ -3,15 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 /// The moment to renew a certificate valid from `not_before` to `not_after`: two thirds
-/// into its lifetime (day 60 of 90, day 4 of 6 for short-lived ones), or at the start of
-/// the window the CA suggests (ACME Renewal Information) when that comes first.
-pub fn renew_at(not_before: SystemTime, not_after: SystemTime, suggested: Option<SystemTime>) -> SystemTime {
+/// into its lifetime (day 60 of 90, day 4 of 6 for short-lived ones).
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or(Duration::ZERO);
-    let two_thirds = not_before + lifetime * 2 / 3;
-    match suggested {
-        Some(start) if start < two_thirds => start,
-        _ => two_thirds,
-    }
+    not_before + lifetime * 2 / 3
 }
 
 /// How long to wait after `failures` failed orders in a row. Let's Encrypt allows 5 failed
@@ -30,13 +25,11 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     #[test]
-    fn renewal_at_two_thirds_or_the_cas_earlier_window() {
+    fn renewal_at_two_thirds_of_the_lifetime() {
         let start = SystemTime::UNIX_EPOCH + 1000 * DAY;
-        assert_eq!(renew_at(start, start + 90 * DAY, None), start + 60 * DAY);
-        assert_eq!(renew_at(start, start + 6 * DAY, None), start + 4 * DAY, "short-lived certificates");
-        assert_eq!(renew_at(start, start + 90 * DAY, Some(start + 10 * DAY)), start + 10 * DAY, "ARI says earlier");
-        assert_eq!(renew_at(start, start + 90 * DAY, Some(start + 80 * DAY)), start + 60 * DAY, "never later");
-        assert_eq!(renew_at(start + DAY, start, None), start + DAY, "a backwards certificate is due at once");
+        assert_eq!(renew_at(start, start + 90 * DAY), start + 60 * DAY);
+        assert_eq!(renew_at(start, start + 6 * DAY), start + 4 * DAY, "short-lived certificates");
+        assert_eq!(renew_at(start + DAY, start), start + DAY, "a backwards certificate is due at once");
     }
 
     #[test]
