@@ -466,7 +466,7 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         if let Some(tls) = &s.tls {
             if tls.get_ref() == "auto" {
                 let redirect = s.tls_redirect.unwrap_or(true);
-                spec.tls = Some(ServiceTls { certificate: TlsCertificate::Acme, redirect });
+                spec.tls = Some(ServiceTls { certificate: TlsCertificate::Acme { staging: false }, redirect });
             } else {
                 c.error(Some(tls.span()), format!("`tls` `{}`: only \"auto\" (a certificate from ACME) is supported here; give files on [[listeners]] `tls_certificates`", tls.get_ref()));
             }
@@ -852,7 +852,7 @@ tls_redirect = false
             (ChallengeKind::TlsAlpn01, Path::new("/srv/acme"))
         );
         let tls = cfg.services[0].tls.as_ref().unwrap();
-        assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme, false));
+        assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme { staging: false }, false));
     }
 
     #[test]

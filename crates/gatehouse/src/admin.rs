@@ -327,6 +327,7 @@ async fn certificates(State(gw): State<Arc<Gateway>>) -> Response {
             json!({
                 "service": c.service,
                 "names": c.names,
+                "directory": c.directory,
                 "issuer": c.issuer,
                 "not_after": c.not_after.map(rfc3339),
                 "renew_at": c.renew_at.map(rfc3339),

@@ -120,12 +120,15 @@ pub struct DeployArgs {
     /// cookie), so it reads what it wrote; 0 turns it off.
     #[arg(long, default_value = "1s", value_parser = duration)]
     writer_affinity_timeout: Duration,
-    /// A folder of error pages (not built yet: refused).
+    /// A folder of error pages (502.html, 503.html, ...) for Gatehouse's own answers.
     #[arg(long)]
     error_pages: Option<String>,
-    /// Automatic certificates (not built yet: refused).
+    /// HTTPS for the hosts, with a certificate from ACME unless --tls-certificate-path.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     tls: bool,
+    /// With --tls: from Let's Encrypt's staging CA (certificates browsers do not trust).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    tls_staging: bool,
     #[arg(long)]
     tls_certificate_path: Option<String>,
     #[arg(long)]
@@ -195,6 +198,7 @@ impl DeployArgs {
                 tls_certificate_path: self.tls_certificate_path.as_deref().map(absolute),
                 tls_private_key_path: self.tls_private_key_path.as_deref().map(absolute),
                 tls_redirect: self.tls_redirect,
+                tls_staging: self.tls_staging,
                 canonical_host: self.canonical_host.clone(),
             },
         }

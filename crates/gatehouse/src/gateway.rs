@@ -685,10 +685,13 @@ fn listener_certificates(
 fn wanted_certificates(file: &[ServiceSpec], deployed: &[Arc<ServiceSpec>]) -> Vec<Wanted> {
     file.iter()
         .chain(deployed.iter().map(|s| &**s))
-        .filter(|s| s.tls.as_ref().is_some_and(|t| t.certificate == TlsCertificate::Acme))
-        .map(|s| Wanted {
-            service: s.name.clone(),
-            names: s.hosts.iter().filter(|h| **h != HostPattern::Any).map(|h| h.to_string()).collect(),
+        .filter_map(|s| match s.tls.as_ref()?.certificate {
+            TlsCertificate::Acme { staging } => Some(Wanted {
+                service: s.name.clone(),
+                names: s.hosts.iter().filter(|h| **h != HostPattern::Any).map(|h| h.to_string()).collect(),
+                staging,
+            }),
+            TlsCertificate::Files { .. } => None,
         })
         .filter(|w| !w.names.is_empty())
         .collect()

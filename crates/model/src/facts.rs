@@ -279,8 +279,10 @@ pub struct ServiceTls {
 pub enum TlsCertificate {
     /// PEM chain and key (kamal-proxy's `--tls-certificate-path`, `--tls-private-key-path`).
     Files { certificate: std::path::PathBuf, key: std::path::PathBuf },
-    /// Obtained and renewed by ACME for the service's hosts (`--tls`, `tls = "auto"`).
-    Acme,
+    /// Obtained and renewed by ACME for the service's hosts (`--tls`, `tls = "auto"`), from
+    /// Let's Encrypt's staging CA with `staging` (kamal-proxy's `--tls-staging`), else from
+    /// the configured one.
+    Acme { staging: bool },
 }
 
 /// An HTTP health check of a service's targets: a GET of `path` every `interval`; `rise`

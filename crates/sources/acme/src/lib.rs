@@ -39,6 +39,8 @@ const MIN_BETWEEN_ORDERS: Duration = Duration::from_secs(10);
 pub struct Wanted {
     pub service: String,
     pub names: Vec<String>,
+    /// From Let's Encrypt's staging CA instead of the configured one.
+    pub staging: bool,
 }
 
 /// One service's certificate as `/v1/certificates` and `gatehouse certs` show it.
@@ -46,6 +48,8 @@ pub struct Wanted {
 pub struct CertificateStatus {
     pub service: String,
     pub names: Vec<String>,
+    /// The CA's directory.
+    pub directory: String,
     /// The certificate in service, if any.
     pub issuer: Option<String>,
     pub not_after: Option<SystemTime>,
@@ -60,6 +64,7 @@ pub struct CertificateStatus {
 /// What the source knows of one service's certificate.
 struct Lineage {
     names: Vec<String>,
+    directory: String,
     issued: Option<Arc<Issued>>,
     /// Wall-clock time of the next renewal (now for a missing or mismatched certificate).
     renew_at: SystemTime,
@@ -81,7 +86,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     challenges: Arc<Challenges>,
     lineages: Mutex<BTreeMap<String, Lineage>>,
-    account: tokio::sync::Mutex<Option<Account>>,
+    /// One account per CA directory, made or loaded on first use.
+    accounts: tokio::sync::Mutex<BTreeMap<String, Account>>,
     metrics: AcmeMetrics,
     /// Told when the set of valid certificates changed.
     changed: Box<dyn Fn() + Send + Sync>,
@@ -109,7 +115,7 @@ impl AcmeSource {
             challenges,
             metrics,
             lineages: Mutex::new(BTreeMap::new()),
-            account: tokio::sync::Mutex::new(None),
+            accounts: tokio::sync::Mutex::new(BTreeMap::new()),
             changed: Box::new(changed),
         });
         let (wanted, watching) = watch::channel(Vec::new());
@@ -141,6 +147,7 @@ impl AcmeSource {
             .map(|(service, l)| CertificateStatus {
                 service: service.clone(),
                 names: l.names.clone(),
+                directory: l.directory.clone(),
                 issuer: l.issued.as_ref().map(|i| i.issuer.clone()),
                 not_after: l.issued.as_ref().map(|i| i.not_after),
                 renew_at: l.issued.as_ref().map(|_| l.renew_at),
@@ -159,10 +166,10 @@ impl AcmeSource {
 async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>) {
     let mut orders: JoinSet<(String, Vec<String>, Result<Issued, String>)> = JoinSet::new();
     loop {
-        for (service, names) in inner.start_due() {
+        for (service, names, directory) in inner.start_due() {
             let inner = inner.clone();
             orders.spawn(async move {
-                let result = match tokio::time::timeout(ORDER_TIMEOUT, inner.order(&names)).await {
+                let result = match tokio::time::timeout(ORDER_TIMEOUT, inner.order(&names, &directory)).await {
                     Ok(result) => result,
                     Err(_) => Err(format!("the order took longer than {}s", ORDER_TIMEOUT.as_secs())),
                 };
@@ -195,6 +202,13 @@ impl Inner {
         format!("certificates/{service}.json")
     }
 
+    fn directory(&self, wanted: &Wanted) -> String {
+        match wanted.staging {
+            true => gatehouse_model::acme::LETS_ENCRYPT_STAGING.to_string(),
+            false => self.settings.directory.clone(),
+        }
+    }
+
     /// Follows the wanted list: new services get their stored certificate (or are due at
     /// once), services no longer wanted are dropped.
     fn reconcile(&self, wanted: &[Wanted]) {
@@ -211,13 +225,15 @@ impl Inner {
             });
             changed |= lineages.len() != before;
             for w in wanted {
+                let directory = self.directory(w);
                 match lineages.get_mut(&w.service) {
-                    Some(l) if l.names == w.names => {}
+                    Some(l) if l.names == w.names && l.directory == directory => {}
                     Some(l) => {
-                        // New names: the current certificate serves its names until the new
-                        // one arrives.
+                        // New names or CA: the current certificate serves its names until the
+                        // new one arrives.
                         l.names = w.names.clone();
-                        if !l.issued.as_ref().is_some_and(|i| i.covers(&w.names, &self.settings.directory)) {
+                        l.directory = directory.clone();
+                        if !l.issued.as_ref().is_some_and(|i| i.covers(&w.names, &directory)) {
                             l.renew_at = SystemTime::UNIX_EPOCH;
                             l.not_before = Instant::now();
                             l.failures = 0;
@@ -228,13 +244,12 @@ impl Inner {
                         changed |= issued.is_some();
                         self.metrics.certificate(&w.service, issued.as_ref().map(|i| unix(i.not_after)), 0);
                         let renew_at = match &issued {
-                            Some(i) if i.covers(&w.names, &self.settings.directory) => {
-                                schedule::renew_at(i.not_before, i.not_after)
-                            }
+                            Some(i) if i.covers(&w.names, &directory) => schedule::renew_at(i.not_before, i.not_after),
                             _ => SystemTime::UNIX_EPOCH,
                         };
                         let lineage = Lineage {
                             names: w.names.clone(),
+                            directory,
                             issued,
                             renew_at,
                             not_before: Instant::now(),
@@ -274,13 +289,13 @@ impl Inner {
     }
 
     /// Marks the lineages due now as ordering and returns them.
-    fn start_due(&self) -> Vec<(String, Vec<String>)> {
+    fn start_due(&self) -> Vec<(String, Vec<String>, String)> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut lineages = self.lock();
         let mut due = Vec::new();
         for (service, l) in lineages.iter_mut().filter(|(_, l)| l.due(now, wall)) {
             l.ordering = true;
-            due.push((service.clone(), l.names.clone()));
+            due.push((service.clone(), l.names.clone(), l.directory.clone()));
         }
         due
     }
@@ -338,30 +353,31 @@ impl Inner {
         }
     }
 
-    /// Obtains a certificate for `names` from the CA.
-    async fn order(&self, names: &[String]) -> Result<Issued, String> {
-        let account = self.account().await?;
+    /// Obtains a certificate for `names` from the CA at `directory`.
+    async fn order(&self, names: &[String], directory: &str) -> Result<Issued, String> {
+        let account = self.account(directory).await?;
         let presenter = order::Presenter {
             kind: self.settings.challenge,
             challenges: &self.challenges,
             dns_hook: self.settings.dns_hook.as_deref(),
         };
         let (chain, key) = order::obtain(&account, names, &presenter).await?;
-        Issued::new(names.to_vec(), chain, key, self.settings.directory.clone())
+        Issued::new(names.to_vec(), chain, key, directory.to_string())
     }
 
-    /// The ACME account: the stored one, else a new one created and stored.
-    async fn account(&self) -> Result<Account, String> {
-        let mut slot = self.account.lock().await;
-        if let Some(account) = &*slot {
+    /// The ACME account at `directory`: the stored one, else a new one created and stored.
+    async fn account(&self, directory: &str) -> Result<Account, String> {
+        let mut accounts = self.accounts.lock().await;
+        if let Some(account) = accounts.get(directory) {
             return Ok(account.clone());
         }
         let settings = &self.settings;
-        let key = format!("accounts/{}.json", storage_name(&settings.directory));
+        let key = format!("accounts/{}.json", storage_name(directory));
+        // `ca_root` is the configured CA's; Let's Encrypt staging goes by the system's roots.
         let builder = || {
             match &settings.ca_root {
-                Some(root) => Account::builder_with_root(root),
-                None => Account::builder(),
+                Some(root) if directory == settings.directory => Account::builder_with_root(root),
+                _ => Account::builder(),
             }
             .map_err(|e| format!("ACME HTTP client: {e}"))
         };
@@ -370,26 +386,28 @@ impl Inner {
             Some(bytes) => {
                 let credentials: AccountCredentials = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("the stored ACME account {key} is unreadable: {e}"))?;
-                builder()?.from_credentials(credentials).await.map_err(|e| format!("{}: {e}", settings.directory))?
+                builder()?.from_credentials(credentials).await.map_err(|e| format!("{directory}: {e}"))?
             }
             None => {
                 let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
+                // The binding is the configured CA's, as `ca_root` is.
                 let binding = match &settings.external_account {
+                    Some(_) if directory != settings.directory => None,
                     None => None,
                     Some(eab) => Some(ExternalAccountKey::new(eab.key_id.clone(), &decode_mac_key(&eab.mac_key)?)),
                 };
                 let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
                 let (account, credentials) = builder()?
-                    .create(&new, settings.directory.clone(), binding.as_ref())
+                    .create(&new, directory.to_string(), binding.as_ref())
                     .await
-                    .map_err(|e| format!("cannot create an ACME account at {}: {e}", settings.directory))?;
+                    .map_err(|e| format!("cannot create an ACME account at {directory}: {e}"))?;
                 let bytes = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
                 self.storage.store(&key, &bytes).map_err(|e| format!("cannot store the ACME account: {e}"))?;
-                tracing::info!(directory = %settings.directory, account = account.id(), "ACME account created");
+                tracing::info!(directory, account = account.id(), "ACME account created");
                 account
             }
         };
-        *slot = Some(account.clone());
+        accounts.insert(directory.to_string(), account.clone());
         Ok(account)
     }
 }
@@ -427,6 +445,61 @@ fn decode_mac_key(text: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Storage in memory.
+    #[derive(Default)]
+    struct Memory(Mutex<BTreeMap<String, Vec<u8>>>);
+
+    impl Storage for Memory {
+        fn load(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        fn store(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+            self.0.lock().unwrap().insert(key.to_string(), bytes.to_vec());
+            Ok(())
+        }
+    }
+
+    fn inner(storage: Arc<Memory>) -> Inner {
+        Inner {
+            settings: AcmeSettings::new("/unused".into()),
+            storage,
+            challenges: Challenges::new(),
+            lineages: Mutex::new(BTreeMap::new()),
+            accounts: tokio::sync::Mutex::new(BTreeMap::new()),
+            metrics: gatehouse_metrics::Metrics::new().acme,
+            changed: Box::new(|| {}),
+        }
+    }
+
+    fn wanted(names: &[&str], staging: bool) -> Vec<Wanted> {
+        vec![Wanted { service: "web".into(), names: names.iter().map(|n| n.to_string()).collect(), staging }]
+    }
+
+    #[test]
+    fn a_stored_certificate_serves_until_its_renewal_and_a_change_of_names_or_ca_orders_anew() {
+        let storage = Arc::new(Memory::default());
+        let (chain, key) = certificate::tests::self_signed(&["a.test"]);
+        let stored =
+            Issued::new(vec!["a.test".into()], chain, key, gatehouse_model::acme::LETS_ENCRYPT.into()).unwrap();
+        storage.store("certificates/web.json", &stored.to_bytes()).unwrap();
+        let source = inner(storage);
+        source.reconcile(&wanted(&["a.test"], false));
+        assert!(source.start_due().is_empty(), "loaded, not due for 60 days");
+        assert!(source.lock()["web"].issued.is_some());
+        source.reconcile(&wanted(&["a.test", "b.test"], false));
+        let due = source.start_due();
+        assert_eq!(due.len(), 1, "a new name is ordered at once");
+        assert!(source.lock()["web"].issued.is_some(), "the old certificate serves meanwhile");
+        source.finish("web", &due[0].1, Err("CA down".into()));
+        assert!(source.start_due().is_empty(), "a failure backs off");
+        assert_eq!(source.lock()["web"].failures, 1);
+        source.reconcile(&wanted(&["a.test"], true));
+        let due = source.start_due();
+        assert_eq!(due[0].2, gatehouse_model::acme::LETS_ENCRYPT_STAGING, "--tls-staging: another CA, ordered at once");
+        source.reconcile(&[]);
+        assert!(source.lock().is_empty(), "a service that no longer wants one is dropped");
+    }
 
     #[test]
     fn mac_keys_decode_as_base64url() {

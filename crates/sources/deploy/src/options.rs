@@ -58,6 +58,8 @@ pub struct DeployOptions {
     pub tls_certificate_path: Option<String>,
     pub tls_private_key_path: Option<String>,
     pub tls_redirect: bool,
+    /// Certificates from Let's Encrypt's staging CA (untrusted; for trying things out).
+    pub tls_staging: bool,
     pub canonical_host: Option<String>,
 }
 
@@ -88,6 +90,7 @@ impl Default for DeployOptions {
             tls_certificate_path: None,
             tls_private_key_path: None,
             tls_redirect: true,
+            tls_staging: false,
             canonical_host: None,
         }
     }
@@ -304,7 +307,7 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
             if options.hosts.is_empty() {
                 return Err("--tls without a certificate needs at least one --host to obtain it for".into());
             }
-            Some(TlsCertificate::Acme)
+            Some(TlsCertificate::Acme { staging: options.tls_staging })
         }
         (None, None) => None,
         (Some(certificate), Some(key)) => {
@@ -453,7 +456,14 @@ mod tests {
         let mut o = options(&["a:1"], &["x.test"]);
         o.tls = true;
         let spec = service_spec("web", &o).unwrap();
-        assert!(spec.tls.is_some_and(|t| t.certificate == TlsCertificate::Acme), "--tls alone: ACME");
+        assert!(
+            spec.tls.is_some_and(|t| t.certificate == TlsCertificate::Acme { staging: false }),
+            "--tls alone: ACME"
+        );
+        o.tls_staging = true;
+        let spec = service_spec("web", &o).unwrap();
+        assert!(spec.tls.is_some_and(|t| t.certificate == TlsCertificate::Acme { staging: true }), "--tls-staging");
+        o.tls_staging = false;
         o.hosts.clear();
         assert!(err(o.clone()).contains("--host"), "ACME needs names");
         o.hosts = vec!["x.test".into()];
