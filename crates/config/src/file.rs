@@ -194,6 +194,8 @@ pub(crate) struct FileService {
     pub tls: Option<Spanned<String>>,
     /// Plain-HTTP requests of a TLS service are redirected to HTTPS (default true).
     pub tls_redirect: Option<bool>,
+    /// Strict-Transport-Security max-age on HTTPS responses (off when unset).
+    pub hsts_max_age: Option<Spanned<NumberOrText>>,
 }
 
 /// `[services.health_check]`: HAProxy's active checks, over HTTP.

@@ -1,4 +1,4 @@
-//! Durations (`"5s"`, `"250ms"`, `"2m"`, or a number of seconds) and sizes (`"10MB"`,
+//! Durations (`"5s"`, `"250ms"`, `"2m"`, `"365d"`, or a number of seconds) and sizes (`"10MB"`,
 //! `"512KiB"`, or a number of bytes) as written in the file.
 
 use std::time::Duration;
@@ -14,7 +14,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m or h")),
+        "d" => value * 86_400.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration `{text}` is out of range"))
 }
@@ -49,6 +50,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("365d"), Ok(Duration::from_secs(365 * 86_400)));
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
         assert!(parse_duration("soon").is_err());
     }

@@ -466,7 +466,15 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
         if let Some(tls) = &s.tls {
             if tls.get_ref() == "auto" {
                 let redirect = s.tls_redirect.unwrap_or(true);
-                spec.tls = Some(ServiceTls { certificate: TlsCertificate::Acme { staging: false }, redirect });
+                let hsts_max_age = s.hsts_max_age.as_ref().map(|v| match duration(v.get_ref()) {
+                    Ok(d) if !d.is_zero() => d.as_secs(),
+                    _ => {
+                        c.error(Some(v.span()), "`hsts_max_age` must be a positive duration, as \"365d\"");
+                        0
+                    }
+                });
+                let certificate = TlsCertificate::Acme { staging: false };
+                spec.tls = Some(ServiceTls { certificate, redirect, hsts_max_age });
             } else {
                 c.error(Some(tls.span()), format!("`tls` `{}`: only \"auto\" (a certificate from ACME) is supported here; give files on [[listeners]] `tls_certificates`", tls.get_ref()));
             }
@@ -842,6 +850,7 @@ hosts = ["a.test", "b.test"]
 targets = ["http://127.0.0.1:9000"]
 tls = "auto"
 tls_redirect = false
+hsts_max_age = "365d"
 "#;
         let cfg = check(text).unwrap();
         assert_eq!(cfg.acme.directory, acme::LETS_ENCRYPT_STAGING);
@@ -853,6 +862,7 @@ tls_redirect = false
         );
         let tls = cfg.services[0].tls.as_ref().unwrap();
         assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme { staging: false }, false));
+        assert_eq!(tls.hsts_max_age, Some(365 * 86_400));
     }
 
     #[test]

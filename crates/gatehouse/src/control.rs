@@ -129,6 +129,9 @@ pub struct DeployArgs {
     /// With --tls: from Let's Encrypt's staging CA (certificates browsers do not trust).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     tls_staging: bool,
+    /// HTTPS responses carry Strict-Transport-Security with this max-age (0: none).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    hsts_max_age: Duration,
     #[arg(long)]
     tls_certificate_path: Option<String>,
     #[arg(long)]
@@ -199,6 +202,7 @@ impl DeployArgs {
                 tls_private_key_path: self.tls_private_key_path.as_deref().map(absolute),
                 tls_redirect: self.tls_redirect,
                 tls_staging: self.tls_staging,
+                hsts_max_age_s: self.hsts_max_age.as_secs(),
                 canonical_host: self.canonical_host.clone(),
             },
         }

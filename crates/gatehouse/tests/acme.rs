@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use support::backend;
-use support::pebble::{free_port, verified_get, Pebble};
+use support::pebble::{curl, free_port, verified_get, Pebble};
 use support::{binary, Gatehouse};
 
 /// The config of an instance with a plain listener on `http` and an HTTPS one on `https`.
@@ -68,8 +68,8 @@ async fn issued(validity: Option<Duration>) -> Issued {
     let pebble = Pebble::start(http, https, validity);
     let blue = backend::start("blue").await;
     let store = tempfile::tempdir().unwrap();
-    let text =
-        config(http, https, &pebble.acme_table(store.path(), "http-01"), &web_service(&blue.url(), "\"app.test\""));
+    let service = format!("{}hsts_max_age = \"1d\"\n", web_service(&blue.url(), "\"app.test\""));
+    let text = config(http, https, &pebble.acme_table(store.path(), "http-01"), &service);
     let gatehouse = Gatehouse::start(&text);
     let root = pebble.issuing_root();
     let started = Instant::now();
@@ -88,6 +88,16 @@ async fn http01_issues_at_once_and_a_restart_serves_the_stored_certificate_with_
     let plain: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     let reply = support::client::get(plain, "app.test", "/.well-known/acme-challenge/not-pending").await;
     assert_eq!(reply.status, 301, "{}", reply.body);
+    assert!(!reply.headers.contains_key("strict-transport-security"), "never over plain HTTP (RFC 6797)");
+    let resolve = format!("app.test:{https}:127.0.0.1");
+    let url = format!("https://app.test:{https}/");
+    let head = curl(&["-i", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), &url]);
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.contains("\r\nstrict-transport-security: max-age=86400\r\n"), "{head}");
+    let own = curl(&["-i", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), &format!("{url}own-hsts")]);
+    let own = String::from_utf8_lossy(&own.stdout).to_ascii_lowercase();
+    assert_eq!(own.matches("strict-transport-security").count(), 1, "the target's own policy wins: {own}");
+    assert!(own.contains("strict-transport-security: max-age=5\r\n"), "{own}");
     assert_eq!(reply.headers["location"], format!("https://app.test:{https}/.well-known/acme-challenge/not-pending"));
 
     // What the admin API shows, and the stored file is private.

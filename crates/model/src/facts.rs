@@ -271,6 +271,9 @@ pub struct ServiceTls {
     /// Plain-HTTP requests get a 301 to HTTPS (kamal-proxy's `--tls-redirect`); ACME's
     /// HTTP-01 requests still get through.
     pub redirect: bool,
+    /// HTTPS responses carry `Strict-Transport-Security: max-age=` this many seconds
+    /// (unless the target sent its own); off when `None`.
+    pub hsts_max_age: Option<u64>,
 }
 
 /// Where a service's certificate comes from.

@@ -330,6 +330,14 @@ async fn proxy(
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         parts.headers.insert(X_PROXY, snap.xproxy.clone());
+        if let Some(max_age) = spec.tls.as_ref().and_then(|t| t.hsts_max_age).filter(|_| conn.https) {
+            if let (header::Entry::Vacant(slot), Ok(value)) = (
+                parts.headers.entry(header::STRICT_TRANSPORT_SECURITY),
+                HeaderValue::try_from(format!("max-age={max_age}")),
+            ) {
+                slot.insert(value);
+            }
+        }
         split.writer_affinity(spec, &mut parts.headers);
         parts.version = Version::HTTP_11;
         if !switching && buffers_response(spec, &parts.headers) {

@@ -243,6 +243,12 @@ async fn respond(
             Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
         }
         p if p.starts_with("/status/") => text(p[8..].parse().unwrap_or(500), name),
+        // An application that sets its own HSTS policy.
+        "/own-hsts" => {
+            let mut resp = text(200, name);
+            resp.headers_mut().insert("strict-transport-security", "max-age=5".parse().unwrap());
+            resp
+        }
         _ => text(200, format!("{name} {body_len}")),
     };
     resp.headers_mut().insert("x-backend", name.parse().unwrap());

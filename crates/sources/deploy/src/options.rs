@@ -60,6 +60,8 @@ pub struct DeployOptions {
     pub tls_redirect: bool,
     /// Certificates from Let's Encrypt's staging CA (untrusted; for trying things out).
     pub tls_staging: bool,
+    /// HSTS max-age in seconds on HTTPS responses (0: no header).
+    pub hsts_max_age_s: u64,
     pub canonical_host: Option<String>,
 }
 
@@ -91,6 +93,7 @@ impl Default for DeployOptions {
             tls_private_key_path: None,
             tls_redirect: true,
             tls_staging: false,
+            hsts_max_age_s: 0,
             canonical_host: None,
         }
     }
@@ -315,7 +318,8 @@ pub fn service_spec(name: &str, options: &DeployOptions) -> Result<ServiceSpec, 
         }
         _ => return Err("--tls-certificate-path and --tls-private-key-path go together".into()),
     };
-    spec.tls = certificate.map(|certificate| ServiceTls { certificate, redirect: options.tls_redirect });
+    let hsts_max_age = (options.hsts_max_age_s > 0).then_some(options.hsts_max_age_s);
+    spec.tls = certificate.map(|certificate| ServiceTls { certificate, redirect: options.tls_redirect, hsts_max_age });
     spec.forward_headers = options.forward_headers.unwrap_or(spec.tls.is_none());
     if let Some(canonical) = &options.canonical_host {
         match HostPattern::parse(canonical) {
