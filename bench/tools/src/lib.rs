@@ -94,6 +94,7 @@ pub fn quantile_ms(sorted: &[u64], p: f64) -> f64 {
 }
 
 pub mod attack;
+pub mod handshakes;
 
 /// A TLS connection offering only `h2`, for the HTTP/2 attacks. The proxy's certificate is
 /// not checked: these tools only talk to proxies on this machine that the bench started.

@@ -90,6 +90,19 @@ enum Command {
         #[arg(long, default_value = "app.local")]
         host: String,
     },
+    /// New TLS connections in a loop (handshake, GET, close): completions and failures per
+    /// second, and the seconds in which the certificate changed, as JSON.
+    Handshakes {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The SNI name and Host.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Deploys a service to each target in turn over Gatehouse's admin socket, one every
     /// interval, for a while (no process started per deploy).
     Deploys {
@@ -123,6 +136,10 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Deploys { socket, service, host, targets, interval_ms, seconds } => {
                 deploys(socket, service, host, targets, interval_ms, seconds).await
+            }
+            Command::Handshakes { addr, name, connections, seconds } => {
+                println!("{}", gatehouse_bench::handshakes::run(addr, name, connections, seconds).await?);
+                Ok(())
             }
             Command::Attack { kind, addr, tls, source, connections, seconds, host } => {
                 let attack = gatehouse_bench::attack::Attack { kind, addr, tls, source, connections, seconds, host };
