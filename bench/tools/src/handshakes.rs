@@ -31,7 +31,12 @@ impl Seconds {
 }
 
 /// Runs `connections` loops against `addr` with SNI `name` for `seconds`.
-pub async fn run(addr: SocketAddr, name: String, connections: usize, seconds: u64) -> anyhow::Result<serde_json::Value> {
+pub async fn run(
+    addr: SocketAddr,
+    name: String,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<serde_json::Value> {
     ensure_loopback(addr)?;
     let config = Arc::new(gatehouse_connect::unverified_client(b"http/1.1"));
     let start = Instant::now();
@@ -64,7 +69,9 @@ pub async fn run(addr: SocketAddr, name: String, connections: usize, seconds: u6
         let _ = task.await;
     }
     let t = tally.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(serde_json::json!({ "per_second": t.done, "failed_per_second": t.failed, "certificate_changed_in_second": t.changes }))
+    Ok(
+        serde_json::json!({ "per_second": t.done, "failed_per_second": t.failed, "certificate_changed_in_second": t.changes }),
+    )
 }
 
 /// One connection: handshake, `GET /`, read to the end; returns the server's leaf.

@@ -116,6 +116,9 @@ pub(crate) struct FileAcme {
     pub challenge: Option<Spanned<String>>,
     pub dns_hook: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,
+    /// On-demand TLS: the URL asked `?domain=NAME` before a certificate for an unknown name.
+    pub on_demand_ask: Option<Spanned<String>>,
+    pub on_demand_per_minute: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

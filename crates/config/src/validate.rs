@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use gatehouse_model::acme::{self, AcmeSettings, ChallengeKind, ExternalAccount};
+use gatehouse_model::acme::{self, AcmeSettings, ChallengeKind, ExternalAccount, OnDemandSettings};
 use gatehouse_model::{
     BalancePolicy, BuildError, Cidr, EdgeLimits, ForwardingPolicy, HealthCheck, HostPattern, RouteTable, ServiceSpec,
     ServiceTls, TargetSpec, TlsCertificate,
@@ -309,6 +309,25 @@ fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeS
     }
     if let Some(storage) = &file.storage {
         settings.storage = c.resolve(storage.get_ref().trim());
+    }
+    match (&file.on_demand_ask, &file.on_demand_per_minute) {
+        (Some(ask), rate) => {
+            let per_minute = match rate.as_ref().map(|r| (u32::try_from(*r.get_ref()), r.span())) {
+                None => 10,
+                Some((Ok(n @ 1..=10_000), _)) => n,
+                Some((_, span)) => {
+                    c.error(Some(span), "[acme] `on_demand_per_minute` must be from 1 to 10000");
+                    10
+                }
+            };
+            let on_demand = OnDemandSettings { ask: ask.get_ref().trim().to_string(), per_minute };
+            match on_demand.ask_target() {
+                Ok(_) => settings.on_demand = Some(on_demand),
+                Err(e) => c.error(Some(ask.span()), format!("[acme] `on_demand_ask`: {e}")),
+            }
+        }
+        (None, Some(rate)) => c.error(Some(rate.span()), "[acme] `on_demand_per_minute` needs `on_demand_ask`"),
+        (None, None) => {}
     }
     settings
 }
@@ -839,6 +858,7 @@ eab_kid = "kid-1"
 eab_mac_key = "c2VjcmV0"
 challenge = "tls-alpn-01"
 storage = "/srv/acme"
+on_demand_ask = "http://127.0.0.1:9000/allowed"
 
 [[listeners]]
 address = "127.0.0.1:8443"
@@ -863,6 +883,8 @@ hsts_max_age = "365d"
         let tls = cfg.services[0].tls.as_ref().unwrap();
         assert_eq!((&tls.certificate, tls.redirect), (&TlsCertificate::Acme { staging: false }, false));
         assert_eq!(tls.hsts_max_age, Some(365 * 86_400));
+        let on_demand = cfg.acme.on_demand.as_ref().unwrap();
+        assert_eq!((on_demand.ask.as_str(), on_demand.per_minute), ("http://127.0.0.1:9000/allowed", 10));
     }
 
     #[test]
@@ -876,6 +898,10 @@ hsts_max_age = "365d"
         {
             assert!(err.contains(says), "{says}: {err}");
         }
+        let err = check("[acme]\non_demand_ask = \"/allowed\"\n").unwrap_err();
+        assert!(err.contains("g.toml:2:") && err.contains("needs http://"), "{err}");
+        let err = check("[acme]\non_demand_per_minute = 5\n").unwrap_err();
+        assert!(err.contains("needs `on_demand_ask`"), "{err}");
         let err = check(
             "[[services]]\nname = \"w\"\nhosts = [\"a.test\"]\ntargets = [\"http://127.0.0.1:1\"]\ntls = \"yes\"\n",
         )

@@ -13,7 +13,7 @@ use gatehouse_deploy::{DeploySource, FileStore, Routes};
 use gatehouse_drove::DroveSource;
 use gatehouse_health::Watch;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::acme::Challenges;
+use gatehouse_model::acme::{Challenges, OnDemand};
 use gatehouse_model::{BuildError, HostPattern, Retired, Scheme, ServiceSpec, ServiceTls, TlsCertificate};
 use gatehouse_native::{
     AccessLog, AccessLogTarget, CertStore, Certificates, EdgePolicy, ListenerConfig, NativeProxy, Snapshot,
@@ -26,6 +26,9 @@ use crate::logging::LogHandle;
 use crate::templated::Feed;
 use gatehouse_templated::clock::rfc3339;
 use gatehouse_templated::TemplatedEngine;
+
+/// Handshakes that may wait for on-demand certificates at once; more are refused.
+const ON_DEMAND_QUEUE: usize = 64;
 
 /// Where the configuration comes from: a file, or text built in (the demo).
 pub enum ConfigSource {
@@ -100,14 +103,16 @@ impl Gateway {
         // With nginx or HAProxy the native proxy only keeps the route table (for /v1/routes).
         let native_listeners = if config.templated.is_some() { &[][..] } else { &config.listeners[..] };
         let challenges = Challenges::new();
+        let on_demand = config.acme.on_demand.as_ref().map(|_| OnDemand::new(ON_DEMAND_QUEUE));
         // Started before the listeners, so that stored certificates serve from the first
         // handshake; it tells the gateway (once built) when certificates change.
         let built: Arc<OnceLock<Weak<Gateway>>> = Arc::default();
         let acme = native_listeners.iter().any(|l| l.tls).then(|| {
             let storage = Arc::new(FileStorage::new(config.acme.storage.clone()));
             let built = built.clone();
+            let (acme_metrics, asks) = (metrics.acme.clone(), on_demand.as_deref());
             let acme =
-                AcmeSource::start(config.acme.clone(), storage, challenges.clone(), metrics.acme.clone(), move || {
+                AcmeSource::start(config.acme.clone(), storage, challenges.clone(), acme_metrics, asks, move || {
                     if let Some(gateway) = built.get().and_then(Weak::upgrade) {
                         gateway.compose_certificates(true);
                     }
@@ -144,7 +149,7 @@ impl Gateway {
             snapshot,
             metrics.clone(),
             access_log,
-            EdgePolicy { limits: config.limits.clone(), forwarding: config.forwarding.clone(), challenges },
+            EdgePolicy { limits: config.limits.clone(), forwarding: config.forwarding.clone(), challenges, on_demand },
         )?;
         for (spec, bound) in native_listeners.iter().zip(proxy.addresses()) {
             let tls = if spec.tls { "https" } else { "http" };

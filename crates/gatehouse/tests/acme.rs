@@ -337,3 +337,60 @@ async fn renewal_swaps_the_certificate_under_load_without_a_failed_request_or_ha
     assert!(metrics.contains("gatehouse_acme_orders_total{result=\"issued\",challenge=\"http-01\"} 2"), "{metrics}");
     assert!(metrics.contains("gatehouse_acme_certificate_expiry_timestamp_seconds{service=\"web\"}"), "{metrics}");
 }
+
+/// The platform's `ask` endpoint: 200 for names starting with "allowed", 403 for the rest;
+/// records every name asked.
+async fn ask_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = vec![0u8; 2048];
+            let n = stream.read(&mut head).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]).into_owned();
+            let domain =
+                head.split_once("domain=").map(|(_, rest)| rest.split([' ', '&']).next().unwrap_or("").to_string());
+            let domain = domain.unwrap_or_default();
+            let status = if domain.starts_with("allowed") { "200 OK" } else { "403 Forbidden" };
+            seen.lock().unwrap().push(domain);
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_tls_issues_during_the_first_handshake_for_names_the_ask_url_allows() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, None);
+    let blue = backend::start("blue").await;
+    let (ask, asked) = ask_server().await;
+    let store = tempfile::tempdir().unwrap();
+    let acme = format!(
+        "{}on_demand_ask = \"http://{ask}/allowed\"\non_demand_per_minute = 2\n",
+        pebble.acme_table(store.path(), "tls-alpn-01")
+    );
+    // A platform routing every host to one application (customers' own domains).
+    let services = format!("[[services]]\nname = \"platform\"\nhosts = [\"*\"]\ntargets = [\"{}\"]\n", blue.url());
+    let gatehouse = Gatehouse::start(&config(http, https, &acme, &services));
+    let root = pebble.issuing_root();
+    let started = Instant::now();
+    let (ok, body) = verified_get("allowed.test", https, "/", &root);
+    assert!(ok && body.starts_with("blue"), "{body}\n{}\n{}", gatehouse.logs().join("\n"), pebble.log());
+    eprintln!("first handshake with an on-demand certificate took {:?}", started.elapsed());
+    let (ok, again) = verified_get("allowed.test", https, "/", &root);
+    assert!(ok, "{again}");
+    let (ok, refused) = verified_get("denied.test", https, "/", &root);
+    assert!(!ok, "a name the ask URL refuses gets no certificate: {refused}");
+    // Two orders started this minute: a third new name waits for the rate, unasked.
+    let (ok, limited) = verified_get("allowed-2.test", https, "/", &root);
+    assert!(!ok, "over the rate limit: {limited}");
+    assert_eq!(*asked.lock().unwrap(), ["allowed.test", "denied.test"], "asked once per new name, not per handshake");
+    assert!(gatehouse.logs().iter().any(|l| l.contains("over the rate limit")));
+    let shown = gatehouse.admin_get("/v1/certificates").await.body;
+    assert!(shown.contains("on-demand.allowed.test") && !shown.contains("denied.test"), "{shown}");
+}

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
 
 /// Let's Encrypt's production directory: the default, so that a certificate browsers trust
 /// is what a first deploy gets (staging is one key away).
@@ -76,6 +78,31 @@ pub struct AcmeSettings {
     pub dns_hook: Option<PathBuf>,
     /// Where the account, certificates and keys are kept.
     pub storage: PathBuf,
+    /// Certificates obtained during the first handshake for names no service lists.
+    pub on_demand: Option<OnDemandSettings>,
+}
+
+/// On-demand TLS (as Caddy's): a handshake for an unknown name waits while a certificate is
+/// obtained, if the `ask` URL answers 2xx to `GET ask?domain=NAME` and the rate allows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OnDemandSettings {
+    /// `http://host:port/path` of the platform's own check.
+    pub ask: String,
+    /// New names ordered per minute, at most.
+    pub per_minute: u32,
+}
+
+impl OnDemandSettings {
+    /// The `ask` URL as the target to connect to and the path to ask.
+    pub fn ask_target(&self) -> Result<(crate::TargetSpec, String), String> {
+        let url = &self.ask;
+        let uri: http::Uri = url.parse().map_err(|_| format!("the ask URL `{url}` is not a URL"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!("the ask URL `{url}` needs http:// or https:// and a host"));
+        };
+        let target = crate::TargetSpec::parse_url(&format!("{scheme}://{authority}"), false)?;
+        Ok((target, uri.path().to_string()))
+    }
 }
 
 impl AcmeSettings {
@@ -88,6 +115,7 @@ impl AcmeSettings {
             challenge: ChallengeKind::Http01,
             dns_hook: None,
             storage,
+            on_demand: None,
         }
     }
 }
@@ -154,6 +182,44 @@ impl Challenges {
     }
 }
 
+/// A handshake's request for a certificate for a name nothing is configured for.
+#[derive(Debug)]
+pub struct Demand {
+    /// Lowercase.
+    pub name: String,
+    /// Told whether a certificate for the name is now in service.
+    pub answer: oneshot::Sender<bool>,
+}
+
+/// The way from the engines' handshakes to the ACME source for on-demand certificates. It
+/// is bounded: when full (a flood of unknown names), handshakes are refused, not queued.
+#[derive(Debug)]
+pub struct OnDemand {
+    sender: mpsc::Sender<Demand>,
+    receiver: Mutex<Option<mpsc::Receiver<Demand>>>,
+}
+
+impl OnDemand {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        Arc::new(OnDemand { sender, receiver: Mutex::new(Some(receiver)) })
+    }
+
+    /// Asks for a certificate for `name`; true once one is in service.
+    pub async fn ask(&self, name: &str) -> bool {
+        let (answer, answered) = oneshot::channel();
+        if self.sender.try_send(Demand { name: name.to_ascii_lowercase(), answer }).is_err() {
+            return false;
+        }
+        answered.await.unwrap_or(false)
+    }
+
+    /// The demands, for the one source that answers them (`None` after the first call).
+    pub fn take(&self) -> Option<mpsc::Receiver<Demand>> {
+        self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +248,30 @@ mod tests {
             assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
         }
         assert_eq!(ChallengeKind::parse("http01"), None);
+    }
+
+    #[tokio::test]
+    async fn on_demand_asks_are_answered_by_the_taker_and_refused_when_full() {
+        let on_demand = OnDemand::new(1);
+        let mut demands = on_demand.take().unwrap();
+        assert!(on_demand.take().is_none(), "one taker");
+        let ask = |name: &'static str| {
+            let on_demand = on_demand.clone();
+            tokio::spawn(async move { on_demand.ask(name).await })
+        };
+        let asking = ask("A.test");
+        let demand = demands.recv().await.unwrap();
+        assert_eq!(demand.name, "a.test");
+        demand.answer.send(true).unwrap();
+        assert!(asking.await.unwrap());
+        let waiting = ask("b.test");
+        tokio::task::yield_now().await;
+        while on_demand.sender.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!on_demand.ask("c.test").await, "the queue is full: refused at once");
+        drop(demands);
+        assert!(!waiting.await.unwrap(), "a demand nobody answers is a refusal");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(crate) struct Shared {
     /// Log lines about connections refused over a limit, at most one a second.
     pub refusals: crate::throttle::Throttle,
     pub challenges: Arc<gatehouse_model::acme::Challenges>,
+    pub on_demand: Option<Arc<gatehouse_model::acme::OnDemand>>,
 }
 
 /// What a request knows about the connection it came on.

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_metrics::Metrics;
-use gatehouse_model::acme::Challenges;
+use gatehouse_model::acme::{Challenges, OnDemand};
 use gatehouse_model::{EdgeLimits, ForwardingPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::access_log::AccessLog;
 use crate::h1;
@@ -22,6 +23,8 @@ use crate::tls::{self, CertStore};
 use crate::upstream;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a handshake for an unknown name waits for an on-demand certificate.
+const ON_DEMAND_WAIT: Duration = Duration::from_secs(20);
 /// How often each worker drops expired idle upstream connections.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
@@ -32,6 +35,8 @@ pub struct EdgePolicy {
     pub forwarding: ForwardingPolicy,
     /// ACME challenges answered before routing (HTTP-01) and in handshakes (TLS-ALPN-01).
     pub challenges: Arc<Challenges>,
+    /// Where handshakes for names without a certificate ask for one (on-demand TLS).
+    pub on_demand: Option<Arc<OnDemand>>,
 }
 
 /// One address to accept on; TLS when it has a certificate store.
@@ -52,7 +57,14 @@ pub enum EngineError {
 
 struct Listener {
     socket: std::net::TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsEndpoint>>,
+}
+
+/// A TLS listener's handshake side: its configuration, and the certificates it looks names
+/// up in (to know when to ask for an on-demand one).
+struct TlsEndpoint {
+    config: Arc<rustls::ServerConfig>,
+    store: Arc<CertStore>,
 }
 
 /// The running native proxy.
@@ -74,7 +86,7 @@ impl NativeProxy {
         access_log: Option<Arc<AccessLog>>,
         edge: EdgePolicy,
     ) -> Result<Self, EngineError> {
-        let EdgePolicy { limits, forwarding, challenges } = edge;
+        let EdgePolicy { limits, forwarding, challenges, on_demand } = edge;
         let mut bound = Vec::new();
         let mut addresses = Vec::new();
         let mut https_port = None;
@@ -88,9 +100,9 @@ impl NativeProxy {
             let tls = match l.tls {
                 None => None,
                 Some(store) => {
-                    let config = tls::server_config(store, Some(challenges.clone()), &[b"h2", b"http/1.1"])
+                    let config = tls::server_config(store.clone(), Some(challenges.clone()), &[b"h2", b"http/1.1"])
                         .map_err(|source| EngineError::Tls { address: l.address, source })?;
-                    Some(TlsAcceptor::from(Arc::new(config)))
+                    Some(Arc::new(TlsEndpoint { config: Arc::new(config), store }))
                 }
             };
             bound.push(Listener { socket, tls });
@@ -107,6 +119,7 @@ impl NativeProxy {
             refusals: Default::default(),
             limits,
             challenges,
+            on_demand,
         });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
@@ -212,7 +225,7 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: watch::Rec
 
 async fn accept_loop(
     socket: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsEndpoint>>,
     shared: Arc<Shared>,
     stopped: watch::Receiver<Option<Duration>>,
     open: mpsc::Sender<()>,
@@ -240,7 +253,7 @@ async fn accept_loop(
                 // TLS handshake's or HTTP/2's state.
                 match &tls {
                     None => tokio::spawn(serve_h1(stream, conn, stopped.clone(), counted)),
-                    Some(acceptor) => tokio::spawn(serve_tls(stream, acceptor.clone(), conn, stopped.clone(), counted)),
+                    Some(endpoint) => tokio::spawn(serve_tls(stream, endpoint.clone(), conn, stopped.clone(), counted)),
                 };
             }
             Err(e) if is_resource_exhaustion(&e) => {
@@ -300,14 +313,33 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The TLS handshake. With on-demand TLS, the ClientHello is read first: a name no
+/// certificate covers is asked for (the handshake waits while it is obtained, or goes on
+/// with what there is when it is refused).
+async fn handshake(stream: TcpStream, endpoint: &TlsEndpoint, conn: &ConnInfo) -> io::Result<TlsStream<TcpStream>> {
+    let Some(on_demand) = &conn.shared.on_demand else {
+        return TlsAcceptor::from(endpoint.config.clone()).accept(stream).await;
+    };
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = start.client_hello();
+    let validating = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == tls::ACME_TLS_ALPN));
+    let unknown = hello.server_name().filter(|name| !validating && !endpoint.store.covers(name)).map(str::to_owned);
+    if let Some(name) = unknown {
+        let issued = tokio::time::timeout(ON_DEMAND_WAIT, on_demand.ask(&name)).await.unwrap_or(false);
+        tracing::debug!(peer = %conn.peer, name, issued, "on-demand certificate");
+    }
+    start.into_stream(endpoint.config.clone()).await
+}
+
 async fn serve_tls(
     stream: TcpStream,
-    acceptor: TlsAcceptor,
+    endpoint: Arc<TlsEndpoint>,
     conn: ConnInfo,
     stopped: watch::Receiver<Option<Duration>>,
     counted: OpenConnection,
 ) {
-    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let budget = TLS_HANDSHAKE_TIMEOUT + if conn.shared.on_demand.is_some() { ON_DEMAND_WAIT } else { Duration::ZERO };
+    let stream = match tokio::time::timeout(budget, handshake(stream, &endpoint, &conn)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");

@@ -105,18 +105,21 @@ impl Certificates {
     }
 
     fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = sni {
-            let name = name.to_ascii_lowercase();
-            if let Some(key) = self.exact.get(&name) {
-                return Some(key.clone());
-            }
-            if let Some((_, base)) = name.split_once('.') {
-                if let Some(key) = self.wildcard.get(base) {
-                    return Some(key.clone());
-                }
-            }
+        sni.and_then(|name| self.named(name)).or_else(|| self.default.clone())
+    }
+
+    /// The certificate for `name` by its exact name or a wildcard, not the default.
+    fn named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return Some(key.clone());
         }
-        self.default.clone()
+        let (_, base) = name.split_once('.')?;
+        self.wildcard.get(base).cloned()
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.named(name).is_some()
     }
 }
 
@@ -171,6 +174,11 @@ impl CertStore {
 
     pub fn names(&self) -> Vec<String> {
         self.current.load().names().to_vec()
+    }
+
+    /// Whether a certificate covers `name` (not counting the default for unknown names).
+    pub fn covers(&self, name: &str) -> bool {
+        self.current.load().covers(name)
     }
 }
 

@@ -10,15 +10,16 @@ mod order;
 mod schedule;
 mod storage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_metrics::AcmeMetrics;
-use gatehouse_model::acme::{AcmeSettings, Challenges};
+use gatehouse_model::acme::{AcmeSettings, Challenges, Demand, OnDemand};
+use gatehouse_model::HostPattern;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -33,6 +34,11 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// At least this long between two orders of one certificate, so that a CA issuing
 /// certificates already due (backdated, very short) cannot make a loop of orders.
 const MIN_BETWEEN_ORDERS: Duration = Duration::from_secs(10);
+
+/// Lineages of on-demand certificates are named this and the name (no service has a dot).
+const ON_DEMAND: &str = "on-demand.";
+/// How long the `ask` URL has to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A service that wants one certificate for its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +82,19 @@ struct Lineage {
 }
 
 impl Lineage {
+    fn new(names: Vec<String>, directory: String, issued: Option<Arc<Issued>>, renew_at: SystemTime) -> Self {
+        Lineage {
+            names,
+            directory,
+            issued,
+            renew_at,
+            not_before: Instant::now(),
+            failures: 0,
+            last_error: None,
+            ordering: false,
+        }
+    }
+
     fn due(&self, now: Instant, wall: SystemTime) -> bool {
         !self.ordering && self.not_before <= now && self.renew_at <= wall
     }
@@ -89,6 +108,10 @@ struct Inner {
     /// One account per CA directory, made or loaded on first use.
     accounts: tokio::sync::Mutex<BTreeMap<String, Account>>,
     metrics: AcmeMetrics,
+    /// Handshakes waiting for an on-demand certificate, by lineage.
+    waiting: Mutex<HashMap<String, Vec<oneshot::Sender<bool>>>>,
+    /// When the on-demand orders of the last minute started.
+    on_demand_starts: Mutex<VecDeque<Instant>>,
     /// Told when the set of valid certificates changed.
     changed: Box<dyn Fn() + Send + Sync>,
 }
@@ -107,6 +130,7 @@ impl AcmeSource {
         storage: Arc<dyn Storage>,
         challenges: Arc<Challenges>,
         metrics: AcmeMetrics,
+        on_demand: Option<&OnDemand>,
         changed: impl Fn() + Send + Sync + 'static,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -114,12 +138,15 @@ impl AcmeSource {
             storage,
             challenges,
             metrics,
+            waiting: Mutex::new(HashMap::new()),
+            on_demand_starts: Mutex::new(VecDeque::new()),
             lineages: Mutex::new(BTreeMap::new()),
             accounts: tokio::sync::Mutex::new(BTreeMap::new()),
             changed: Box::new(changed),
         });
         let (wanted, watching) = watch::channel(Vec::new());
-        tokio::spawn(run(inner.clone(), watching));
+        let demands = on_demand.and_then(OnDemand::take);
+        tokio::spawn(run(inner.clone(), watching, demands));
         AcmeSource { inner, wanted }
     }
 
@@ -163,13 +190,14 @@ impl AcmeSource {
     }
 }
 
-async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>) {
+async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>, mut demands: Option<mpsc::Receiver<Demand>>) {
     let mut orders: JoinSet<(String, Vec<String>, Result<Issued, String>)> = JoinSet::new();
     loop {
         for (service, names, directory) in inner.start_due() {
             let inner = inner.clone();
             orders.spawn(async move {
-                let result = match tokio::time::timeout(ORDER_TIMEOUT, inner.order(&names, &directory)).await {
+                let result = match tokio::time::timeout(ORDER_TIMEOUT, inner.order(&service, &names, &directory)).await
+                {
                     Ok(result) => result,
                     Err(_) => Err(format!("the order took longer than {}s", ORDER_TIMEOUT.as_secs())),
                 };
@@ -183,6 +211,7 @@ async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>) {
                     return;
                 }
             }
+            Some(demand) = next_demand(&mut demands) => inner.demand(demand),
             Some(done) = orders.join_next(), if !orders.is_empty() => {
                 if let Ok((service, names, result)) = done {
                     inner.finish(&service, &names, result);
@@ -190,6 +219,14 @@ async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>) {
             }
             () = tokio::time::sleep_until(wake) => {}
         }
+    }
+}
+
+/// The next on-demand request, or never without on-demand TLS.
+async fn next_demand(demands: &mut Option<mpsc::Receiver<Demand>>) -> Option<Demand> {
+    match demands {
+        Some(demands) => demands.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -217,7 +254,7 @@ impl Inner {
             let mut lineages = self.lock();
             let before = lineages.len();
             lineages.retain(|service, _| {
-                let keep = wanted.iter().any(|w| &w.service == service);
+                let keep = service.starts_with(ON_DEMAND) || wanted.iter().any(|w| &w.service == service);
                 if !keep {
                     self.metrics.forget(service);
                 }
@@ -247,17 +284,7 @@ impl Inner {
                             Some(i) if i.covers(&w.names, &directory) => schedule::renew_at(i.not_before, i.not_after),
                             _ => SystemTime::UNIX_EPOCH,
                         };
-                        let lineage = Lineage {
-                            names: w.names.clone(),
-                            directory,
-                            issued,
-                            renew_at,
-                            not_before: Instant::now(),
-                            failures: 0,
-                            last_error: None,
-                            ordering: false,
-                        };
-                        lineages.insert(w.service.clone(), lineage);
+                        lineages.insert(w.service.clone(), Lineage::new(w.names.clone(), directory, issued, renew_at));
                     }
                 }
             }
@@ -265,6 +292,88 @@ impl Inner {
         if changed {
             (self.changed)();
         }
+    }
+
+    /// A handshake asks for a certificate for a name no service lists: answered at once when
+    /// one is held or stored, else ordered (after the rate limit and, in the order, the
+    /// `ask` URL) with the handshake waiting for the outcome.
+    fn demand(&self, demand: Demand) {
+        let Some(settings) = &self.settings.on_demand else {
+            let _ = demand.answer.send(false);
+            return;
+        };
+        let name = demand.name;
+        if !matches!(HostPattern::parse(&name), Ok(HostPattern::Exact(_))) || name.parse::<std::net::IpAddr>().is_ok() {
+            let _ = demand.answer.send(false);
+            return;
+        }
+        let lineage = format!("{ON_DEMAND}{name}");
+        let mut lineages = self.lock();
+        if let Some(l) = lineages.get(&lineage) {
+            if l.issued.is_some() {
+                drop(lineages);
+                let _ = demand.answer.send(true);
+            } else {
+                self.wait(&lineage, demand.answer);
+            }
+            return;
+        }
+        let directory = self.settings.directory.clone();
+        if let Some(stored) = self.stored(&lineage).filter(|i| i.covers(std::slice::from_ref(&name), &directory)) {
+            if stored.not_after > SystemTime::now() {
+                let renew_at = schedule::renew_at(stored.not_before, stored.not_after);
+                lineages.insert(lineage, Lineage::new(vec![name], directory, Some(stored), renew_at));
+                drop(lineages);
+                (self.changed)();
+                let _ = demand.answer.send(true);
+                return;
+            }
+        }
+        // The rate limit counts orders started, so a flood of new names costs the CA little.
+        let mut starts = self.on_demand_starts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while starts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            starts.pop_front();
+        }
+        if starts.len() >= settings.per_minute as usize {
+            tracing::warn!(
+                name,
+                per_minute = settings.per_minute,
+                "on-demand certificate refused: over the rate limit"
+            );
+            let _ = demand.answer.send(false);
+            return;
+        }
+        starts.push_back(now);
+        lineages.insert(lineage.clone(), Lineage::new(vec![name], directory, None, SystemTime::UNIX_EPOCH));
+        drop(lineages);
+        self.wait(&lineage, demand.answer);
+    }
+
+    fn wait(&self, lineage: &str, answer: oneshot::Sender<bool>) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).entry(lineage.to_string()).or_default().push(answer);
+    }
+
+    /// Tells the handshakes waiting for `lineage` whether its certificate is in service.
+    fn answer_waiting(&self, lineage: &str, issued: bool) {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(lineage);
+        for answer in waiting.unwrap_or_default() {
+            let _ = answer.send(issued);
+        }
+    }
+
+    /// Whether the platform's `ask` URL allows a certificate for `name` (2xx).
+    async fn allowed(&self, name: &str) -> Result<(), String> {
+        let Some(settings) = &self.settings.on_demand else { return Err("on-demand TLS is off".into()) };
+        let (target, path) = settings.ask_target()?;
+        let probe = gatehouse_health::Probe {
+            path: format!("{path}?domain={name}"),
+            port: None,
+            timeout: ASK_TIMEOUT,
+            host: None,
+            verify: true,
+        };
+        gatehouse_health::check(&target, &probe).await.map_err(|e| format!("{name}: the ask URL refused it: {e}"))
     }
 
     /// The stored certificate of `service`, if one is readable.
@@ -314,8 +423,19 @@ impl Inner {
 
     fn finish(&self, service: &str, names: &[String], result: Result<Issued, String>) {
         let mut changed = false;
+        let issued = result.is_ok();
         {
             let mut lineages = self.lock();
+            if !issued && service.starts_with(ON_DEMAND) && lineages.get(service).is_some_and(|l| l.issued.is_none()) {
+                // A refused or failed first order is forgotten: the next handshake asks anew,
+                // within the rate limit.
+                lineages.remove(service);
+                drop(lineages);
+                self.metrics.order(false, self.settings.challenge.as_str());
+                tracing::warn!(service, error = %result.err().unwrap_or_default(), "on-demand certificate not obtained");
+                self.answer_waiting(service, false);
+                return;
+            }
             let Some(l) = lineages.get_mut(service) else { return };
             l.ordering = false;
             self.metrics.order(result.is_ok(), self.settings.challenge.as_str());
@@ -351,10 +471,17 @@ impl Inner {
         if changed {
             (self.changed)();
         }
+        self.answer_waiting(service, issued);
     }
 
-    /// Obtains a certificate for `names` from the CA at `directory`.
-    async fn order(&self, names: &[String], directory: &str) -> Result<Issued, String> {
+    /// Obtains a certificate for `service`'s `names` from the CA at `directory`; an
+    /// on-demand name must be allowed by the `ask` URL first.
+    async fn order(&self, service: &str, names: &[String], directory: &str) -> Result<Issued, String> {
+        if service.starts_with(ON_DEMAND) {
+            for name in names {
+                self.allowed(name).await?;
+            }
+        }
         let account = self.account(directory).await?;
         let presenter = order::Presenter {
             kind: self.settings.challenge,
@@ -468,6 +595,8 @@ mod tests {
             lineages: Mutex::new(BTreeMap::new()),
             accounts: tokio::sync::Mutex::new(BTreeMap::new()),
             metrics: gatehouse_metrics::Metrics::new().acme,
+            waiting: Mutex::new(HashMap::new()),
+            on_demand_starts: Mutex::new(VecDeque::new()),
             changed: Box::new(|| {}),
         }
     }
