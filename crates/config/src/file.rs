@@ -115,6 +115,8 @@ pub(crate) struct FileAcme {
     pub ca_root: Option<Spanned<String>>,
     pub challenge: Option<Spanned<String>>,
     pub dns_hook: Option<Spanned<String>>,
+    /// `IP:PORT` of the DNS server asked whether DNS-01 records are visible.
+    pub dns_resolver: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,
     /// On-demand TLS: the URL asked `?domain=NAME` before a certificate for an unknown name.
     pub on_demand_ask: Option<Spanned<String>>,

@@ -300,6 +300,12 @@ fn acme(c: &mut Checker<'_>, file: Option<&FileAcme>, storage: PathBuf) -> AcmeS
     if let Some(hook) = &file.dns_hook {
         settings.dns_hook = existing_file(c, hook, "[acme] `dns_hook`");
     }
+    if let Some(resolver) = &file.dns_resolver {
+        match resolver.get_ref().trim().parse() {
+            Ok(addr) => settings.dns_resolver = Some(addr),
+            Err(_) => c.error(Some(resolver.span()), "[acme] `dns_resolver` is an IP:PORT, as \"10.0.0.2:53\""),
+        }
+    }
     if settings.challenge == ChallengeKind::Dns01 && file.dns_hook.is_none() {
         let span = file.challenge.as_ref().map(|k| k.span());
         c.error(

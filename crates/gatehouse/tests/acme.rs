@@ -162,7 +162,13 @@ async fn dns01_issues_a_wildcard_through_the_hook() {
         ),
     );
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let acme = format!("{}dns_hook = \"{}\"\n", pebble.acme_table(store.path(), "dns-01"), hook.display());
+    // Gatehouse looks for the record through challtestsrv, as Pebble does, before validation.
+    let acme = format!(
+        "{}dns_hook = \"{}\"\ndns_resolver = \"{}\"\n",
+        pebble.acme_table(store.path(), "dns-01"),
+        hook.display(),
+        pebble.dns
+    );
     let gatehouse = Gatehouse::start(&config(http, https, &acme, &web_service(&blue.url(), "\"*.w.test\"")));
     let root = pebble.issuing_root();
     assert!(wait_verified("a.w.test", https, &root, &gatehouse, &pebble).starts_with("blue"));
@@ -171,6 +177,7 @@ async fn dns01_issues_a_wildcard_through_the_hook() {
         hook_log.contains("present _acme-challenge.w.test") && hook_log.contains("cleanup _acme-challenge.w.test"),
         "{hook_log}"
     );
+    assert!(gatehouse.logs().iter().any(|l| l.contains("DNS-01 record visible")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,4 +400,45 @@ async fn on_demand_tls_issues_during_the_first_handshake_for_names_the_ask_url_a
     assert!(gatehouse.logs().iter().any(|l| l.contains("over the rate limit")));
     let shown = gatehouse.admin_get("/v1/certificates").await.body;
     assert!(shown.contains("on-demand.allowed.test") && !shown.contains("denied.test"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_requiring_external_account_binding_gets_it() {
+    let (http, https) = (free_port(), free_port());
+    // A 32-byte HMAC key, base64url, as ZeroSSL or step-ca hand them out.
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(http, https, None, Some(("kid-1", key)));
+    let blue = backend::start("blue").await;
+    let store = tempfile::tempdir().unwrap();
+    let mut acme = pebble.acme_table(store.path(), "http-01");
+    let without = Gatehouse::start(&config(http, https, &acme, &web_service(&blue.url(), "\"app.test\"")));
+    support::eventually("an account without a binding is refused", || async {
+        without.admin_get("/v1/certificates").await.body.contains("externalAccount")
+    })
+    .await;
+    drop(without);
+    acme.push_str(&format!("eab_kid = \"kid-1\"\neab_mac_key = \"{key}\"\n"));
+    let with = Gatehouse::start(&config(http, https, &acme, &web_service(&blue.url(), "\"app.test\"")));
+    let root = pebble.issuing_root();
+    assert!(wait_verified("app.test", https, &root, &with, &pebble).starts_with("blue"));
+    assert!(!with.admin_get("/v1/config").await.body.contains(key), "the MAC key is never shown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_fails_keeps_the_current_certificate_serving_and_shows_in_health() {
+    // 20 s certificates: the renewal is due 13.3 s after issue, with the CA gone by then.
+    let Issued { mut pebble, gatehouse, root, https, _blue: _backend, store: _store, .. } =
+        issued(Some(Duration::from_secs(20))).await;
+    pebble.stop();
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while gatehouse.admin_get("/v1/health").await.status != 500 {
+        assert!(Instant::now() < deadline, "the failed renewal does not show:\n{}", gatehouse.logs().join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = gatehouse.admin_get("/v1/health").await.body;
+    assert!(health.contains("\"Failing\"") && health.contains("\"web\""), "{health}");
+    let (ok, body) = verified_get("app.test", https, "/", &root);
+    assert!(ok && body.starts_with("blue"), "the current certificate still serves: {body}");
+    let metrics = gatehouse.admin_get("/v1/metrics").await.body;
+    assert!(metrics.contains("gatehouse_acme_consecutive_failures{service=\"web\"} 1"), "{metrics}");
 }

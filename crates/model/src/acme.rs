@@ -76,6 +76,9 @@ pub struct AcmeSettings {
     pub challenge: ChallengeKind,
     /// Run as `HOOK present|cleanup NAME VALUE` for DNS-01.
     pub dns_hook: Option<PathBuf>,
+    /// The DNS server asked whether a DNS-01 record is visible yet (the system's resolver
+    /// when unset); the CA validates only once it is.
+    pub dns_resolver: Option<std::net::SocketAddr>,
     /// Where the account, certificates and keys are kept.
     pub storage: PathBuf,
     /// Certificates obtained during the first handshake for names no service lists.
@@ -114,6 +117,7 @@ impl AcmeSettings {
             ca_root: None,
             challenge: ChallengeKind::Http01,
             dns_hook: None,
+            dns_resolver: None,
             storage,
             on_demand: None,
         }

@@ -20,6 +20,8 @@ pub struct Pebble {
     pub management: SocketAddr,
     /// challtestsrv's management API (DNS-01 records).
     pub dns_management: SocketAddr,
+    /// challtestsrv's DNS server (Pebble's resolver).
+    pub dns: SocketAddr,
 }
 
 /// A loopback port free at the time of asking (Pebble must be told where to validate
@@ -43,6 +45,12 @@ impl Pebble {
     /// Starts the CA validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port` of
     /// 127.0.0.1, issuing certificates valid for `validity` (Pebble's default is 5 years).
     pub fn start(http_port: u16, tls_port: u16, validity: Option<Duration>) -> Self {
+        Self::start_with(http_port, tls_port, validity, None)
+    }
+
+    /// [`Pebble::start`], requiring external account binding with `(key id, base64url MAC
+    /// key)` when given.
+    pub fn start_with(http_port: u16, tls_port: u16, validity: Option<Duration>, eab: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new();
         let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
@@ -51,10 +59,14 @@ impl Pebble {
         let key = super::write(dir.path(), "pebble.key", &leaf.key_pem);
         let (acme, management, dns, dns_management) = (free_port(), free_port(), free_port(), free_port());
         let validity = validity.map_or(String::new(), |v| format!(r#", "certificateValidityPeriod": {}"#, v.as_secs()));
+        let binding = match eab {
+            Some((kid, key)) => format!(r#"true, "externalAccountMACKeys": {{"{kid}": "{key}"}}"#),
+            None => "false".to_string(),
+        };
         let config = format!(
             r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{management}",
   "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls_port},
-  "ocspResponderURL": "", "externalAccountBindingRequired": false{validity}}}}}"#,
+  "ocspResponderURL": "", "externalAccountBindingRequired": {binding}{validity}}}}}"#,
             cert.display(),
             key.display()
         );
@@ -87,6 +99,7 @@ impl Pebble {
             https_root,
             management,
             dns_management,
+            dns: format!("127.0.0.1:{dns}").parse().unwrap(),
             dir,
         }
     }

@@ -7,6 +7,7 @@
 
 mod certificate;
 mod order;
+mod propagation;
 mod schedule;
 mod storage;
 
@@ -487,6 +488,7 @@ impl Inner {
             kind: self.settings.challenge,
             challenges: &self.challenges,
             dns_hook: self.settings.dns_hook.as_deref(),
+            dns_resolver: self.settings.dns_resolver,
         };
         let (chain, key) = order::obtain(&account, names, &presenter).await?;
         Issued::new(names.to_vec(), chain, key, directory.to_string())

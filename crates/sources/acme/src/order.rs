@@ -20,6 +20,8 @@ pub(crate) struct Presenter<'a> {
     pub kind: ChallengeKind,
     pub challenges: &'a Challenges,
     pub dns_hook: Option<&'a Path>,
+    /// Where DNS-01 records are looked for before validation (the system's resolver if unset).
+    pub dns_resolver: Option<std::net::SocketAddr>,
 }
 
 /// A challenge put in place, to withdraw.
@@ -94,7 +96,12 @@ async fn validate(
                 let name = format!("_acme-challenge.{host}");
                 let value = key_authorization.dns_value();
                 how.run_hook("present", &name, &value).await?;
-                Presented::Dns { name, value }
+                presented.push(Presented::Dns { name: name.clone(), value: value.clone() });
+                let resolver = crate::propagation::resolver(how.dns_resolver)?;
+                crate::propagation::wait_for_txt(&resolver, &name, &value).await?;
+                tracing::info!(name, "DNS-01 record visible");
+                challenge.set_ready().await.map_err(|e| format!("{identifier}: {e}"))?;
+                continue;
             }
         };
         presented.push(done);
@@ -191,10 +198,16 @@ mod tests {
         std::fs::write(&hook, "#!/bin/sh\necho \"no zone for $2\" >&2\nexit 3\n").unwrap();
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let challenges = Challenges::default();
-        let how = Presenter { kind: ChallengeKind::Dns01, challenges: &challenges, dns_hook: Some(&hook) };
+        let how = Presenter {
+            kind: ChallengeKind::Dns01,
+            challenges: &challenges,
+            dns_hook: Some(&hook),
+            dns_resolver: None,
+        };
         let err = how.run_hook("present", "_acme-challenge.a.test", "v").await.unwrap_err();
         assert!(err.contains("no zone for _acme-challenge.a.test") && err.contains("exit status: 3"), "{err}");
-        let none = Presenter { kind: ChallengeKind::Dns01, challenges: &challenges, dns_hook: None };
+        let none =
+            Presenter { kind: ChallengeKind::Dns01, challenges: &challenges, dns_hook: None, dns_resolver: None };
         assert!(none.run_hook("present", "n", "v").await.unwrap_err().contains("dns_hook"));
     }
 }
