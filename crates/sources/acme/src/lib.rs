@@ -80,6 +80,9 @@ struct Lineage {
     failures: u32,
     last_error: Option<String>,
     ordering: bool,
+    /// When to ask the CA's renewal information for the certificate's window (`None`: the
+    /// CA has none, or a check is running).
+    window_check: Option<Instant>,
 }
 
 impl Lineage {
@@ -93,6 +96,7 @@ impl Lineage {
             failures: 0,
             last_error: None,
             ordering: false,
+            window_check: Some(Instant::now()),
         }
     }
 
@@ -193,7 +197,15 @@ impl AcmeSource {
 
 async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>, mut demands: Option<mpsc::Receiver<Demand>>) {
     let mut orders: JoinSet<(String, Vec<String>, Result<Issued, String>)> = JoinSet::new();
+    let mut windows: JoinSet<(String, Arc<Issued>, Result<Option<Window>, String>)> = JoinSet::new();
     loop {
+        for (service, issued) in inner.start_window_checks() {
+            let inner = inner.clone();
+            windows.spawn(async move {
+                let window = inner.renewal_window(&issued).await;
+                (service, issued, window)
+            });
+        }
         for (service, names, directory) in inner.start_due() {
             let inner = inner.clone();
             orders.spawn(async move {
@@ -218,9 +230,21 @@ async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>, mut de
                     inner.finish(&service, &names, result);
                 }
             }
+            Some(done) = windows.join_next(), if !windows.is_empty() => {
+                if let Ok((service, issued, window)) = done {
+                    inner.apply_window(&service, &issued, window);
+                }
+            }
             () = tokio::time::sleep_until(wake) => {}
         }
     }
+}
+
+/// A renewal window the CA suggested, and when to ask again.
+struct Window {
+    start: SystemTime,
+    end: SystemTime,
+    ask_again: Duration,
 }
 
 /// The next on-demand request, or never without on-demand TLS.
@@ -414,12 +438,73 @@ impl Inner {
     fn next_wake(&self) -> Instant {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let lineages = self.lock();
-        let soonest = lineages
+        let orders = lineages
             .values()
             .filter(|l| !l.ordering)
-            .map(|l| l.not_before.max(now + l.renew_at.duration_since(wall).unwrap_or(Duration::ZERO)))
-            .min();
-        soonest.unwrap_or(now + LOOK_AGAIN).min(now + LOOK_AGAIN)
+            .map(|l| l.not_before.max(now + l.renew_at.duration_since(wall).unwrap_or(Duration::ZERO)));
+        let checks = lineages.values().filter(|l| l.issued.is_some()).filter_map(|l| l.window_check);
+        orders.chain(checks).min().unwrap_or(now + LOOK_AGAIN).min(now + LOOK_AGAIN)
+    }
+
+    /// The certificates whose renewal window is due to be asked for, marked as asking.
+    fn start_window_checks(&self) -> Vec<(String, Arc<Issued>)> {
+        let now = Instant::now();
+        let mut lineages = self.lock();
+        let mut due = Vec::new();
+        for (service, l) in lineages.iter_mut() {
+            if let (Some(issued), Some(at)) = (&l.issued, l.window_check) {
+                if at <= now && !l.ordering {
+                    l.window_check = None;
+                    due.push((service.clone(), issued.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// Asks the CA for `issued`'s renewal window (RFC 9773); `None` when it has no renewal
+    /// information.
+    async fn renewal_window(&self, issued: &Issued) -> Result<Option<Window>, String> {
+        let id = rustls_pki_types::CertificateDer::from(issued.leaf.clone());
+        let id = instant_acme::CertificateIdentifier::try_from(&id).map_err(|e| format!("renewal identifier: {e}"))?;
+        let account = self.account(&issued.directory).await?;
+        match account.renewal_info(&id).await {
+            Ok((info, retry_after)) => {
+                let time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+                Ok(Some(Window {
+                    start: time(info.suggested_window.start.unix_timestamp()),
+                    end: time(info.suggested_window.end.unix_timestamp()),
+                    ask_again: schedule::next_window_check(retry_after),
+                }))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(format!("renewal information: {e}")),
+        }
+    }
+
+    /// Moves a renewal earlier when the CA's window says so, and schedules the next look.
+    fn apply_window(&self, service: &str, issued: &Arc<Issued>, window: Result<Option<Window>, String>) {
+        let mut lineages = self.lock();
+        let Some(l) = lineages.get_mut(service).filter(|l| l.issued.as_ref().is_some_and(|i| Arc::ptr_eq(i, issued)))
+        else {
+            return;
+        };
+        match window {
+            Ok(Some(window)) => {
+                let before = l.renew_at;
+                l.renew_at = schedule::renew_in_window(l.renew_at, window.start, window.end, fastrand::f64());
+                if l.renew_at < before {
+                    tracing::info!(service, "the CA's renewal window moves the renewal earlier");
+                }
+                l.window_check = Some(Instant::now() + window.ask_again);
+            }
+            // The CA has no renewal information: our own schedule alone.
+            Ok(None) => l.window_check = None,
+            Err(e) => {
+                tracing::debug!(service, error = %e, "no renewal window; asking again in an hour");
+                l.window_check = Some(Instant::now() + LOOK_AGAIN);
+            }
+        }
     }
 
     fn finish(&self, service: &str, names: &[String], result: Result<Issued, String>) {
@@ -452,6 +537,7 @@ impl Inner {
                     self.metrics.certificate(service, Some(unix(issued.not_after)), 0);
                     l.last_error = None;
                     l.issued = Some(Arc::new(issued));
+                    l.window_check = Some(Instant::now());
                     changed = true;
                     if l.names != names {
                         // The names changed while ordering: order again for the new ones.

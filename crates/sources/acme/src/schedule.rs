@@ -9,6 +9,20 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     not_before + lifetime * 2 / 3
 }
 
+/// The renewal time the CA's suggested window (ACME Renewal Information, RFC 9773) asks for:
+/// a point chosen uniformly in `[start, end)` (`fraction` in [0, 1)), so that many clients
+/// told the same window do not all come at once; kept when our own time is earlier.
+pub fn renew_in_window(ours: SystemTime, start: SystemTime, end: SystemTime, fraction: f64) -> SystemTime {
+    let width = end.duration_since(start).unwrap_or(Duration::ZERO);
+    let chosen = start + width.mul_f64(fraction.clamp(0.0, 1.0));
+    chosen.min(ours)
+}
+
+/// When to ask for the window again: the CA's Retry-After, within sane bounds.
+pub fn next_window_check(retry_after: Duration) -> Duration {
+    retry_after.clamp(Duration::from_secs(600), Duration::from_secs(86_400))
+}
+
 /// How long to wait after `failures` failed orders in a row. Let's Encrypt allows 5 failed
 /// validations per name per hour: the first retries come quickly (a DNS record or a port
 /// just opened), then the pace drops below that limit.
@@ -30,6 +44,21 @@ mod tests {
         assert_eq!(renew_at(start, start + 90 * DAY), start + 60 * DAY);
         assert_eq!(renew_at(start, start + 6 * DAY), start + 4 * DAY, "short-lived certificates");
         assert_eq!(renew_at(start + DAY, start), start + DAY, "a backwards certificate is due at once");
+    }
+
+    #[test]
+    fn the_cas_window_moves_renewal_earlier_never_later() {
+        let start = SystemTime::UNIX_EPOCH + 1000 * DAY;
+        let ours = start + 60 * DAY;
+        // A revocation event: the CA asks for renewal within the next day.
+        let (from, to) = (start + 10 * DAY, start + 11 * DAY);
+        assert_eq!(renew_in_window(ours, from, to, 0.0), from);
+        assert_eq!(renew_in_window(ours, from, to, 0.5), from + DAY / 2);
+        assert_eq!(renew_in_window(ours, from, to, 7.0), to, "fractions are clamped");
+        assert_eq!(renew_in_window(ours, start + 70 * DAY, start + 71 * DAY, 0.5), ours, "later: ours stands");
+        assert_eq!(next_window_check(Duration::from_secs(6 * 3600)), Duration::from_secs(6 * 3600));
+        assert_eq!(next_window_check(Duration::ZERO), Duration::from_secs(600));
+        assert_eq!(next_window_check(Duration::from_secs(9_999_999)), Duration::from_secs(86_400));
     }
 
     #[test]
