@@ -197,7 +197,7 @@ impl AcmeSource {
 
 async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>, mut demands: Option<mpsc::Receiver<Demand>>) {
     let mut orders: JoinSet<(String, Vec<String>, Result<Issued, String>)> = JoinSet::new();
-    let mut windows: JoinSet<(String, Arc<Issued>, Result<Option<Window>, String>)> = JoinSet::new();
+    let mut windows: JoinSet<WindowAnswer> = JoinSet::new();
     loop {
         for (service, issued) in inner.start_window_checks() {
             let inner = inner.clone();
@@ -239,6 +239,9 @@ async fn run(inner: Arc<Inner>, mut wanted: watch::Receiver<Vec<Wanted>>, mut de
         }
     }
 }
+
+/// What the CA said of one service's certificate's renewal window.
+type WindowAnswer = (String, Arc<Issued>, Result<Option<Window>, String>);
 
 /// A renewal window the CA suggested, and when to ask again.
 struct Window {
