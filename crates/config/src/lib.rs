@@ -8,6 +8,7 @@
 mod deferred;
 mod diagnostic;
 mod drove;
+mod exs;
 mod file;
 mod templated;
 mod units;
@@ -158,10 +159,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text that came from `origin`.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    validate::parse(text, origin, &Environment::from_process())
+    parse_with_environment(text, origin, &Environment::from_process())
 }
 
-/// [`parse`] with the container variables given rather than read from the process.
+/// [`parse`] with the container variables given rather than read from the process. A file
+/// named `*.exs` is Gatehouse's Elixir config, read as data.
 pub fn parse_with_environment(text: &str, origin: &Path, env: &Environment) -> Result<Config, ConfigError> {
-    validate::parse(text, origin, env)
+    if !exs::is_exs(origin) {
+        return validate::parse(text, origin, env);
+    }
+    let translated = exs::translate(text, origin)?;
+    let mut config = validate::parse(&translated.toml, origin, env).map_err(|e| match e {
+        ConfigError::Invalid(found) => ConfigError::Invalid(translated.relocate(found, text, origin)),
+        other => other,
+    })?;
+    config.warnings = translated.relocate(std::mem::take(&mut config.warnings), text, origin);
+    Ok(config)
+}
+
+/// The TOML file equivalent to a Gatehouse `.exs` config (`gatehouse convert`).
+pub fn convert_exs(path: &Path) -> Result<String, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    Ok(exs::translate(&text, path)?.toml)
 }

@@ -64,7 +64,13 @@ enum Command {
     /// Serve traffic as the configuration file says (the default with --config).
     Run,
     /// Validate the configuration file; errors are printed as FILE:LINE:COL: message.
+    /// A file named `*.exs` is Gatehouse's Elixir config, read as data (never run).
     Check,
+    /// Print the TOML equivalent of a Gatehouse `.exs` config.
+    Convert {
+        /// The `.exs` file.
+        file: std::path::PathBuf,
+    },
     /// Run on a built-in configuration with sample backends, until Ctrl-C.
     /// Print the nginx or HAProxy config for the current routes (synced from the Drove
     /// controllers, or read from a state file) without applying it.
@@ -134,6 +140,16 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
+        (Some(Command::Convert { file }), _) => match gatehouse_config::convert_exs(&file) {
+            Ok(toml) => {
+                print!("{toml}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
         (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
         (Some(Command::SyncHaproxyStateConfig), Some(path)) => sync_haproxy_state_config(&path),
         (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
