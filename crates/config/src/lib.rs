@@ -93,6 +93,25 @@ pub fn default_admin_socket() -> PathBuf {
     runtime_folder(&["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"], "/run/gatehouse").join("gatehouse.sock")
 }
 
+/// Where `gatehouse start` records its process id, for `gatehouse stop`: beside the admin
+/// socket's default.
+pub fn default_pid_file() -> PathBuf {
+    runtime_folder(&["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"], "/run/gatehouse").join("gatehouse.pid")
+}
+
+/// Our state file for the Elixir release's `GATEHOUSE_STATE` or `state` path: JSON beside it
+/// (`state.etf` -> `state.json`), never over the Elixir file.
+pub fn state_beside(elixir_state: &Path) -> PathBuf {
+    match elixir_state.extension() {
+        Some(ext) if ext == "etf" => elixir_state.with_extension("json"),
+        _ => {
+            let mut name = elixir_state.as_os_str().to_owned();
+            name.push(".json");
+            PathBuf::from(name)
+        }
+    }
+}
+
 /// Where deployed services are saved when the file does not say: systemd's
 /// `STATE_DIRECTORY`, else `/var/lib/gatehouse`.
 pub fn default_deploy_state() -> PathBuf {

@@ -251,6 +251,31 @@ pub struct StateArgs {
     message: String,
 }
 
+/// `stop [SERVICE]`: a deployed service, or (without one) the instance itself.
+#[derive(clap::Args)]
+pub struct StopArgs {
+    pub service: Option<String>,
+    /// How long requests in flight may run on.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// What the stopped service answers, with 503.
+    #[arg(long, default_value = "")]
+    message: String,
+}
+
+impl StopArgs {
+    /// The service's stop, as the other state changes take it.
+    pub fn for_service(&self) -> anyhow::Result<StateArgs> {
+        let service = self.service.clone().context("stop: which service?")?;
+        Ok(StateArgs {
+            service,
+            drain_timeout: self.drain_timeout,
+            max_pause: Duration::ZERO,
+            message: self.message.clone(),
+        })
+    }
+}
+
 /// Sends `action` (`pause`, `stop` or `resume`) for the service.
 pub async fn change_state(socket: &Path, action: &str, args: &StateArgs) -> anyhow::Result<()> {
     gatehouse_deploy::check_name(&args.service).map_err(anyhow::Error::msg)?;

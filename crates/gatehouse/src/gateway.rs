@@ -30,16 +30,24 @@ use gatehouse_templated::TemplatedEngine;
 /// Handshakes that may wait for on-demand certificates at once; more are refused.
 const ON_DEMAND_QUEUE: usize = 64;
 
-/// Where the configuration comes from: a file, or text built in (the demo).
+/// Where the configuration comes from: a file, or text built in (the demo). `state`, when
+/// set, replaces the file's `deploy_state` at every load (`gatehouse start`'s
+/// `GATEHOUSE_STATE`).
 pub enum ConfigSource {
-    File(PathBuf),
+    File { path: PathBuf, state: Option<PathBuf> },
     Embedded { text: String, origin: PathBuf },
 }
 
 impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {
-            ConfigSource::File(path) => gatehouse_config::load(path),
+            ConfigSource::File { path, state } => {
+                let mut config = gatehouse_config::load(path)?;
+                if let Some(state) = state {
+                    config.deploy_state = state.clone();
+                }
+                Ok(config)
+            }
             ConfigSource::Embedded { text, origin } => gatehouse_config::parse(text, origin),
         }
     }

@@ -8,6 +8,7 @@ mod demo;
 mod gateway;
 mod kamal;
 mod logging;
+mod release;
 mod rendering;
 mod templated;
 
@@ -66,6 +67,9 @@ enum Command {
     /// Validate the configuration file; errors are printed as FILE:LINE:COL: message.
     /// A file named `*.exs` is Gatehouse's Elixir config, read as data (never run).
     Check,
+    /// Serve in the foreground as the Elixir release's `bin/gatehouse start` does, for
+    /// HostKit's unit: the config from GATEHOUSE_CONFIG, the state beside GATEHOUSE_STATE.
+    Start,
     /// Print the TOML equivalent of a Gatehouse `.exs` config.
     Convert {
         /// The `.exs` file.
@@ -92,8 +96,10 @@ enum Command {
     /// Hold new requests to a deployed service until `resume` (or --max-pause, then 504),
     /// after draining the ones in flight.
     Pause(control::StateArgs),
-    /// Answer 503 with --message for a deployed service, after draining the requests in flight.
-    Stop(control::StateArgs),
+    /// Answer 503 with --message for a deployed service, after draining the requests in
+    /// flight. Without SERVICE: stop the instance `start` runs, as SIGTERM does, and return
+    /// once it has exited (the Elixir release's `bin/gatehouse stop`).
+    Stop(control::StopArgs),
     /// Serve a paused or stopped service again; held requests go on.
     Resume(control::StateArgs),
     /// List the deployed services.
@@ -152,7 +158,9 @@ fn main() -> ExitCode {
         },
         (Some(Command::Render { state }), Some(path)) => render(&path, state.as_deref()),
         (Some(Command::SyncHaproxyStateConfig), Some(path)) => sync_haproxy_state_config(&path),
-        (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File(path)),
+        (Some(Command::Run) | None, Some(path)) => run(ConfigSource::File { path, state: None }),
+        (Some(Command::Start), _) => release::start(),
+        (Some(Command::Stop(args)), _) if args.service.is_none() => release::stop(),
         (Some(Command::Check | Command::Run | Command::Render { .. } | Command::SyncHaproxyStateConfig), None) => {
             eprintln!("gatehouse: --config FILE is required (see gatehouse --help)");
             return ExitCode::from(2);
@@ -192,7 +200,7 @@ fn control_command(
             Command::List { json } => control::list(&socket, *json).await,
             Command::Certs { json } => control::certificates(&socket, *json).await,
             Command::Pause(args) => control::change_state(&socket, "pause", args).await,
-            Command::Stop(args) => control::change_state(&socket, "stop", args).await,
+            Command::Stop(args) => control::change_state(&socket, "stop", &args.for_service()?).await,
             Command::Resume(args) => control::change_state(&socket, "resume", args).await,
             Command::Rollout { command } => control::rollout(&socket, command).await,
             _ => anyhow::bail!("not a control command"),
@@ -334,8 +342,14 @@ fn yield_to_the_proxy() {
 }
 
 fn run(source: ConfigSource) -> anyhow::Result<()> {
+    run_with(source, || {})
+}
+
+/// [`run`], calling `logged` once logging is set up.
+fn run_with(source: ConfigSource, logged: impl FnOnce()) -> anyhow::Result<()> {
     let config = source.load()?;
     let log = logging::init(&config.log_level);
+    logged();
     runtime()?.block_on(serve(source, config, log, None))
 }
 

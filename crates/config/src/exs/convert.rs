@@ -132,11 +132,8 @@ fn state(out: &mut Converted, call: &Call) -> Result<(), SyntaxError> {
     positional(call, 1)?;
     let Some(path) = call.args.first() else { return error(call.at, "`state` takes the state file's path") };
     let path = string(path, "the state path")?;
-    let ours = match path.strip_suffix(".etf") {
-        Some(stem) => format!("{stem}.json"),
-        None => format!("{path}.json"),
-    };
-    out.line(call.at, format!("deploy_state = {}", quoted(&ours)));
+    let ours = crate::state_beside(std::path::Path::new(&path));
+    out.line(call.at, format!("deploy_state = {}", quoted(&ours.to_string_lossy())));
     Ok(())
 }
 
