@@ -333,6 +333,7 @@ impl Gateway {
     /// error the current ones stay in service and the error shows in `/v1/health`.
     pub async fn reload(&self) -> Result<u64, String> {
         let _one_at_a_time = self.reloading.lock().await;
+        crate::systemd::reloading();
         if let Some(drove) = self.drove.get() {
             drove.resync();
         }
@@ -356,8 +357,29 @@ impl Gateway {
                 );
             }
         }
+        drop(state);
         self.metrics.reload(result.is_ok());
+        crate::systemd::ready(&self.status_line());
         result
+    }
+
+    /// One line for `systemctl status`: what is served, and whether the last reload failed.
+    pub fn status_line(&self) -> String {
+        let (generation, status) = self.status();
+        let routes = self.routes();
+        let services = routes.table.services().len();
+        let listeners: Vec<String> = self.proxy_addresses().iter().map(ToString::to_string).collect();
+        let serving = format!("serving {services} services on {} (route table {generation})", listeners.join(", "));
+        if status.healthy {
+            serving
+        } else {
+            format!("{serving}; the last reload failed: {}", status.message.lines().next().unwrap_or_default())
+        }
+    }
+
+    /// Whether every proxy worker's event loop ran within `within`.
+    pub fn workers_alive(&self, within: std::time::Duration) -> bool {
+        self.proxy.workers_alive(within)
     }
 
     fn try_reload(&self) -> Result<u64, String> {

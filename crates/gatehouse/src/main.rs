@@ -10,6 +10,7 @@ mod kamal;
 mod logging;
 mod release;
 mod rendering;
+mod systemd;
 mod templated;
 
 use std::net::SocketAddr;
@@ -424,7 +425,10 @@ async fn serve(
     if let Some(banner) = banner {
         println!("{banner}");
     }
+    systemd::ready(&gateway.status_line());
+    systemd::spawn_watchdog(gateway.clone());
     wait_for_signals(&gateway).await?;
+    systemd::stopping();
     tracing::info!(drain = ?DRAIN, "stopping: no new connections, letting requests finish");
     let stopping = gateway.clone();
     tokio::task::spawn_blocking(move || stopping.shutdown(DRAIN)).await?;

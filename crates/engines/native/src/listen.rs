@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ const ON_DEMAND_WAIT: Duration = Duration::from_secs(20);
 /// How often each worker drops expired idle upstream connections.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 const POOL_MAX_IDLE: Duration = Duration::from_secs(90);
+/// How often each worker shows it is alive (for the service manager's watchdog).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
 /// What the proxy allows clients and believes of them.
 pub struct EdgePolicy {
@@ -70,6 +73,9 @@ struct TlsEndpoint {
 /// The running native proxy.
 pub struct NativeProxy {
     shared: Arc<Shared>,
+    /// Each worker's last heartbeat, in milliseconds since `started`.
+    heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+    started: std::time::Instant,
     /// `Some(drain)` asks the workers to stop, letting requests finish for up to `drain`.
     stop: watch::Sender<Option<Duration>>,
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -123,20 +129,32 @@ impl NativeProxy {
         });
         let (stop, stopped) = watch::channel(None);
         let mut threads = Vec::new();
+        let started = std::time::Instant::now();
+        let heartbeats: Arc<[std::sync::atomic::AtomicU64]> =
+            (0..workers.max(1)).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
         for n in 0..workers.max(1) {
             let mine = bound
                 .iter()
                 .map(|l| Ok(Listener { socket: l.socket.try_clone()?, tls: l.tls.clone() }))
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(EngineError::Worker)?;
-            let (shared, stopped) = (shared.clone(), stopped.clone());
+            let (shared, stopped, heartbeats) = (shared.clone(), stopped.clone(), heartbeats.clone());
+            let beat = move || heartbeats[n].store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let thread = std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{n}"))
-                .spawn(move || run_worker(mine, shared, stopped))
+                .spawn(move || run_worker(mine, shared, stopped, beat))
                 .map_err(EngineError::Worker)?;
             threads.push(thread);
         }
-        Ok(NativeProxy { shared, stop, workers: std::sync::Mutex::new(threads), addresses })
+        Ok(NativeProxy { shared, heartbeats, started, stop, workers: std::sync::Mutex::new(threads), addresses })
+    }
+
+    /// Whether every worker's event loop ran within `within`: a worker wedged by a blocking
+    /// call or a busy loop stops beating.
+    pub fn workers_alive(&self, within: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let within = within.as_millis() as u64;
+        self.heartbeats.iter().all(|beat| now.saturating_sub(beat.load(Ordering::Relaxed)) <= within)
     }
 
     /// Makes `snapshot` the one every new request uses. Requests already running finish on
@@ -179,7 +197,12 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: watch::Receiver<Option<Duration>>) {
+fn run_worker(
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<Option<Duration>>,
+    beat: impl Fn() + Send + 'static,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -207,6 +230,12 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: watch::Rec
                 upstream::sweep(POOL_MAX_IDLE);
             }
         });
+        let heart = tokio::spawn(async move {
+            loop {
+                beat();
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+            }
+        });
         let mut stopped = stopped;
         let drain = loop {
             if let Some(drain) = *stopped.borrow_and_update() {
@@ -217,6 +246,7 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: watch::Rec
             }
         };
         sweeper.abort();
+        heart.abort();
         if tokio::time::timeout(drain, all_closed.recv()).await.is_err() {
             tracing::info!(?drain, "drain time over; closing the remaining connections");
         }
