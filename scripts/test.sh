@@ -9,8 +9,10 @@ source scripts/packages.sh
 # nginx lives in /usr/sbin, which a normal user's PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 # The tests start every server they need (nginx and HAProxy for their engines' tests, Pebble
-# as the ACME CA); curl is used by the README examples and verifies issued certificates.
-need_commands curl:curl nginx:nginx-light haproxy:haproxy pebble:pebble pebble-challtestsrv:pebble
+# as the ACME CA); curl is used by the README examples and verifies issued certificates;
+# systemd-analyze checks the unit Gatehouse prints.
+need_commands curl:curl nginx:nginx-light haproxy:haproxy pebble:pebble pebble-challtestsrv:pebble \
+    systemd-analyze:systemd
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

@@ -12,6 +12,7 @@ mod release;
 mod rendering;
 mod systemd;
 mod templated;
+mod unit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,19 @@ enum Command {
     /// Serve in the foreground as the Elixir release's `bin/gatehouse start` does, for
     /// HostKit's unit: the config from GATEHOUSE_CONFIG, the state beside GATEHOUSE_STATE.
     Start,
+    /// Print a hardened systemd unit (Type=notify, watchdog, CAP_NET_BIND_SERVICE, a
+    /// read-only system but the state folder) for this binary.
+    SystemdUnit {
+        /// The configuration file the unit serves.
+        #[arg(long, default_value = "/etc/gatehouse/gatehouse.toml")]
+        config_file: PathBuf,
+        /// The account it runs as.
+        #[arg(long, default_value = "gatehouse")]
+        user: String,
+        /// The binary's path (default: this one's).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Print the TOML equivalent of a Gatehouse `.exs` config.
     Convert {
         /// The `.exs` file.
@@ -147,6 +161,11 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
+        (Some(Command::SystemdUnit { config_file, user, binary }), _) => {
+            let binary = binary.or_else(|| std::env::current_exe().ok()).unwrap_or_else(|| "/usr/bin/gatehouse".into());
+            print!("{}", unit::render(&binary, &config_file, &user));
+            return ExitCode::SUCCESS;
+        }
         (Some(Command::Convert { file }), _) => match gatehouse_config::convert_exs(&file) {
             Ok(toml) => {
                 print!("{toml}");

@@ -57,3 +57,15 @@ fn start_says_what_is_missing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GATEHOUSE_CONFIG is not set"));
 }
+
+#[test]
+fn the_printed_unit_passes_systemds_own_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary()).args(["systemd-unit", "--binary", binary()]).output().unwrap();
+    assert!(out.status.success());
+    let unit = support::write(dir.path(), "gatehouse.service", &String::from_utf8_lossy(&out.stdout));
+    let verify =
+        Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze (package systemd)");
+    let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(verify.status.success() && !said.contains("gatehouse.service"), "{said}");
+}
