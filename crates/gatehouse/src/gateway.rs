@@ -138,7 +138,8 @@ impl Gateway {
                 cert_stores.push((index, l.address, store.clone()));
                 Some(store)
             };
-            listeners.push(ListenerConfig { address: l.address, tls });
+            let inherited = crate::systemd::take_listener(l.address);
+            listeners.push(ListenerConfig { address: l.address, tls, inherited });
         }
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let access_log = match &config.access_log {

@@ -1,13 +1,16 @@
 //! systemd, told the truth (`Type=notify`, `notify-reload`): `READY=1` once every listener is
 //! bound, the state restored and the first routes in service; `RELOADING=1` with
 //! `MONOTONIC_USEC` around reloads; `STOPPING=1`; a `STATUS=` line a person can read; and
-//! `WATCHDOG=1` only while every proxy worker's event loop runs. Without `NOTIFY_SOCKET`,
-//! all of it does nothing.
+//! `WATCHDOG=1` only while every proxy worker's event loop runs; and the listening sockets
+//! systemd passes (socket activation). Without `NOTIFY_SOCKET` or `LISTEN_FDS`, all of it
+//! does nothing.
 
+use std::net::TcpListener;
+use std::os::fd::FromRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::gateway::Gateway;
@@ -56,6 +59,44 @@ pub fn reloading() {
 
 pub fn stopping() {
     notify("STOPPING=1\nSTATUS=stopping: no new connections, letting requests finish");
+}
+
+/// Listening sockets systemd passed this process (socket activation: `LISTEN_FDS` from fd 3,
+/// `LISTEN_PID`, `LISTEN_FDNAMES`), not yet claimed by a listener.
+fn passed() -> &'static Mutex<Vec<(std::net::SocketAddr, TcpListener)>> {
+    static PASSED: OnceLock<Mutex<Vec<(std::net::SocketAddr, TcpListener)>>> = OnceLock::new();
+    PASSED.get_or_init(|| {
+        let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+        let count: i32 = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).filter(|_| ours).unwrap_or(0);
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+        let mut names = names.split(':');
+        let mut sockets = Vec::new();
+        for fd in 3..3 + count.clamp(0, 1024) {
+            let name = names.next().unwrap_or("");
+            // SAFETY: systemd hands these descriptors to this process, each once; nothing
+            // else in the process opened or owns them.
+            let socket = unsafe { TcpListener::from_raw_fd(fd) };
+            // Not passed on to the processes we start (nginx, HAProxy, hooks).
+            // SAFETY: a plain fcntl on a descriptor this process owns.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            match socket.local_addr() {
+                Ok(address) => sockets.push((address, socket)),
+                Err(e) => {
+                    tracing::warn!(fd, name, error = %e, "a socket systemd passed is not a TCP listener; ignored")
+                }
+            }
+        }
+        Mutex::new(sockets)
+    })
+}
+
+/// The socket systemd passed for `address`, if it passed one (matched by the address it is
+/// bound to, as `[[listeners]]` give it).
+pub fn take_listener(address: std::net::SocketAddr) -> Option<TcpListener> {
+    let mut passed = passed().lock().unwrap_or_else(|e| e.into_inner());
+    let at = passed.iter().position(|(bound, _)| *bound == address)?;
+    tracing::info!(%address, "listening on the socket systemd passed");
+    Some(passed.remove(at).1)
 }
 
 /// Half the watchdog period systemd set for this process, if it set one.

@@ -63,3 +63,41 @@ async fn readiness_reloads_watchdog_and_stop_are_told_to_systemd() {
     gatehouse.signal("TERM");
     assert!(until(&systemd, "STOPPING=1", &mut seen).contains("STATUS=stopping"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_comes_from_the_socket_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let blue = backend::start("blue").await;
+    // The socket systemd would have bound; the test keeps it open too, so Gatehouse could
+    // not bind the address itself.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "port = 0\n[[listeners]]\naddress = \"{address}\"\n[[services]]\nname = \"web\"\nhosts = [\"web.test\"]\ntargets = [\"{}\"]\n",
+        blue.url()
+    );
+    let path = support::write(dir.path(), "gatehouse.toml", &config);
+    // As systemd starts a service: the socket at fd 3, LISTEN_PID naming the service itself.
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", support::binary(), "run", "--config", path.to_str().unwrap()])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "web");
+    let fd = socket.as_raw_fd();
+    // SAFETY: dup2 in the child before exec, on a descriptor the parent keeps open.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let gatehouse = Gatehouse::spawn_command(command, dir, path);
+    assert!(gatehouse.wait_for_log("listening on the socket systemd passed"), "{}", gatehouse.logs().join("\n"));
+    assert_eq!(gatehouse.listener(), address);
+    let reply = client::get(address, "web.test", "/").await;
+    assert_eq!(reply.status, 200, "{}", gatehouse.logs().join("\n"));
+}

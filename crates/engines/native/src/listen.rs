@@ -42,10 +42,13 @@ pub struct EdgePolicy {
     pub on_demand: Option<Arc<OnDemand>>,
 }
 
-/// One address to accept on; TLS when it has a certificate store.
+/// One address to accept on; TLS when it has a certificate store. `inherited` is a socket
+/// already listening there (systemd's socket activation, a binary upgrade), used instead of
+/// binding.
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<Arc<CertStore>>,
+    pub inherited: Option<std::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +100,11 @@ impl NativeProxy {
         let mut addresses = Vec::new();
         let mut https_port = None;
         for l in listeners {
-            let socket = bind(l.address).map_err(|source| EngineError::Bind { address: l.address, source })?;
+            let socket = match l.inherited {
+                Some(socket) => socket.set_nonblocking(true).map(|()| socket),
+                None => bind(l.address),
+            }
+            .map_err(|source| EngineError::Bind { address: l.address, source })?;
             let address = socket.local_addr().map_err(|source| EngineError::Bind { address: l.address, source })?;
             addresses.push(address);
             if l.tls.is_some() {

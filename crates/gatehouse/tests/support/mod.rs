@@ -58,12 +58,18 @@ impl Gatehouse {
         config_path: PathBuf,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(program)
-            .args(args)
+        let mut command = Command::new(program);
+        command.args(args).envs(env.iter().copied());
+        Self::spawn_command(command, dir, config_path)
+    }
+
+    /// Runs a prepared command (a wrapper, inherited descriptors) and waits until its admin
+    /// API listens.
+    pub fn spawn_command(mut command: Command, dir: tempfile::TempDir, config_path: PathBuf) -> Self {
+        let mut child = command
             // The default admin socket and deploy state go to the test's own folder.
             .env("XDG_RUNTIME_DIR", dir.path())
             .env("STATE_DIRECTORY", dir.path())
-            .envs(env.iter().copied())
             .env("GATEHOUSE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
