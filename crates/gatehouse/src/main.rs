@@ -85,6 +85,10 @@ enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
+    /// Print shell completions for this CLI (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print this CLI's man page (roff).
+    Man,
     /// Print the TOML equivalent of a Gatehouse `.exs` config.
     Convert {
         /// The `.exs` file.
@@ -161,6 +165,17 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Demo { listen, admin, print_config }), _) => demo(listen, admin, print_config),
         (Some(Command::Check), Some(path)) => return check(&path),
+        (Some(Command::Completions { shell }), _) => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "gatehouse", &mut text);
+            return print_bytes(&text);
+        }
+        (Some(Command::Man), _) => {
+            let mut page = Vec::new();
+            // Rendering into memory cannot fail; a closed stdout is reported below.
+            let _ = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page);
+            return print_bytes(&page);
+        }
         (Some(Command::SystemdUnit { config_file, user, binary }), _) => {
             let binary = binary.or_else(|| std::env::current_exe().ok()).unwrap_or_else(|| "/usr/bin/gatehouse".into());
             print!("{}", unit::render(&binary, &config_file, &user));
@@ -202,6 +217,18 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("gatehouse: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("gatehouse: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

@@ -69,3 +69,15 @@ fn the_printed_unit_passes_systemds_own_check() {
     let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
     assert!(verify.status.success() && !said.contains("gatehouse.service"), "{said}");
 }
+
+#[test]
+fn the_packaged_unit_is_the_one_the_binary_prints() {
+    let out = Command::new(binary()).args(["systemd-unit", "--binary", "/usr/bin/gatehouse"]).output().unwrap();
+    let packaged =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/debian/gatehouse.service"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), packaged, "regenerate packaging/debian/gatehouse.service");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/gatehouse.toml");
+    let check = Command::new(binary()).args(["check", "-c", config]).output().unwrap();
+    assert!(check.status.success(), "the packaged config loads: {}", String::from_utf8_lossy(&check.stderr));
+}
