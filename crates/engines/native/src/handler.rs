@@ -899,14 +899,7 @@ fn wants_upgrade(req: &Request<ClientBody>) -> bool {
 }
 
 fn forward_path(service: &Service<ServiceRuntime>, uri: &Uri) -> PathAndQuery {
-    let original = match uri.path_and_query() {
-        // An absolute-form target with no path (`http://a.test?x`) has the path `/`.
-        Some(pq) if pq.as_str().starts_with('?') => {
-            format!("/{}", pq.as_str()).parse().unwrap_or(PathAndQuery::from_static("/"))
-        }
-        Some(pq) => pq.clone(),
-        None => PathAndQuery::from_static("/"),
-    };
+    let original = uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
     let path = service.forward_path(uri.path());
     if path == uri.path() {
         return original;

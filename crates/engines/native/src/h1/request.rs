@@ -11,6 +11,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
 
 use super::Framing;
@@ -62,8 +63,9 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let spans = FieldSpans::record(base, req.headers);
     let head = buf.split_to(len).freeze();
-    let uri =
-        Uri::from_maybe_shared(target.slice(&head)).map_err(|_| HeadError::Malformed("malformed request target\n"))?;
+    let uri = with_root_path(
+        Uri::from_maybe_shared(target.slice(&head)).map_err(|_| HeadError::Malformed("malformed request target\n"))?,
+    );
     let (fields, noted) = spans.to_map(&head).map_err(HeadError::Malformed)?;
     let framing = framing(&noted, version)?;
     let keep_alive = noted.persistent(version);
@@ -75,6 +77,20 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     *request.version_mut() = version;
     *request.headers_mut() = fields;
     Ok(Some(Head { request, framing, keep_alive, expect_continue }))
+}
+
+/// An absolute-form target with no path (`http://a.test?x`) has the path `/` (RFC 9112
+/// §3.2.2): made so here, once, so that everything after sees an origin-form path.
+fn with_root_path(uri: Uri) -> Uri {
+    let Some(query) = uri.path_and_query().and_then(|pq| pq.as_str().strip_prefix('?')) else { return uri };
+    let mut parts = uri.clone().into_parts();
+    match PathAndQuery::try_from(format!("/?{query}")) {
+        Ok(rooted) => {
+            parts.path_and_query = Some(rooted);
+            Uri::from_parts(parts).unwrap_or(uri)
+        }
+        Err(_) => uri,
+    }
 }
 
 /// The request-target rules httparse leaves to us (RFC 9112 §3.2): no fragment, no raw
@@ -217,10 +233,6 @@ pub(crate) fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, frami
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if target.starts_with('?') {
-        // `http://a.test?x` has an empty path; the origin form needs `/` (found by fuzzing).
-        out.push(b'/');
-    }
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
@@ -311,6 +323,18 @@ mod tests {
         assert_eq!(head.request.headers()["host"], "h.test");
         assert_eq!((head.framing, head.keep_alive), (Framing::Length(3), true));
         assert_eq!(rest, "GET", "the next head waits for more bytes");
+    }
+
+    #[test]
+    fn an_absolute_target_without_a_path_gets_the_root_path() {
+        let head = one(b"GET http://a.test?x=1 HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        assert_eq!(head.request.uri().path_and_query().unwrap(), "/?x=1");
+        assert_eq!(head.request.uri().host(), Some("a.test"));
+        let mut out = Vec::new();
+        let (parts, ()) = head.request.into_parts();
+        encode_head(&mut out, &parts, Framing::Empty);
+        assert!(out.starts_with(b"GET /?x=1 HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(one(b"GET http://a.test HTTP/1.1\r\n\r\n").unwrap().request.uri().path(), "/");
     }
 
     #[test]
