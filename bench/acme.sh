@@ -47,17 +47,29 @@ JSON
 stop_pebble() { kill "${PEBBLE_PIDS[@]}" 2>/dev/null || true; wait "${PEBBLE_PIDS[@]}" 2>/dev/null || true; }
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-# until_verified HOST: milliseconds until https://HOST:$TLS/ answers with a certificate that
-# Pebble's root verifies (at most 30 s; "timeout" then).
-until_verified() {
-  local start; start=$(now_ms)
+# verified HOST: succeeds once https://HOST:$TLS/ answers with a certificate that Pebble's
+# root verifies (fails after 30 s).
+verified() {
   for _ in $(seq 1 3000); do
-    if curl -s -o /dev/null --max-time 2 --resolve "$1:$TLS:127.0.0.1" --cacert "$B/issuing-root.pem" "https://$1:$TLS/"; then
-      echo $(( $(now_ms) - start )); return 0
-    fi
+    curl -s -o /dev/null --max-time 2 --resolve "$1:$TLS:127.0.0.1" --cacert "$B/issuing-root.pem" "https://$1:$TLS/" && return 0
     sleep 0.01
   done
-  echo timeout
+  return 1
+}
+# rounds PREFIX OUT ASK: ROUNDS times, `ASK n` asks for the host PREFIXn.test; the
+# milliseconds from asking to its first verified answer go to OUT, one line each.
+rounds() {
+  local prefix=$1 out=$2 ask=$3 start
+  : >"$out"
+  for n in $(seq 1 "$ROUNDS"); do
+    start=$(now_ms)
+    "$ask" "$n"
+    if verified "$prefix$n.test"; then
+      echo $(( $(now_ms) - start )) >>"$out"
+    else
+      echo "   $prefix$n.test: no verified answer in 30 s" >&2
+    fi
+  done
 }
 stats() { sort -n | awk '{a[NR]=$1} END {if (!NR) {print "no samples"; exit} printf "median %s ms (min %s, max %s, n=%d)", (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2, a[1], a[NR], NR}'; }
 
@@ -85,15 +97,11 @@ tls = true
 CONF
 taskset -c 1 "$GATEHOUSE" run -c "$B/gatehouse.toml" 2>"$B/gatehouse.log" & GH=$!; PIDS+=($GH)
 for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; sleep 0.1; done
-: >"$B/gatehouse_ms.txt"
-for n in $(seq 1 "$ROUNDS"); do
-  start=$(now_ms)
-  taskset -c 0 "$GATEHOUSE" deploy "g$n" --socket "$SOCKET" --host "g$n.test" --target "$BACKEND" --tls \
+deploy_tls() {
+  taskset -c 0 "$GATEHOUSE" deploy "g$1" --socket "$SOCKET" --host "g$1.test" --target "$BACKEND" --tls \
     --health-check-path / --health-check-interval 100ms >/dev/null
-  waited=$(until_verified "g$n.test")
-  [ "$waited" = timeout ] && { echo "   g$n.test: no verified answer in 30 s" >&2; continue; }
-  echo $(( $(now_ms) - start )) >>"$B/gatehouse_ms.txt"
-done
+}
+rounds g "$B/gatehouse_ms.txt" deploy_tls
 echo "   Gatehouse (deploy --tls): $(stats <"$B/gatehouse_ms.txt")"
 kill $GH; wait $GH 2>/dev/null || true
 
@@ -106,16 +114,12 @@ caddyfile 0 >"$B/Caddyfile"
 XDG_DATA_HOME="$B" XDG_CONFIG_HOME="$B" taskset -c 1 caddy run --config "$B/Caddyfile" --adapter caddyfile \
   >"$B/caddy.log" 2>&1 & CADDY=$!; PIDS+=($CADDY)
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:16401/config/" && break; sleep 0.1; done
-: >"$B/caddy_ms.txt"
-for n in $(seq 1 "$ROUNDS"); do
-  caddyfile "$n" >"$B/Caddyfile"
-  start=$(now_ms)
+caddy_reload() {
+  caddyfile "$1" >"$B/Caddyfile"
   XDG_DATA_HOME="$B" XDG_CONFIG_HOME="$B" taskset -c 0 caddy reload --config "$B/Caddyfile" --adapter caddyfile \
     --address 127.0.0.1:16401 >/dev/null 2>&1
-  waited=$(until_verified "c$n.test")
-  [ "$waited" = timeout ] && { echo "   c$n.test: no verified answer in 30 s" >&2; continue; }
-  echo $(( $(now_ms) - start )) >>"$B/caddy_ms.txt"
-done
+}
+rounds c "$B/caddy_ms.txt" caddy_reload
 echo "   Caddy $(caddy version | cut -d' ' -f1) (caddy reload): $(stats <"$B/caddy_ms.txt")"
 kill $CADDY; wait $CADDY 2>/dev/null || true
 stop_pebble
@@ -127,7 +131,7 @@ taskset -c 1 "$GATEHOUSE" run -c "$B/gatehouse.toml" 2>"$B/gatehouse.log" & GH=$
 for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; sleep 0.1; done
 taskset -c 0 "$GATEHOUSE" deploy renew --socket "$SOCKET" --host renew.test --target "$BACKEND" --tls \
   --health-check-path / --health-check-interval 100ms >/dev/null
-[ "$(until_verified renew.test)" = timeout ] && { echo "renew.test got no certificate" >&2; exit 1; }
+verified renew.test || { echo "renew.test got no certificate" >&2; exit 1; }
 taskset -c 0 "$TOOLS" handshakes --addr "127.0.0.1:$TLS" --name renew.test --connections 4 \
   --seconds "$RENEWAL_SECONDS" >"$B/handshakes.json"
 kill $GH; wait $GH 2>/dev/null || true

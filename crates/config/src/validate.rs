@@ -426,8 +426,8 @@ fn services(c: &mut Checker<'_>, file: Vec<FileService>) -> Vec<ServiceSpec> {
     let mut name_spans = Vec::new();
     for s in file {
         let name = s.name.get_ref().trim().to_string();
-        if name.is_empty() {
-            c.error(Some(s.name.span()), "service `name` must not be empty");
+        if let Err(e) = gatehouse_model::check_service_name(&name) {
+            c.error(Some(s.name.span()), e);
         }
         let mut spec = ServiceSpec::new(name, "file");
         if s.hosts.get_ref().is_empty() {
@@ -825,6 +825,9 @@ rise = 0
         assert!(err.contains("g.toml:8:19: unknown duration unit"), "{err}");
         assert!(err.contains("g.toml:10:8: the health check `path` must start with `/`"), "{err}");
         assert!(err.contains("g.toml:11:8: `rise` must be from 1 to 100"), "{err}");
+        let err =
+            check("[[services]]\nname = \"my shop\"\nhosts = [\"a.test\"]\ntargets = [\"http://h:1\"]\n").unwrap_err();
+        assert!(err.contains("g.toml:2:8: service name `my shop` may only have letters"), "{err}");
     }
 
     #[test]

@@ -707,10 +707,12 @@ fn listener_certificates(
             }
         }
     }
-    for issued in acme.map(AcmeSource::certificates).unwrap_or_default() {
-        let origin = acme.map(|a| a.settings().storage.as_path()).unwrap_or(std::path::Path::new("acme"));
-        if let Err(e) = certs.add_preferred_pem(issued.chain.as_bytes(), issued.key.as_bytes(), origin) {
-            tracing::error!(names = ?issued.names, error = %e, "an ACME certificate is left out");
+    if let Some(acme) = acme {
+        let origin = acme.settings().storage.as_path();
+        for issued in acme.certificates() {
+            if let Err(e) = certs.add_preferred_pem(issued.chain.as_bytes(), issued.key.as_bytes(), origin) {
+                tracing::error!(names = ?issued.names, error = %e, "an ACME certificate is left out");
+            }
         }
     }
     Ok(certs)

@@ -178,14 +178,10 @@ fn main() -> ExitCode {
         }
         (Some(Command::SystemdUnit { config_file, user, binary }), _) => {
             let binary = binary.or_else(|| std::env::current_exe().ok()).unwrap_or_else(|| "/usr/bin/gatehouse".into());
-            print!("{}", unit::render(&binary, &config_file, &user));
-            return ExitCode::SUCCESS;
+            return print_bytes(unit::render(&binary, &config_file, &user).as_bytes());
         }
         (Some(Command::Convert { file }), _) => match gatehouse_config::convert_exs(&file) {
-            Ok(toml) => {
-                print!("{toml}");
-                return ExitCode::SUCCESS;
-            }
+            Ok(toml) => return print_bytes(toml.as_bytes()),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(1);

@@ -399,7 +399,7 @@ async fn on_demand_tls_issues_during_the_first_handshake_for_names_the_ask_url_a
     assert_eq!(*asked.lock().unwrap(), ["allowed.test", "denied.test"], "asked once per new name, not per handshake");
     assert!(gatehouse.logs().iter().any(|l| l.contains("over the rate limit")));
     let shown = gatehouse.admin_get("/v1/certificates").await.body;
-    assert!(shown.contains("on-demand.allowed.test") && !shown.contains("denied.test"), "{shown}");
+    assert!(shown.contains("on-demand:allowed.test") && !shown.contains("denied.test"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,7 @@ pub struct AcmeSettings {
     pub contact: Vec<String>,
     pub external_account: Option<ExternalAccount>,
     /// A PEM root that signs the CA's own HTTPS certificate (a private CA, Pebble), trusted
-    /// besides the system's.
+    /// instead of the system's roots for this CA.
     pub ca_root: Option<PathBuf>,
     pub challenge: ChallengeKind,
     /// Run as `HOOK present|cleanup NAME VALUE` for DNS-01.

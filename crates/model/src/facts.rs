@@ -264,6 +264,21 @@ pub struct ServiceSpec {
     pub tls: Option<ServiceTls>,
 }
 
+/// Longest service name accepted.
+const MAX_SERVICE_NAME: usize = 128;
+
+/// Checks a service name, from any source that lets people choose one: it becomes a metrics
+/// label, a log field, a URL segment and a storage key.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+        return Err(format!("a service name must have 1 to {MAX_SERVICE_NAME} characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(format!("service name `{name}` may only have letters, digits, `-`, `_` and `.`"));
+    }
+    Ok(())
+}
+
 /// A service's certificate and what it does to plain HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceTls {

@@ -20,8 +20,8 @@ mod table;
 pub use balance::{Balancer, PickContext};
 pub use cow_map::CowMap;
 pub use facts::{
-    Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme, ServiceSpec, ServiceTls,
-    TargetSpec, Timeouts, TlsCertificate,
+    check_service_name, Availability, BalancePolicy, Buffering, HealthCheck, Lane, LogHeaders, Rollout, Scheme,
+    ServiceSpec, ServiceTls, TargetSpec, Timeouts, TlsCertificate,
 };
 pub use forwarding::{Cidr, CidrError, ForwardingPolicy};
 pub use host::{host_port, Authority, AuthorityError, HostPattern, HostPatternError};

@@ -346,7 +346,6 @@ fn service(out: &mut Converted, call: &Call) -> Result<(), SyntaxError> {
     if serving.is_empty() {
         return error(call.at, format!("service `{service_name}` has no `target`"));
     }
-    out.line(call.at, "");
     out.line(call.at, "[[services]]");
     out.line(name_node.at, format!("name = {}", quoted(&service_name)));
     out.line(call.at, "hosts = [");
@@ -377,7 +376,7 @@ fn target(call: &Call) -> Result<Target, SyntaxError> {
         return error(call.at, "`target` takes a name and a URL");
     }
     name(&call.args[0], "the target name")?;
-    let mut url = call.args.get(1).map(|n| string(n, "the target URL")).transpose()?;
+    let url = call.args.get(1).map(|n| string(n, "the target URL")).transpose()?;
     let mut active = false;
     for (key, node) in &call.keywords {
         match key.as_str() {
@@ -394,7 +393,6 @@ fn target(call: &Call) -> Result<Target, SyntaxError> {
                 );
             }
             "safe_rpc" => return error(node.at, "SafeRPC targets are not supported: give an http:// or https:// URL"),
-            "url" => url = Some(string(node, "`url`")?),
             other => return unknown(call, other, node.at, &["active", "metadata"]),
         }
     }

@@ -359,7 +359,7 @@ async fn handshake(stream: TcpStream, endpoint: &TlsEndpoint, conn: &ConnInfo) -
     };
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = start.client_hello();
-    let validating = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == tls::ACME_TLS_ALPN));
+    let validating = tls::validates_acme(&hello);
     let unknown = hello.server_name().filter(|name| !validating && !endpoint.store.covers(name)).map(str::to_owned);
     if let Some(name) = unknown {
         let issued = tokio::time::timeout(ON_DEMAND_WAIT, on_demand.ask(&name)).await.unwrap_or(false);

@@ -197,6 +197,11 @@ pub fn install_default_provider() {
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// Whether a handshake is a CA's TLS-ALPN-01 validation (it offers `acme-tls/1`).
+pub(crate) fn validates_acme(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+}
+
 /// A listener's certificates, or a TLS-ALPN-01 answer when a CA validates a name: a
 /// handshake offering `acme-tls/1` gets the challenge certificate for its SNI, or nothing.
 #[derive(Debug)]
@@ -208,7 +213,7 @@ struct Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if let Some(challenges) = &self.challenges {
-            if hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN)) {
+            if validates_acme(&hello) {
                 let answer = challenges.tls_alpn_answer(hello.server_name()?)?;
                 let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(answer.key.clone()));
                 let signer = any_supported_type(&key).ok()?;

@@ -36,8 +36,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// certificates already due (backdated, very short) cannot make a loop of orders.
 const MIN_BETWEEN_ORDERS: Duration = Duration::from_secs(10);
 
-/// Lineages of on-demand certificates are named this and the name (no service has a dot).
-const ON_DEMAND: &str = "on-demand.";
+/// Lineages of on-demand certificates are named this and the name (a service name never has
+/// a `:`, see `gatehouse_model::check_service_name`).
+const ON_DEMAND: &str = "on-demand:";
 /// How long the `ask` URL has to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -263,8 +264,13 @@ impl Inner {
         self.lineages.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn certificate_key(service: &str) -> String {
-        format!("certificates/{service}.json")
+    /// Where a lineage's certificate is stored: a service's under `certificates/`, an
+    /// on-demand name's under `on-demand/`.
+    fn certificate_key(lineage: &str) -> String {
+        match lineage.strip_prefix(ON_DEMAND) {
+            Some(name) => format!("on-demand/{name}.json"),
+            None => format!("certificates/{lineage}.json"),
+        }
     }
 
     fn directory(&self, wanted: &Wanted) -> String {
@@ -719,6 +725,8 @@ mod tests {
         assert_eq!(due[0].2, gatehouse_model::acme::LETS_ENCRYPT_STAGING, "--tls-staging: another CA, ordered at once");
         source.reconcile(&[]);
         assert!(source.lock().is_empty(), "a service that no longer wants one is dropped");
+        assert_eq!(Inner::certificate_key("web"), "certificates/web.json");
+        assert_eq!(Inner::certificate_key("on-demand:a.test"), "on-demand/a.test.json", "a path storage takes");
     }
 
     #[test]

@@ -8,8 +8,6 @@ use gatehouse_model::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Longest service name accepted (it shows in metrics labels and log lines).
-const MAX_NAME: usize = 128;
 /// More targets than this in one deploy are refused.
 const MAX_TARGETS: usize = 1000;
 const MAX_HOSTS: usize = 1000;
@@ -233,16 +231,7 @@ impl DeployOptions {
     }
 }
 
-/// Checks a service name: it becomes a metrics label, a log field and a URL segment.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(format!("a service name must have 1 to {MAX_NAME} characters"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err(format!("service name `{name}` may only have letters, digits, `-`, `_` and `.`"));
-    }
-    Ok(())
-}
+pub use gatehouse_model::check_service_name as check_name;
 
 /// The route facts of service `name` deployed with `options`; every problem is named with
 /// what to write instead.
