@@ -53,6 +53,11 @@ targets = ["http://$BACKEND"]
 CONF
 }
 
+# service NAME HOST ADDR: a [[services]] block routing HOST to http://ADDR.
+service() {
+  printf '[[services]]\nname = "%s"\nhosts = ["%s"]\ntargets = ["http://%s"]\n' "$1" "$2" "$3"
+}
+
 # nginx_config "DIRECTIVES" ["MORE"]: nginx (one worker) proxying Host app.local to $BACKEND
 # with kept-alive upstream connections; DIRECTIVES go into that server block (listen, ssl_*),
 # MORE (further upstreams and servers) into the http block.

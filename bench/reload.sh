@@ -18,16 +18,8 @@ taskset -c 0 "$TOOLS" ws-backend --listen "$WS" & PIDS+=($!)
 # The changing route: "churn" flips between the two backends on every reload.
 churn_config() {
   gatehouse_config
-  cat <<CONF
-[[services]]
-name = "ws"
-hosts = ["ws.local"]
-targets = ["http://$WS"]
-[[services]]
-name = "churn"
-hosts = ["churn.local"]
-targets = ["http://$1"]
-CONF
+  service ws ws.local "$WS"
+  service churn churn.local "$1"
 }
 # Both variants are written up front; reload n installs variant n % 2 with an atomic rename.
 churn_config "$BACKEND" >"$B/gatehouse-0.toml"

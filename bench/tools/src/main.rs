@@ -51,25 +51,15 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Keep-alive load and open WebSockets while a command reloads the proxy N times.
-    ReloadStorm {
+    /// Keep-alive load, open WebSockets and (optionally) a long streaming response while a
+    /// command reloads or upgrades the proxy N times.
+    ReloadStorm(StormArgs),
+    /// Answers every request with a chunked body, one chunk every 100 ms for `seconds`.
+    StreamBackend {
         #[arg(long)]
-        addr: SocketAddr,
-        #[arg(long, default_value = "app.local")]
-        host: String,
-        #[arg(long, default_value = "ws.local")]
-        ws_host: String,
-        #[arg(long, default_value_t = 100)]
-        reloads: usize,
-        #[arg(long, default_value_t = 50)]
-        websockets: usize,
-        #[arg(long, default_value_t = 20)]
-        connections: usize,
-        #[arg(long, default_value_t = 50)]
-        interval_ms: u64,
-        /// Shell command that performs one reload; `{n}` is replaced by the reload number.
-        #[arg(long)]
-        reload_cmd: String,
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Runs one cheap attack (bench/attacks.sh) from a loopback source address for a while
     /// and prints what it did as JSON.
@@ -121,6 +111,30 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct StormArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, default_value = "app.local")]
+    host: String,
+    #[arg(long, default_value = "ws.local")]
+    ws_host: String,
+    /// A host whose backend streams (stream-backend): one response stays open throughout.
+    #[arg(long)]
+    stream_host: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    reloads: usize,
+    #[arg(long, default_value_t = 50)]
+    websockets: usize,
+    #[arg(long, default_value_t = 20)]
+    connections: usize,
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// Shell command that performs one reload; `{n}` is replaced by the reload number.
+    #[arg(long)]
+    reload_cmd: String,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -131,9 +145,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Idle { addr, host, connections, pids } => idle(addr, host, connections, pids).await,
             Command::WsBackend { listen } => ws_backend(listen).await,
-            Command::ReloadStorm { addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd } => {
-                reload_storm(addr, host, ws_host, reloads, websockets, connections, interval_ms, reload_cmd).await
-            }
+            Command::ReloadStorm(args) => reload_storm(args).await,
+            Command::StreamBackend { listen, seconds } => stream_backend(listen, seconds).await,
             Command::Deploys { socket, service, host, targets, interval_ms, seconds } => {
                 deploys(socket, service, host, targets, interval_ms, seconds).await
             }
@@ -275,40 +288,55 @@ async fn ws_backend(listen: SocketAddr) -> anyhow::Result<()> {
     ws_echo(TcpListener::bind(listen).await?).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn reload_storm(
-    addr: SocketAddr,
-    host: String,
-    ws_host: String,
-    reloads: usize,
-    websockets: usize,
-    connections: usize,
-    interval_ms: u64,
-    reload_cmd: String,
-) -> anyhow::Result<()> {
+async fn reload_storm(args: StormArgs) -> anyhow::Result<()> {
+    let StormArgs { addr, host, ws_host, stream_host, reloads, websockets, connections, interval_ms, reload_cmd } =
+        args;
     ensure_loopback(addr)?;
     let mut sockets = open_websockets(addr, &ws_host, websockets).await?;
+    let stream = match &stream_host {
+        Some(stream_host) => Some(Stream::open(addr, stream_host).await?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok, failed, refused) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load = Vec::new();
     for _ in 0..connections {
-        let (stop, ok, failed, host) = (stop.clone(), ok.clone(), failed.clone(), host.clone());
+        let (stop, ok, failed, refused, host) =
+            (stop.clone(), ok.clone(), failed.clone(), refused.clone(), host.clone());
         load.push(tokio::spawn(async move {
-            let mut sender = connect(addr).await?;
             let deadline = Instant::now() + Duration::from_secs(600);
+            let mut sender = None;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match get(&mut sender, &host).await {
+                let Some(open) = sender.as_mut() else {
+                    match connect(addr).await {
+                        Ok(s) => sender = Some(s),
+                        Err(_) => {
+                            // Refused (or reset before the handshake): counted, retried shortly.
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    continue;
+                };
+                // A connection the server closed after its last answer (`Connection: close`,
+                // a drained keep-alive) is not ready: no request was sent, reconnect.
+                if open.ready().await.is_err() {
+                    sender = None;
+                    continue;
+                }
+                match get(open, &host).await {
                     Ok(200..=299) => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    // Sent, and no answer: what a client sees as a failed request.
                     Err(_) => {
                         failed.fetch_add(1, Ordering::Relaxed);
-                        sender = connect(addr).await?;
+                        sender = None;
                         0
                     }
                 };
                 tokio::task::yield_now().await;
             }
-            anyhow::Ok(())
         }));
     }
     let mut reload_failures = 0;
@@ -322,16 +350,84 @@ async fn reload_storm(
     }
     stop.store(true, Ordering::Relaxed);
     for t in load {
-        t.await??;
+        t.await?;
     }
     let alive = websockets_alive(&mut sockets).await;
+    let stream_alive = match stream {
+        Some(stream) => serde_json::json!(stream.alive().await),
+        None => serde_json::Value::Null,
+    };
     println!(
         "{}",
         serde_json::json!({"reloads": reloads, "reload_command_failures": reload_failures,
             "requests_ok": ok.load(Ordering::Relaxed), "requests_failed": failed.load(Ordering::Relaxed),
-            "websockets_alive": alive, "websockets": websockets})
+            "connections_refused": refused.load(Ordering::Relaxed),
+            "websockets_alive": alive, "websockets": websockets, "stream_alive": stream_alive})
     );
     Ok(())
+}
+
+/// One streaming response read in the background: whether bytes still arrive.
+struct Stream {
+    last: Arc<std::sync::Mutex<(Instant, bool)>>,
+}
+
+impl Stream {
+    async fn open(addr: SocketAddr, host: &str) -> anyhow::Result<Self> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.write_all(format!("GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+        let last = Arc::new(std::sync::Mutex::new((Instant::now(), false)));
+        let seen = last.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if n == 0 || buf[..n].ends_with(b"0\r\n\r\n") {
+                    seen.1 = true;
+                    return;
+                }
+                seen.0 = Instant::now();
+            }
+        });
+        Ok(Stream { last })
+    }
+
+    /// Not ended, and a chunk within the last second.
+    async fn alive(&self) -> bool {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (last, ended) = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        !ended && last.elapsed() < Duration::from_secs(1)
+    }
+}
+
+async fn stream_backend(listen: SocketAddr, seconds: u64) -> anyhow::Result<()> {
+    ensure_loopback(listen)?;
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (mut tcp, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+                if head.len() > 16 * 1024 {
+                    return;
+                }
+            }
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+            for _ in 0..seconds * 10 {
+                if tcp.write_all(b"2\r\nx\n\r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tcp.write_all(b"0\r\n\r\n").await;
+        });
+    }
 }
 
 async fn deploys(

@@ -40,6 +40,7 @@ pub fn router(gateway: Arc<Gateway>, access: Access) -> Router {
         // pause, stop and resume
         .route("/v1/services/{name}/{action}", post(change_state))
         .route("/v1/services/{name}/rollout/{action}", post(rollout))
+        .route("/v1/upgrade", post(upgrade))
         .route_layer(middleware::from_fn_with_state(gateway.clone(), guard_changes));
     Router::new()
         .route("/", get(version))
@@ -81,6 +82,8 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let mut body = json!({
         "Config": status,
         "RouteTableGeneration": generation,
+        // Which process answers (it changes with a binary upgrade).
+        "Pid": std::process::id(),
         "Listeners": gw.proxy_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "Certificates": certificates,
     });
@@ -285,6 +288,15 @@ fn deploy_error(e: DeployError) -> Response {
         DeployError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
+}
+
+/// Starts the binary at this one's path in its place (crate::upgrade); answers once the new
+/// process serves, or with why it did not (this one serves on either way).
+async fn upgrade() -> Response {
+    match crate::upgrade::request().await {
+        Ok(pid) => Json(json!({"pid": pid})).into_response(),
+        Err(reason) => error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {

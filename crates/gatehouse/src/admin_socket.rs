@@ -10,15 +10,27 @@ use tokio::net::UnixListener;
 /// The socket's file, removed when this is dropped.
 pub struct SocketFile(pub PathBuf);
 
+impl SocketFile {
+    /// Leaves the file in place (a binary upgrade: the new process serves on this socket).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
 }
 
-/// Binds `path`, replacing a stale socket file. Returns `None` (after a warning) when another
-/// running instance answers there: its socket is never taken over.
+/// Binds `path`, replacing a stale socket file, or takes the socket a binary upgrade handed
+/// over. Returns `None` (after a warning) when another running instance answers there: its
+/// socket is never taken over.
 pub async fn bind(path: &Path) -> anyhow::Result<Option<(UnixListener, SocketFile)>> {
+    if let Some(inherited) = crate::upgrade::take_unix(path) {
+        inherited.set_nonblocking(true)?;
+        return Ok(Some((UnixListener::from_std(inherited)?, SocketFile(path.to_path_buf()))));
+    }
     let hint = "set `admin_socket` to a writable path, or `admin_socket = \"\"` to turn it off";
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder)

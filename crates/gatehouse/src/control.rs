@@ -379,6 +379,14 @@ pub async fn rollout(socket: &Path, command: &RolloutCommand) -> anyhow::Result<
     Ok(())
 }
 
+pub async fn upgrade(socket: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let reply = call(socket, http::Method::POST, "/v1/upgrade", Vec::new()).await?;
+    let pid = reply["pid"].as_u64().unwrap_or_default();
+    println!("upgraded: process {pid} serves ({} ms); the old one drains and exits", started.elapsed().as_millis());
+    Ok(())
+}
+
 pub async fn remove(socket: &Path, service: &str) -> anyhow::Result<()> {
     gatehouse_deploy::check_name(service).map_err(anyhow::Error::msg)?;
     call(socket, http::Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await?;

@@ -138,7 +138,7 @@ impl Gateway {
                 cert_stores.push((index, l.address, store.clone()));
                 Some(store)
             };
-            let inherited = crate::systemd::take_listener(l.address);
+            let inherited = crate::upgrade::take_tcp(l.address).or_else(|| crate::systemd::take_listener(l.address));
             listeners.push(ListenerConfig { address: l.address, tls, inherited });
         }
         let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -203,11 +203,13 @@ impl Gateway {
         gateway.deploys.attach(routes);
         if !drove_settings.namespaces.is_empty() {
             let weak: Weak<Gateway> = Arc::downgrade(&gateway);
-            let source = DroveSource::start(drove_settings, &gateway.metrics, move |changed: &[String]| {
-                if let Some(gateway) = weak.upgrade() {
-                    gateway.apply_drove(Some(changed));
-                }
-            });
+            let handed_over = crate::upgrade::take_drove_views();
+            let source =
+                DroveSource::start(drove_settings, handed_over, &gateway.metrics, move |changed: &[String]| {
+                    if let Some(gateway) = weak.upgrade() {
+                        gateway.apply_drove(Some(changed));
+                    }
+                });
             let _ = gateway.drove.set(source);
             // Routes restored from the state file serve at once.
             gateway.apply_drove(None);
@@ -491,7 +493,38 @@ impl Gateway {
     }
 
     /// Stops accepting and lets requests in flight finish for up to `drain`.
-    pub fn shutdown(&self, drain: std::time::Duration) {
+    /// The Drove views in service, by namespace (a binary upgrade hands them over).
+    pub fn drove_views(&self) -> std::collections::BTreeMap<String, gatehouse_drove::NamespaceView> {
+        let Some(drove) = self.drove.get() else { return Default::default() };
+        drove.namespaces().iter().filter_map(|ns| Some((ns.settings.name.clone(), ns.view()?))).collect()
+    }
+
+    /// Copies of the proxy's listening sockets by configured address (a binary upgrade
+    /// hands them over).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
+        self.listeners
+            .iter()
+            .zip(self.proxy.sockets())
+            .map(|(spec, socket)| Ok((spec.address, socket.try_clone()?.into())))
+            .collect()
+    }
+
+    /// After a binary upgrade: the new process polls Drove, orders certificates and feeds
+    /// nginx or HAProxy from now on; this one only drains.
+    pub fn hand_over(&self) {
+        if let Some(drove) = self.drove.get() {
+            drove.stop();
+        }
+        if let Some(acme) = &self.acme {
+            acme.stop();
+        }
+        if let Some(feed) = self.templated.get() {
+            feed.stop();
+        }
+    }
+
+    /// Stops accepting and lets the requests in flight finish as `drain` says (blocking).
+    pub fn shutdown(&self, drain: gatehouse_native::Drain) {
         self.proxy.shutdown(drain);
     }
 }

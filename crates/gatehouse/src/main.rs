@@ -13,6 +13,7 @@ mod rendering;
 mod systemd;
 mod templated;
 mod unit;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ const DRAIN: Duration = Duration::from_secs(10);
     name = "gatehouse",
     version,
     about = "An edge gateway: routes HTTP traffic to applications from a TOML file",
-    after_help = "Examples:\n  gatehouse demo                       try it with built-in backends\n  gatehouse check -c gatehouse.toml    validate a file\n  gatehouse run -c gatehouse.toml      serve (also: gatehouse -f nixy.toml)\n\nSignals: SIGHUP reloads the file; SIGTERM and SIGINT stop after a drain."
+    after_help = "Examples:\n  gatehouse demo                       try it with built-in backends\n  gatehouse check -c gatehouse.toml    validate a file\n  gatehouse run -c gatehouse.toml      serve (also: gatehouse -f nixy.toml)\n\nSignals: SIGHUP reloads the file; SIGTERM and SIGINT stop after a drain; SIGRTMIN+1 upgrades\n(as `gatehouse upgrade`)."
 )]
 struct Cli {
     /// Configuration file (drove-gateway's -f works too).
@@ -134,6 +135,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the running instance by the binary now at its path, without dropping a
+    /// connection: the new process gets the listening sockets and the Drove views, and once
+    /// it serves the old one drains and exits (also: SIGRTMIN+1).
+    Upgrade,
     /// Canary releases of a deployed service: `rollout deploy`, `set`, `stop`.
     Rollout {
         #[command(subcommand)]
@@ -153,6 +158,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    upgrade::receive();
     let program = std::env::args_os().next().map(std::path::PathBuf::from);
     if program.as_deref().and_then(std::path::Path::file_name).is_some_and(|name| name == "kamal-proxy") {
         return report(kamal::main(std::env::args().collect()));
@@ -210,6 +216,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            upgrade::fail(&format!("{e:#}"));
             eprintln!("gatehouse: {e:#}");
             ExitCode::FAILURE
         }
@@ -246,6 +253,7 @@ fn control_command(
             Command::Stop(args) => control::change_state(&socket, "stop", &args.for_service()?).await,
             Command::Resume(args) => control::change_state(&socket, "resume", args).await,
             Command::Rollout { command } => control::rollout(&socket, command).await,
+            Command::Upgrade => control::upgrade(&socket).await,
             _ => anyhow::bail!("not a control command"),
         }
     })
@@ -338,7 +346,7 @@ async fn sync_once(config: &gatehouse_config::Config) -> anyhow::Result<Vec<Opti
     settings.state_path = None;
     let wait = settings.api_timeout + Duration::from_secs(2);
     let metrics = gatehouse_metrics::Metrics::new();
-    let source = gatehouse_drove::DroveSource::start(settings, &metrics, |_: &[String]| {});
+    let source = gatehouse_drove::DroveSource::start(settings, Default::default(), &metrics, |_: &[String]| {});
     let deadline = tokio::time::Instant::now() + wait;
     while source.namespaces().iter().any(|ns| !ns.status().synced) {
         if tokio::time::Instant::now() > deadline {
@@ -421,9 +429,15 @@ async fn serve(
         tracing::warn!("{warning}");
     }
     let admin_address = config.admin.address;
-    let admin = tokio::net::TcpListener::bind(admin_address)
-        .await
-        .with_context(|| format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)"))?;
+    let admin = match upgrade::take_tcp(admin_address) {
+        Some(socket) => {
+            socket.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(socket)?
+        }
+        None => tokio::net::TcpListener::bind(admin_address).await.with_context(|| {
+            format!("cannot listen for the admin API on {admin_address} (set `address` and `port`)")
+        })?,
+    };
     let admin_tls = match &config.admin.tls {
         Some(paths) => {
             let certs = gatehouse_native::Certificates::load(&[(paths.cert.clone(), paths.key.clone())])
@@ -433,26 +447,34 @@ async fn serve(
         }
         None => None,
     };
-    let socket = match &config.admin.socket {
+    let admin_socket_path = config.admin.socket.clone();
+    let socket = match &admin_socket_path {
         Some(path) => admin_socket::bind(path).await?,
         None => None,
     };
+    // What a binary upgrade hands over besides the proxy's listeners.
+    let mut handed = upgrade::Sockets::default();
+    handed.tcp.push((admin_address, std::os::fd::AsFd::as_fd(&admin).try_clone_to_owned()?));
+    if let Some((listener, file)) = &socket {
+        handed.unix.push((file.0.clone(), std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?));
+    }
     gatehouse_native::install_default_provider();
     let gateway = Gateway::start(source, config, log)?;
-    let _socket_file = socket.map(|(listener, file)| {
+    let mut admin_tasks = Vec::new();
+    let socket_file = socket.map(|(listener, file)| {
         tracing::info!(socket = %file.0.display(), "admin socket listening");
         let router = admin::router(gateway.clone(), admin::Access::Socket);
-        tokio::spawn(async move {
+        admin_tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "admin socket stopped");
             }
-        });
+        }));
         file
     });
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %admin.local_addr()?, scheme, "admin API listening");
     let router = admin::router(gateway.clone(), admin::Access::Tcp);
-    tokio::spawn(async move {
+    admin_tasks.push(tokio::spawn(async move {
         let served = match admin_tls {
             Some(tls) => match admin_tls::TlsListener::new(admin, tls) {
                 Ok(listener) => axum::serve(listener, router).await,
@@ -463,24 +485,52 @@ async fn serve(
         if let Err(e) = served {
             tracing::error!(error = %e, "admin API stopped");
         }
-    });
+    }));
     if let Some(banner) = banner {
         println!("{banner}");
     }
+    handed.tcp.extend(gateway.listening_sockets()?);
     systemd::ready(&gateway.status_line());
+    let upgraded = upgrade::arm(&gateway, handed, admin_socket_path.as_deref());
     systemd::spawn_watchdog(gateway.clone());
-    wait_for_signals(&gateway).await?;
-    systemd::stopping();
-    tracing::info!(drain = ?DRAIN, "stopping: no new connections, letting requests finish");
+    let ending = wait_for_signals(&gateway, upgraded).await?;
+    match ending {
+        Ending::Stop => {
+            systemd::stopping();
+            upgrade::remove_coordination_socket();
+            tracing::info!(drain = ?DRAIN, "stopping: no new connections, letting requests finish");
+        }
+        Ending::Upgraded(pid) => {
+            // The new process serves on the same sockets and is systemd's main process now.
+            for task in admin_tasks {
+                task.abort();
+            }
+            if let Some(file) = socket_file {
+                file.keep();
+            }
+            gateway.hand_over();
+            tracing::info!(new_process = pid, drain = ?DRAIN, "upgraded: the new process serves; this one stops accepting and lets requests finish");
+        }
+    }
+    let drain = gatehouse_native::Drain { timeout: DRAIN, handover: matches!(ending, Ending::Upgraded(_)) };
     let stopping = gateway.clone();
-    tokio::task::spawn_blocking(move || stopping.shutdown(DRAIN)).await?;
+    tokio::task::spawn_blocking(move || stopping.shutdown(drain)).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGHUP reloads; SIGTERM and SIGINT return. SIGUSR1 and SIGUSR2 are what drove-gateway's
-/// systemd drop-ins send around an nginx or HAProxy restart: hold changes back, then catch up.
-async fn wait_for_signals(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
+/// Why serving ends.
+enum Ending {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// A binary upgrade: this process id serves now.
+    Upgraded(u32),
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT return, and so does a binary upgrade once the new
+/// process serves. SIGUSR1 and SIGUSR2 are what drove-gateway's systemd drop-ins send around
+/// an nginx or HAProxy restart: hold changes back, then catch up.
+async fn wait_for_signals(gateway: &Arc<Gateway>, mut upgraded: upgrade::Upgraded) -> anyhow::Result<Ending> {
     let mut restarting = signal(SignalKind::user_defined1())?;
     let mut restarted = signal(SignalKind::user_defined2())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -504,8 +554,15 @@ async fn wait_for_signals(gateway: &Arc<Gateway>) -> anyhow::Result<()> {
                     engine.proxy_restarted();
                 }
             }
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(Ending::Stop),
+            _ = interrupt.recv() => return Ok(Ending::Stop),
+            outcome = &mut upgraded => match outcome {
+                Ok(child) => return Ok(Ending::Upgraded(child.id())),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "binary upgrades stopped working; this process serves on");
+                    upgraded = Box::pin(std::future::pending());
+                }
+            },
         }
     }
 }

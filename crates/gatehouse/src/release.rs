@@ -80,7 +80,8 @@ struct PidFile(PathBuf);
 impl PidFile {
     fn claim(path: PathBuf) -> anyhow::Result<Self> {
         if let Some(other) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()) {
-            if is_running_gatehouse(other) {
+            // A binary upgrade's new process takes the file over from the old one.
+            if is_running_gatehouse(other) && crate::upgrade::replaces() != Some(other as u32) {
                 anyhow::bail!("gatehouse is already running (process {other}, {})", path.display());
             }
         }
@@ -91,7 +92,11 @@ impl PidFile {
 }
 
 impl Drop for PidFile {
+    /// Removes the file unless a binary upgrade's new process wrote its own id there.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let ours = std::fs::read_to_string(&self.0).is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }

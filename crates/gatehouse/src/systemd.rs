@@ -103,7 +103,8 @@ pub fn take_listener(address: std::net::SocketAddr) -> Option<TcpListener> {
 fn watchdog_every() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
-        Some(Ok(pid)) if pid != std::process::id() => None,
+        // After a binary upgrade the old process's id is still there: this one took its place.
+        Some(Ok(pid)) if pid != std::process::id() && Some(pid) != crate::upgrade::replaces() => None,
         _ => Some(Duration::from_micros(usec / 2)).filter(|d| !d.is_zero()),
     }
 }

@@ -18,6 +18,7 @@ pub struct Feed {
     /// did not change (the template or the settings may have).
     epoch: AtomicU64,
     pub engine: Arc<TemplatedEngine>,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Feed {
@@ -26,14 +27,23 @@ impl Feed {
         let metrics = gateway.upgrade()?.metrics.templated.clone();
         let (sender, receiver) = watch::channel(None);
         let engine = TemplatedEngine::start(receiver, metrics, api_only, restart_hold);
-        let feed = Arc::new(Feed { changed: Notify::new(), epoch: AtomicU64::new(0), engine });
-        tokio::spawn(run(feed.clone(), gateway, sender));
+        let feed =
+            Arc::new(Feed { changed: Notify::new(), epoch: AtomicU64::new(0), engine, task: Default::default() });
+        let task = tokio::spawn(run(feed.clone(), gateway, sender));
+        let _ = feed.task.set(task.abort_handle());
         Some(feed)
     }
 
     /// Routes changed: send a new snapshot soon.
     pub fn changed(&self) {
         self.changed.notify_one();
+    }
+
+    /// No more snapshots (a binary upgrade: the new process feeds the engine).
+    pub fn stop(&self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 
     /// The configuration was reloaded: the next snapshot is rendered even if unchanged.

@@ -21,6 +21,8 @@ NotifyAccess=main
 ExecStartPre={binary} check --config {config}
 ExecStart={binary} run --config {config}
 ExecReload=/bin/kill -HUP $MAINPID
+# `gatehouse upgrade` swaps in a new binary without dropping a connection; the old process
+# tells systemd the new MAINPID.
 WatchdogSec=30s
 Restart=on-failure
 RestartSec=2s

@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{ClientBody, ProxyBody};
@@ -34,12 +33,8 @@ const SEND_BUFFER: usize = 128 * 1024;
 const PENDING_RESETS: usize = 20;
 const LOCAL_ERROR_RESETS: usize = 1024;
 
-pub(crate) async fn serve<IO>(
-    io: IO,
-    conn: ConnInfo,
-    stopped: watch::Receiver<Option<Duration>>,
-    _counted: OpenConnection,
-) where
+pub(crate) async fn serve<IO>(io: IO, conn: ConnInfo, stopped: crate::listen::Stopped, _counted: OpenConnection)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let shared = conn.shared.clone();

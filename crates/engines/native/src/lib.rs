@@ -24,6 +24,6 @@ mod upstream;
 pub use access_log::{AccessLog, AccessLogTarget};
 #[cfg(feature = "fuzzing")]
 pub use h1::fuzzing;
-pub use listen::{EdgePolicy, EngineError, ListenerConfig, NativeProxy};
+pub use listen::{Drain, EdgePolicy, EngineError, ListenerConfig, NativeProxy};
 pub use snapshot::{ServiceRuntime, Snapshot, SnapshotError};
 pub use tls::{install_default_provider, server_config, CertError, CertStore, Certificates};

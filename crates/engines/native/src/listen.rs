@@ -42,6 +42,21 @@ pub struct EdgePolicy {
     pub on_demand: Option<Arc<OnDemand>>,
 }
 
+/// How the workers stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// How long requests in flight may run on.
+    pub timeout: Duration,
+    /// Another process accepts on the same sockets now (a binary upgrade): idle keep-alive
+    /// connections wait for their next request, answered with `Connection: close`, and
+    /// tunnels run on, both until `timeout`. Otherwise both close at once: no one would take
+    /// the next request.
+    pub handover: bool,
+}
+
+/// The workers' stop signal, as each connection sees it.
+pub(crate) type Stopped = watch::Receiver<Option<Drain>>;
+
 /// One address to accept on; TLS when it has a certificate store. `inherited` is a socket
 /// already listening there (systemd's socket activation, a binary upgrade), used instead of
 /// binding.
@@ -79,10 +94,12 @@ pub struct NativeProxy {
     /// Each worker's last heartbeat, in milliseconds since `started`.
     heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
     started: std::time::Instant,
-    /// `Some(drain)` asks the workers to stop, letting requests finish for up to `drain`.
-    stop: watch::Sender<Option<Duration>>,
+    /// `Some(drain)` asks the workers to stop, letting requests finish as it says.
+    stop: watch::Sender<Option<Drain>>,
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     addresses: Vec<SocketAddr>,
+    /// The listening sockets, in listener order, for handing over to a new binary.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 impl NativeProxy {
@@ -153,7 +170,16 @@ impl NativeProxy {
                 .map_err(EngineError::Worker)?;
             threads.push(thread);
         }
-        Ok(NativeProxy { shared, heartbeats, started, stop, workers: std::sync::Mutex::new(threads), addresses })
+        let sockets = bound.into_iter().map(|l| l.socket).collect();
+        Ok(NativeProxy {
+            shared,
+            heartbeats,
+            started,
+            stop,
+            workers: std::sync::Mutex::new(threads),
+            addresses,
+            sockets,
+        })
     }
 
     /// Whether every worker's event loop ran within `within`: a worker wedged by a blocking
@@ -181,9 +207,14 @@ impl NativeProxy {
         &self.addresses
     }
 
-    /// Stops accepting, lets open requests finish for up to `drain`, then returns
-    /// (blocking: call it off the async runtime).
-    pub fn shutdown(&self, drain: Duration) {
+    /// The listening sockets, in listener order (a binary upgrade hands them over).
+    pub fn sockets(&self) -> &[std::net::TcpListener] {
+        &self.sockets
+    }
+
+    /// Stops accepting, lets open requests finish as `drain` says, then returns (blocking:
+    /// call it off the async runtime).
+    pub fn shutdown(&self, drain: Drain) {
         let _ = self.stop.send(Some(drain));
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for worker in workers {
@@ -204,12 +235,7 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(
-    listeners: Vec<Listener>,
-    shared: Arc<Shared>,
-    stopped: watch::Receiver<Option<Duration>>,
-    beat: impl Fn() + Send + 'static,
-) {
+fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, beat: impl Fn() + Send + 'static) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -246,7 +272,7 @@ fn run_worker(
         let mut stopped = stopped;
         let drain = loop {
             if let Some(drain) = *stopped.borrow_and_update() {
-                break drain;
+                break drain.timeout;
             }
             if stopped.changed().await.is_err() {
                 break Duration::ZERO;
@@ -264,7 +290,7 @@ async fn accept_loop(
     socket: TcpListener,
     tls: Option<Arc<TlsEndpoint>>,
     shared: Arc<Shared>,
-    stopped: watch::Receiver<Option<Duration>>,
+    stopped: Stopped,
     open: mpsc::Sender<()>,
 ) {
     let mut stop = std::pin::pin!(stop_requested(stopped.clone()));
@@ -324,9 +350,18 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// Resolves once the workers are asked to stop. Keep the future across waits where it can
 /// be: once registered, polling it again is free.
-pub(crate) async fn stop_requested(mut stopped: watch::Receiver<Option<Duration>>) {
+pub(crate) async fn stop_requested(mut stopped: Stopped) {
     // The borrow `wait_for` returns must not live across an await: drop it at once.
     let _ = stopped.wait_for(Option::is_some).await.map(|_| ());
+}
+
+/// Resolves once the workers are asked to stop and no other process takes over: idle
+/// keep-alive connections and tunnels close then (see [`Drain::handover`]).
+pub(crate) async fn stop_closes_idle(mut stopped: Stopped) {
+    let handover = stopped.wait_for(Option::is_some).await.map(|d| d.is_some_and(|d| d.handover));
+    if handover.unwrap_or(false) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Keeps the open-connections gauge honest however a connection ends, and holds the
@@ -372,7 +407,7 @@ async fn serve_tls(
     stream: TcpStream,
     endpoint: Arc<TlsEndpoint>,
     conn: ConnInfo,
-    stopped: watch::Receiver<Option<Duration>>,
+    stopped: Stopped,
     counted: OpenConnection,
 ) {
     let budget = TLS_HANDSHAKE_TIMEOUT + if conn.shared.on_demand.is_some() { ON_DEMAND_WAIT } else { Duration::ZERO };
@@ -401,11 +436,6 @@ async fn serve_tls(
     }
 }
 
-async fn serve_h1<IO: h1::Transport>(
-    io: IO,
-    conn: ConnInfo,
-    stopped: watch::Receiver<Option<Duration>>,
-    _counted: OpenConnection,
-) {
+async fn serve_h1<IO: h1::Transport>(io: IO, conn: ConnInfo, stopped: Stopped, _counted: OpenConnection) {
     h1::serve(io, conn, stopped).await
 }

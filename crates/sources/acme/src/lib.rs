@@ -126,6 +126,7 @@ struct Inner {
 pub struct AcmeSource {
     inner: Arc<Inner>,
     wanted: watch::Sender<Vec<Wanted>>,
+    task: tokio::task::AbortHandle,
 }
 
 impl AcmeSource {
@@ -152,8 +153,8 @@ impl AcmeSource {
         });
         let (wanted, watching) = watch::channel(Vec::new());
         let demands = on_demand.and_then(OnDemand::take);
-        tokio::spawn(run(inner.clone(), watching, demands));
-        AcmeSource { inner, wanted }
+        let task = tokio::spawn(run(inner.clone(), watching, demands)).abort_handle();
+        AcmeSource { inner, wanted, task }
     }
 
     /// The services that want certificates now; certificates already stored are loaded at
@@ -193,6 +194,12 @@ impl AcmeSource {
 
     pub fn settings(&self) -> &AcmeSettings {
         &self.inner.settings
+    }
+
+    /// Orders nothing more; the certificates in service stay (a binary upgrade: the new
+    /// process orders from now on).
+    pub fn stop(&self) {
+        self.task.abort();
     }
 }
 

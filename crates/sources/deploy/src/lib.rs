@@ -241,6 +241,15 @@ impl DeploySource {
         self.specs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Services with an operation running now (a deploy, a drain, a state change).
+    pub fn busy(&self) -> Vec<String> {
+        let locks = self.service_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy: Vec<String> =
+            locks.iter().filter(|(_, l)| l.try_lock().is_err()).map(|(n, _)| n.clone()).collect();
+        busy.sort();
+        busy
+    }
+
     fn service_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.service_locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(name.to_string()).or_default().clone()

@@ -38,15 +38,23 @@ pub struct DroveSource {
 }
 
 impl DroveSource {
-    /// Restores the last known views from the state file, then starts the probes and polls
-    /// (on the current Tokio runtime). `apply` is called after a namespace's view changed;
+    /// Restores the last known views (`handed_over` by the process this one replaces, else
+    /// the state file's), then starts the probes and polls (on the current Tokio runtime). `apply` is called after a namespace's view changed;
     /// it gets the vhosts that changed, reads [`DroveSource::vhost_services`] and installs them.
     pub fn start(
         settings: DroveSettings,
+        handed_over: BTreeMap<String, NamespaceView>,
         metrics: &Metrics,
         apply: impl Fn(&[String]) + Send + Sync + 'static,
     ) -> Self {
         let mut restored = match &settings.state_path {
+            _ if !handed_over.is_empty() => {
+                tracing::info!(
+                    namespaces = handed_over.len(),
+                    "serving the Drove view the old process handed over until the first sync"
+                );
+                handed_over
+            }
             Some(path) => match state_file::load(path) {
                 Ok(views) => {
                     if !views.is_empty() {

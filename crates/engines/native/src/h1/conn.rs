@@ -17,7 +17,6 @@ use http::{Method, Response, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use super::pipe::{self, BodyError};
@@ -56,7 +55,7 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
 /// the worker stops (the request in flight finishes first).
-pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch::Receiver<Option<Duration>>) {
+pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: crate::listen::Stopped) {
     let limits = &conn.shared.limits;
     let mut c = Connection {
         io,
@@ -69,7 +68,7 @@ pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: watch:
     // One timer for the life of the connection: pushing its deadline later is cheap, while
     // a new timer per request costs a registration and a removal.
     let mut deadline = pin!(tokio::time::sleep(limits.head_timeout));
-    let mut stop = pin!(crate::listen::stop_requested(stopped.clone()));
+    let mut stop = pin!(crate::listen::stop_closes_idle(stopped.clone()));
     // The first head's time counts from the connection's start, later ones from their
     // first byte (before it, the connection is an idle keep-alive one).
     let mut idle = false;
@@ -200,7 +199,7 @@ impl<IO: Transport> Connection<IO> {
     }
 
     /// One request and its response. Returns what the connection does next.
-    async fn exchange(&mut self, head: Head, conn: &ConnInfo, stopped: &watch::Receiver<Option<Duration>>) -> After {
+    async fn exchange(&mut self, head: Head, conn: &ConnInfo, stopped: &crate::listen::Stopped) -> After {
         let Head { request, framing, keep_alive, expect_continue } = head;
         let (method, version) = (request.method().clone(), request.version());
         let (body, mut pump) = match framing {
@@ -256,7 +255,7 @@ impl<IO: Transport> Connection<IO> {
                     let early = std::mem::take(&mut self.buf).freeze();
                     tokio::select! {
                         () = tunnel.run(&mut self.io, early) => {}
-                        () = crate::listen::stop_requested(stopped.clone()) => {}
+                        () = crate::listen::stop_closes_idle(stopped.clone()) => {}
                     }
                 }
                 After::Upgrade
