@@ -502,11 +502,7 @@ impl Gateway {
     /// Copies of the proxy's listening sockets by configured address (a binary upgrade
     /// hands them over).
     pub fn listening_sockets(&self) -> std::io::Result<Vec<(SocketAddr, std::os::fd::OwnedFd)>> {
-        self.listeners
-            .iter()
-            .zip(self.proxy.sockets())
-            .map(|(spec, socket)| Ok((spec.address, socket.try_clone()?.into())))
-            .collect()
+        Ok(self.listeners.iter().map(|spec| spec.address).zip(self.proxy.socket_copies()?).collect())
     }
 
     /// After a binary upgrade: the new process polls Drove, orders certificates and feeds

@@ -497,7 +497,7 @@ async fn serve(
     match ending {
         Ending::Stop => {
             systemd::stopping();
-            upgrade::remove_coordination_socket();
+            upgrade::stop_accepting(false);
             tracing::info!(drain = ?DRAIN, "stopping: no new connections, letting requests finish");
         }
         Ending::Upgraded(pid) => {
@@ -508,6 +508,7 @@ async fn serve(
             if let Some(file) = socket_file {
                 file.keep();
             }
+            upgrade::stop_accepting(true);
             gateway.hand_over();
             tracing::info!(new_process = pid, drain = ?DRAIN, "upgraded: the new process serves; this one stops accepting and lets requests finish");
         }

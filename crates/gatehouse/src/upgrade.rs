@@ -185,6 +185,8 @@ pub struct Sockets {
 /// The upgrade this process can do, once it serves.
 struct Armed {
     coordination: PathBuf,
+    /// The copies the handler passes on; closed when this process stops accepting.
+    sockets: Arc<Mutex<Sockets>>,
     /// Why the last new process failed, as it said.
     last_failure: Arc<Mutex<Option<String>>>,
 }
@@ -201,9 +203,10 @@ pub fn arm(gateway: &Arc<Gateway>, sockets: Sockets, admin_socket: Option<&Path>
     READY.store(true, Ordering::SeqCst);
     let coordination = inherited().coordination.clone().unwrap_or_else(|| coordination_path(admin_socket));
     let last_failure = Arc::new(Mutex::new(None));
+    let sockets = Arc::new(Mutex::new(sockets));
     let handler = Upgrader {
         gateway: Arc::downgrade(gateway),
-        sockets,
+        sockets: sockets.clone(),
         coordination: coordination.clone(),
         last_failure: last_failure.clone(),
         prepared: None,
@@ -224,7 +227,7 @@ pub fn arm(gateway: &Arc<Gateway>, sockets: Sockets, admin_socket: Option<&Path>
                 // Only whoever may run this service may start a new binary in its place.
                 let _ = std::fs::set_permissions(&coordination, std::fs::Permissions::from_mode(0o600));
             }
-            let _ = ARMED.set(Armed { coordination, last_failure });
+            let _ = ARMED.set(Armed { coordination, sockets, last_failure });
             Box::pin(task)
         }
         Err(e) => {
@@ -250,9 +253,13 @@ fn coordination_path(admin_socket: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Removes the coordination socket's file when this process ends without handing over.
-pub fn remove_coordination_socket() {
-    if let Some(armed) = ARMED.get() {
+/// This process stops accepting: closes its copies of the listening sockets (a socket left
+/// open would queue connections no one accepts), and, unless it `handed_over` to a new
+/// process, removes the coordination socket's file.
+pub fn stop_accepting(handed_over: bool) {
+    let Some(armed) = ARMED.get() else { return };
+    *armed.sockets.lock().unwrap_or_else(|e| e.into_inner()) = Sockets::default();
+    if !handed_over {
         let _ = std::fs::remove_file(&armed.coordination);
     }
 }
@@ -275,7 +282,7 @@ pub async fn request() -> Result<u32, String> {
 /// The old process's side of one upgrade at a time (shellflip runs it on its own thread).
 struct Upgrader {
     gateway: Weak<Gateway>,
-    sockets: Sockets,
+    sockets: Arc<Mutex<Sockets>>,
     coordination: PathBuf,
     last_failure: Arc<Mutex<Option<String>>>,
     /// What the process being started inherits, made before it starts.
@@ -308,14 +315,14 @@ impl Upgrader {
         };
         let (report, write) = report_pipe()?;
         let report_fd = pass(write.as_raw_fd())?;
-        let tcp =
-            self.sockets.tcp.iter().map(|(a, fd)| Ok((*a, pass(fd.as_raw_fd())?))).collect::<std::io::Result<_>>()?;
-        let unix = self
-            .sockets
+        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let tcp = sockets.tcp.iter().map(|(a, fd)| Ok((*a, pass(fd.as_raw_fd())?))).collect::<std::io::Result<_>>()?;
+        let unix = sockets
             .unix
             .iter()
             .map(|(p, fd)| Ok((p.clone(), pass(fd.as_raw_fd())?)))
             .collect::<std::io::Result<_>>()?;
+        drop(sockets);
         Ok(Prepared { copies, report, report_fd, tcp, unix })
     }
 

@@ -213,3 +213,23 @@ fn messages(socket: &UnixDatagram, window: Duration) -> Vec<String> {
     }
     seen
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_old_process_keeps_no_listening_socket_open() {
+    let blue = backend::start("blue").await;
+    let mut gatehouse = Gatehouse::start(&config(&blue));
+    let at = gatehouse.listener();
+    // A WebSocket keeps the old process draining.
+    let (_socket, _) =
+        tokio_tungstenite::client_async("ws://web.test/ws", tokio::net::TcpStream::connect(at).await.unwrap())
+            .await
+            .unwrap();
+    let successor = upgraded(&gatehouse);
+    // SAFETY: a plain system call on the process the upgrade started.
+    unsafe { libc::kill(successor.0 as i32, libc::SIGTERM) };
+    eventually("the new process exits", || async { !alive(successor.0) }).await;
+    assert!(gatehouse.wait_exit(Duration::from_millis(100)).is_none(), "the old one still drains");
+    // Nothing listens any more: a connection is refused, not queued where no one accepts.
+    let refused = tokio::net::TcpStream::connect(at).await;
+    assert!(refused.is_err(), "the port still accepts connections");
+}

@@ -98,8 +98,9 @@ pub struct NativeProxy {
     stop: watch::Sender<Option<Drain>>,
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     addresses: Vec<SocketAddr>,
-    /// The listening sockets, in listener order, for handing over to a new binary.
-    sockets: Vec<std::net::TcpListener>,
+    /// The listening sockets, in listener order, for handing over to a new binary; closed
+    /// at shutdown (a socket left open would queue connections no one accepts).
+    sockets: std::sync::Mutex<Vec<std::net::TcpListener>>,
 }
 
 impl NativeProxy {
@@ -170,7 +171,7 @@ impl NativeProxy {
                 .map_err(EngineError::Worker)?;
             threads.push(thread);
         }
-        let sockets = bound.into_iter().map(|l| l.socket).collect();
+        let sockets = std::sync::Mutex::new(bound.into_iter().map(|l| l.socket).collect());
         Ok(NativeProxy {
             shared,
             heartbeats,
@@ -207,14 +208,17 @@ impl NativeProxy {
         &self.addresses
     }
 
-    /// The listening sockets, in listener order (a binary upgrade hands them over).
-    pub fn sockets(&self) -> &[std::net::TcpListener] {
-        &self.sockets
+    /// Copies of the listening sockets, in listener order (a binary upgrade hands them
+    /// over); none once shut down.
+    pub fn socket_copies(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.iter().map(|s| Ok(s.try_clone()?.into())).collect()
     }
 
     /// Stops accepting, lets open requests finish as `drain` says, then returns (blocking:
     /// call it off the async runtime).
     pub fn shutdown(&self, drain: Drain) {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let _ = self.stop.send(Some(drain));
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for worker in workers {
