@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and the integration tests that spawn the real binary against
-# real servers on loopback, then every coverage-guided fuzz target for a bounded time.
+# real servers on loopback, then builds the release tarball and .deb and checks them, then
+# every coverage-guided fuzz target for a bounded time.
 # Installs what the tests need when it is missing. Ends with the total over every test
 # binary.
 set -euo pipefail
@@ -25,4 +26,6 @@ echo "tests: $passed passed, $failed failed"
 if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
+scripts/package.sh
+scripts/check-package.sh
 scripts/fuzz.sh --runs "${FUZZ_RUNS:-1000000}"
