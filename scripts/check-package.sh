@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "check-package: $*" >&2; exit 1; }
-version=$(target/release/gatehouse --version | awk '{print $2}')
+version=$("${CARGO_TARGET_DIR:-target}/release/gatehouse" --version | awk '{print $2}')
 tarball="target/dist/gatehouse-$version-x86_64-linux.tar.gz"
 deb=$(ls target/dist/gatehouse_"$version"-*_amd64.deb 2>/dev/null | head -1)
 [ -f "$tarball" ] || fail "no $tarball"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 cargo build --release --locked -p gatehouse
-bin=target/release/gatehouse
+bin="${CARGO_TARGET_DIR:-target}/release/gatehouse"
 version=$("$bin" --version | awk '{print $2}')
 generated=target/packaging
 mkdir -p "$generated/completions" target/dist

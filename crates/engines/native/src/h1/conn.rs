@@ -448,3 +448,96 @@ impl Pump {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use gatehouse_metrics::Metrics;
+    use gatehouse_model::{EdgeLimits, ForwardingPolicy, HostPattern, ServiceSpec, TargetSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::handler::Shared;
+    use crate::occupancy::Occupancy;
+    use crate::snapshot::Snapshot;
+
+    // A pipe with a tiny buffer: a write stops after a few bytes until the client reads.
+    impl Transport for tokio::io::DuplexStream {}
+
+    /// The proxy's side of a connection routed to `target` for host `a.test`.
+    fn connection_to(target: SocketAddr) -> ConnInfo {
+        let metrics = Arc::new(Metrics::new());
+        let mut spec = ServiceSpec::new("web", "test");
+        spec.hosts = vec![HostPattern::parse("a.test").unwrap()];
+        spec.targets = vec![TargetSpec::parse_url(&format!("http://{target}"), true).unwrap()];
+        let snapshot = Snapshot::new(1, vec![Arc::new(spec)], None, "", &metrics).unwrap();
+        let limits = EdgeLimits::default();
+        let occupancy = Occupancy::new(&limits);
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let slot = occupancy.connect(peer.ip()).unwrap();
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            access_log: None,
+            installed: tokio::sync::Notify::new(),
+            https_port: None,
+            limits,
+            forwarding: ForwardingPolicy::default(),
+            occupancy,
+            refusals: Default::default(),
+            challenges: gatehouse_model::acme::Challenges::new(),
+            on_demand: None,
+        });
+        let client = slot.client().clone();
+        // The slot is the connection's count; the test's one connection keeps it.
+        std::mem::forget(slot);
+        ConnInfo::new(shared, peer, false, client)
+    }
+
+    #[tokio::test]
+    async fn a_partly_written_100_continue_is_completed_before_the_final_response() {
+        // The target answers at once, without waiting for the body.
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = target.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (mut client, proxy) = tokio::io::duplex(4);
+        let (_stop, stopped) = tokio::sync::watch::channel(None);
+        tokio::spawn(serve(proxy, connection_to(at), stopped));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        // Not reading yet: the proxy wrote the first 4 bytes of `100 Continue` and waits,
+        // while the target's answer arrives.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !got.ends_with(b"ok") {
+            let n = tokio::time::timeout_at(deadline, client.read(&mut buf)).await.unwrap().unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{got:?}");
+    }
+}
