@@ -442,3 +442,108 @@ async fn a_renewal_that_fails_keeps_the_current_certificate_serving_and_shows_in
     let metrics = gatehouse.admin_get("/v1/metrics").await.body;
     assert!(metrics.contains("gatehouse_acme_consecutive_failures{service=\"web\"} 1"), "{metrics}");
 }
+
+/// A CA that rate-limits: it serves its directory and nonces, and answers every other
+/// request 429 `rateLimited` with `Retry-After: 3600`, as Let's Encrypt does over a limit.
+/// (Pebble has no rate limits; everything else here is Pebble.)
+async fn rate_limiting_ca(ca: &support::certs::Ca) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let leaf = ca.leaf(&["localhost"]);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One request: its head, and the body its Content-Length gives.
+                    let complete = |seen: &[u8]| {
+                        let end = seen.windows(4).position(|w| w == b"\r\n\r\n")?;
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        (seen.len() >= end + 4 + length).then_some((head, end + 4 + length))
+                    };
+                    let (head, used) = loop {
+                        if let Some(done) = complete(&seen) {
+                            break done;
+                        }
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    seen.drain(..used);
+                    let base = format!("https://localhost:{port}");
+                    let answer = if head.starts_with("get /dir ") {
+                        let body = format!(
+                            "{{\"newNonce\":\"{base}/nonce\",\"newAccount\":\"{base}/account\",\"newOrder\":\"{base}/order\",\"revokeCert\":\"{base}/revoke\",\"keyChange\":\"{base}/key\"}}"
+                        );
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else if head.contains(" /nonce ") {
+                        "HTTP/1.1 200 OK\r\nReplay-Nonce: bm9uY2U\r\nCache-Control: no-store\r\nContent-Length: 0\r\n\r\n".to_string()
+                    } else {
+                        let body = "{\"type\":\"urn:ietf:params:acme:error:rateLimited\",\"detail\":\"too many new accounts; slow down\",\"status\":429}";
+                        format!(
+                            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/problem+json\r\nReplay-Nonce: bm9uY2U\r\nRetry-After: 3600\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_order_waits_as_long_as_the_ca_asks() {
+    let ca = support::certs::Ca::new();
+    let port = rate_limiting_ca(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::write(dir.path(), "ca.pem", &ca.pem());
+    let store = tempfile::tempdir().unwrap();
+    let acme = format!(
+        "[acme]\ndirectory = \"https://localhost:{port}/dir\"\nca_root = \"{}\"\nstorage = \"{}\"\nemail = \"ops@example.com\"\n",
+        root.display(),
+        store.path().display()
+    );
+    let blue = backend::start("blue").await;
+    let text = config(free_port(), free_port(), &acme, &web_service(&blue.url(), "\"app.test\""));
+    let gatehouse = Gatehouse::start(&text);
+    assert!(gatehouse.wait_for_log("ACME order failed"), "{}", gatehouse.logs().join("\n"));
+    let logs = gatehouse.logs().join("\n");
+    let failed = logs.lines().find(|l| l.contains("ACME order failed")).unwrap();
+    // The first retry would come after 5 s; the CA asked for an hour.
+    let retry: u64 = failed
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("retry_in_s="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{failed}"));
+    assert!((3590..=3600).contains(&retry), "{failed}");
+    assert!(failed.contains("slow down"), "{failed}");
+    assert!(logs.contains("the CA asks to wait"), "{logs}");
+}

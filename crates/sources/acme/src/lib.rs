@@ -6,6 +6,7 @@
 //! [`Challenges`]; it never calls into an engine.
 
 mod certificate;
+mod client;
 mod order;
 mod propagation;
 mod schedule;
@@ -111,6 +112,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     challenges: Arc<Challenges>,
     lineages: Mutex<BTreeMap<String, Lineage>>,
+    /// What each CA directory asked with its last 429 or 503 (`Retry-After`).
+    ca_asked: Mutex<HashMap<String, client::CaAsked>>,
     /// One account per CA directory, made or loaded on first use.
     accounts: tokio::sync::Mutex<BTreeMap<String, Account>>,
     metrics: AcmeMetrics,
@@ -148,6 +151,7 @@ impl AcmeSource {
             waiting: Mutex::new(HashMap::new()),
             on_demand_starts: Mutex::new(VecDeque::new()),
             lineages: Mutex::new(BTreeMap::new()),
+            ca_asked: Mutex::new(HashMap::new()),
             accounts: tokio::sync::Mutex::new(BTreeMap::new()),
             changed: Box::new(changed),
         });
@@ -563,7 +567,8 @@ impl Inner {
                 Err(e) => {
                     l.failures += 1;
                     self.metrics.certificate(service, None, l.failures);
-                    let wait = schedule::retry_delay(l.failures);
+                    let asked = *self.ca_asked(&l.directory).lock().unwrap_or_else(|e| e.into_inner());
+                    let wait = schedule::retry_wait(l.failures, asked, SystemTime::now());
                     l.not_before = Instant::now() + wait;
                     tracing::warn!(service, failures = l.failures, retry_in_s = wait.as_secs(), error = %e,
                         "ACME order failed; the current certificate (if any) keeps serving");
@@ -596,6 +601,12 @@ impl Inner {
         Issued::new(names.to_vec(), chain, key, directory.to_string())
     }
 
+    /// Where the CA at `directory` says how long to leave it alone.
+    fn ca_asked(&self, directory: &str) -> client::CaAsked {
+        let mut asked = self.ca_asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.entry(directory.to_string()).or_default().clone()
+    }
+
     /// The ACME account at `directory`: the stored one, else a new one created and stored.
     async fn account(&self, directory: &str) -> Result<Account, String> {
         let mut accounts = self.accounts.lock().await;
@@ -605,12 +616,11 @@ impl Inner {
         let settings = &self.settings;
         let key = format!("accounts/{}.json", storage_name(directory));
         // `ca_root` is the configured CA's; Let's Encrypt staging goes by the system's roots.
+        let root = settings.ca_root.as_deref().filter(|_| directory == settings.directory);
         let builder = || {
-            match &settings.ca_root {
-                Some(root) if directory == settings.directory => Account::builder_with_root(root),
-                _ => Account::builder(),
-            }
-            .map_err(|e| format!("ACME HTTP client: {e}"))
+            let client =
+                client::CaClient::new(root, self.ca_asked(directory)).map_err(|e| format!("ACME HTTP client: {e}"))?;
+            Ok::<_, String>(Account::builder_with_http(Box::new(client)))
         };
         let stored = self.storage.load(&key).map_err(|e| format!("cannot read the ACME account: {e}"))?;
         let account = match stored {
@@ -697,6 +707,7 @@ mod tests {
             storage,
             challenges: Challenges::new(),
             lineages: Mutex::new(BTreeMap::new()),
+            ca_asked: Mutex::new(HashMap::new()),
             accounts: tokio::sync::Mutex::new(BTreeMap::new()),
             metrics: gatehouse_metrics::Metrics::new().acme,
             waiting: Mutex::new(HashMap::new()),

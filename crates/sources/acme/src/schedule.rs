@@ -32,6 +32,13 @@ pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(step)
 }
 
+/// How long to wait after `failures` failed orders in a row, and at least until the moment
+/// the CA `asked` for (its `Retry-After` on a rate limit).
+pub fn retry_wait(failures: u32, asked: Option<SystemTime>, now: SystemTime) -> Duration {
+    let asked = asked.and_then(|until| until.duration_since(now).ok()).unwrap_or(Duration::ZERO);
+    retry_delay(failures).max(asked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +73,14 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
         assert_eq!(delays, [5, 30, 120, 600, 1800, 3600, 3600, 3600]);
         assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn a_cas_retry_after_lengthens_the_wait_never_shortens_it() {
+        let now = SystemTime::UNIX_EPOCH + 1000 * DAY;
+        assert_eq!(retry_wait(1, None, now), Duration::from_secs(5));
+        assert_eq!(retry_wait(1, Some(now + Duration::from_secs(3600)), now), Duration::from_secs(3600));
+        assert_eq!(retry_wait(6, Some(now + Duration::from_secs(60)), now), Duration::from_secs(3600));
+        assert_eq!(retry_wait(2, Some(now - Duration::from_secs(60)), now), Duration::from_secs(30), "already past");
     }
 }
