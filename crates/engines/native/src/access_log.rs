@@ -366,11 +366,35 @@ fn string(out: &mut Vec<u8>, value: &[u8]) {
 
 /// [`string`] without its quotes.
 fn string_body(out: &mut Vec<u8>, value: &[u8]) {
-    if value.iter().all(|&b| PLAIN[usize::from(b)]) {
+    if is_plain(value) {
         out.extend_from_slice(value);
     } else {
         escaped(out, String::from_utf8_lossy(value).as_bytes());
     }
+}
+
+/// Whether every byte is one a JSON string carries as it is ([`PLAIN`]), eight at a time:
+/// a byte under 0x20, at or over 0x7f, `"` or `\\` sets its high bit in `flagged`.
+fn is_plain(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Zero bytes of `x` set their high bit (exact when `x` has no byte over 0x80 set
+    // alongside, which the other terms cover).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = value.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let high_or_delete = (x | x.wrapping_add(ONES)) & HIGH;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        if control | high_or_delete | quote | backslash != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| PLAIN[usize::from(b)])
 }
 
 /// Bytes a JSON string carries as they are: printable ASCII but `"` and `\`.
@@ -424,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn the_word_check_agrees_with_the_table_on_every_byte_at_every_position() {
+        for b in 0..=255u8 {
+            for at in 0..16 {
+                let mut value = [b'a'; 16];
+                value[at] = b;
+                assert_eq!(is_plain(&value), PLAIN[usize::from(b)], "byte {b:#x} at {at}");
+            }
+        }
+        assert!(is_plain(b"") && is_plain(b"/path?x=1") && !is_plain(b"/path\"\x7f"));
+    }
+
+    #[test]
     fn strings_and_numbers_are_valid_json() {
         let mut out = Vec::new();
         out.push(b'[');
@@ -432,7 +468,7 @@ mod tests {
         number(&mut out, 0);
         out.push(b',');
         number(&mut out, u64::MAX);
-        for n in [7, 10, 99, 100, 101, 1_000_000_007] {
+        for n in [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000] {
             out.push(b',');
             number(&mut out, n);
         }
@@ -442,6 +478,6 @@ mod tests {
         assert_eq!(parsed[1], 0);
         assert_eq!(parsed[2], u64::MAX);
         let numbers: Vec<u64> = parsed.as_array().unwrap()[3..].iter().map(|v| v.as_u64().unwrap()).collect();
-        assert_eq!(numbers, [7, 10, 99, 100, 101, 1_000_000_007]);
+        assert_eq!(numbers, [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000]);
     }
 }
