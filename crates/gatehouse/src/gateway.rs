@@ -492,7 +492,6 @@ impl Gateway {
         self.cert_stores.iter().map(|(i, _, s)| (self.proxy.addresses()[*i], s.names())).collect()
     }
 
-    /// Stops accepting and lets requests in flight finish for up to `drain`.
     /// The Drove views in service, by namespace (a binary upgrade hands them over).
     pub fn drove_views(&self) -> std::collections::BTreeMap<String, gatehouse_drove::NamespaceView> {
         let Some(drove) = self.drove.get() else { return Default::default() };

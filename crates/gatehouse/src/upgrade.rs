@@ -64,7 +64,6 @@ struct Handover {
 }
 
 /// What this process inherited from the one it replaces.
-#[derive(Default)]
 struct Inherited {
     from: u32,
     coordination: Option<PathBuf>,
@@ -102,7 +101,7 @@ pub fn receive() {
         Some(Ok(handover)) => handover,
         // Nothing to report through: the reason goes to the log, the old process sees the exit.
         Some(Err(e)) => die(&format!("the handover from the old process is not understood: {e}")),
-        None => die("no handover from the old process within 5 s"),
+        None => die(&format!("no handover from the old process within {HANDOVER_WITHIN:?}")),
     };
     let mut mine = inherited();
     mine.from = handover.from;

@@ -374,7 +374,8 @@ fn string_body(out: &mut Vec<u8>, value: &[u8]) {
 }
 
 /// Whether every byte is one a JSON string carries as it is ([`PLAIN`]), eight at a time:
-/// a byte under 0x20, at or over 0x7f, `"` or `\\` sets its high bit in `flagged`.
+/// a byte under 0x20, at or over 0x7f, `"` or `\\` sets its high bit in one of the four
+/// masks.
 fn is_plain(value: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
