@@ -19,8 +19,8 @@ LABELS = [
     ("open_loop_errors", "errors at 5k req/s"),
     ("wrk_error_lines", "wrk socket-error/non-2xx lines"),
     ("tls_new_per_s", "new TLS connections/s (wrk -c20, Connection: close)"),
-    ("tls_new_cpu_us", "CPU us per new TLS connection (full handshake + request)"),
-    ("tls_resumed_cpu_us", "CPU us per resumed TLS connection (openssl s_time -reuse)"),
+    ("tls_new_cpu_us", "CPU us per new TLS connection (wrk, Connection: close: resumed session)"),
+    ("tls_full_cpu_us", "CPU us per full TLS handshake + request (no resumption)"),
     ("tls_keepalive_cpu_us", "CPU us/request, TLS keep-alive (wrk -c50)"),
 ]
 BASE = sys.argv[2] if len(sys.argv) > 2 else "haproxy"
@@ -35,7 +35,7 @@ with open(sys.argv[1]) as f:
 
 proxies = [
     p
-    for p in ["gatehouse", "gatehouse+access_log", "gatehouse+aws-lc-rs", "nginx", "haproxy"]
+    for p in ["gatehouse", "gatehouse+access_log", "gatehouse+aws-lc-rs", "nginx", "nginx-tls1.2", "haproxy"]
     if any(k[0] == p for k in values)
 ]
 print(f"| figure | {' | '.join(proxies)} | gatehouse / {BASE} | per round |")
