@@ -13,13 +13,16 @@
 #   pipeline-unread  10 connections writing 10,000 pipelined GETs each, reading nothing
 #   h2-zero-window   50 HTTP/2 connections, 100 streams each, flow-control window 0
 #   h2-idle          500 HTTP/2 connections that send the preface and then nothing
-# Loopback only; every run is bounded. ROUNDS (default 3), SECONDS_PER_RUN (default 10).
+# Loopback only; every run is bounded. ROUNDS (default 3), SECONDS_PER_RUN (default 10);
+# ATTACKS and PROXIES (space-separated) pick a subset.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/packages.sh"
 need_commands nginx:nginx-light haproxy:haproxy taskset:util-linux curl:curl openssl:openssl
 SECS="${SECONDS_PER_RUN:-10}"
 ROUNDS="${ROUNDS:-3}"
+ATTACKS="${ATTACKS:-slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle}"
+PROXIES="${PROXIES:-gatehouse nginx haproxy}"
 source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 PROXY_TLS=127.0.0.1:18443 ADMIN=127.0.0.1:16000
 make_certificate
@@ -83,7 +86,7 @@ run_proxy() {
     read -r p99 errors < <(well_behaved)
     printf '%s\tquiet\t%s\tp99_ms\t%s\n%s\tquiet\t%s\trss_mb\t%s\n' "$name" "$round" "$p99" "$name" "$round" \
       "$(( $(rss_kb "$pids") / 1024 ))" >>"$RESULTS"
-    for attack in slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle; do
+    for attack in $ATTACKS; do
       under_attack "$name" "$round" "$attack" "$pids"
     done
   done
@@ -91,9 +94,14 @@ run_proxy() {
   sleep 1
 }
 
-GATEHOUSE_LOG=warn run_proxy gatehouse "$GATEHOUSE" run -c "$B/gatehouse.toml"
-run_proxy nginx nginx -c "$B/nginx.conf"
-run_proxy haproxy haproxy -db -f "$B/haproxy.cfg"
+for proxy in $PROXIES; do
+  case $proxy in
+    gatehouse) GATEHOUSE_LOG=warn run_proxy gatehouse "$GATEHOUSE" run -c "$B/gatehouse.toml" ;;
+    nginx) run_proxy nginx nginx -c "$B/nginx.conf" ;;
+    haproxy) run_proxy haproxy haproxy -db -f "$B/haproxy.cfg" ;;
+    *) echo "unknown proxy $proxy (gatehouse, nginx or haproxy)" >&2; exit 2 ;;
+  esac
+done
 
 python3 - "$RESULTS" <<'PY'
 import collections, statistics, sys

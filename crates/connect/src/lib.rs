@@ -11,8 +11,29 @@ use tokio_rustls::TlsConnector;
 
 /// A connection to a target, plain or TLS.
 pub type BoxedIo = Box<dyn Io>;
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {
+    /// Makes the close a reset, for an exchange given up half way: the target learns at
+    /// once that its request is void, and no TIME_WAIT stays behind here (a client that
+    /// makes the proxy give up exchanges quickly cannot use up its ports to a target).
+    fn reset_on_close(&self);
+}
+
+impl Io for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+/// A Unix socket leaves nothing behind when it closes.
+impl Io for UnixStream {
+    fn reset_on_close(&self) {}
+}
 
 /// Connects to `target`: TCP, then TLS for `https://` targets (their certificate checked
 /// against the system's trust store when `verify`; ALPN `h2` when `http2`, else `http/1.1`).

@@ -189,6 +189,39 @@ async fn answers_say_when_the_connection_ends() {
     assert!(reply.ends_with("no route for this host and path\n"), "the whole answer arrived: {reply}");
 }
 
+/// A target answers before the request body has come: the client gets the answer, and the
+/// target's connection, which can carry nothing more, ends with a reset. A plain close
+/// would leave a TIME_WAIT behind on the proxy's side for each such request, and a client
+/// sending them quickly would use up the proxy's ports to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_given_up_resets_its_target_connection() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (gh, _) = start(&format!("http://{}", listener.local_addr().unwrap()), "");
+    let ended = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (mut seen, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the head arrives");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("the connection ends")
+            {
+                Ok(0) => return "closed",
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "reset",
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    let reply = raw(gh.listeners[0], b"POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: 1000000\r\n\r\nabc").await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("\r\n\r\nok"), "{reply}");
+    assert_eq!(ended.await.unwrap(), "reset");
+}
+
 const SHORT_TIMEOUTS: &str = "[limits]\nhead_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\nbody_timeout = \"1s\"\n\
                               send_timeout = \"1s\"\ntunnel_idle_timeout = \"1s\"\n";
 

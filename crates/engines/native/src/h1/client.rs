@@ -239,5 +239,12 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         self.release();
+        // Dropped with the request not all sent or the response not all read: the exchange
+        // is given up, and its connection closes with a reset.
+        if let Some(conn) = &self.conn {
+            if self.upload.is_some() || !self.decoder.is_ended() {
+                conn.io.reset_on_close();
+            }
+        }
     }
 }
