@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
+use gatehouse_model::ServiceSpec;
+
 use crate::body::ClientBody;
 use crate::snapshot::ServiceRuntime;
 
@@ -39,7 +41,41 @@ pub struct AccessLog {
 /// time is found from its request's monotonic start, so a request reads one clock, not two.
 struct Lines {
     text: Vec<u8>,
-    clock: (SystemTime, Instant),
+    /// Milliseconds since the Unix epoch at that instant.
+    clock: (u64, Instant),
+    /// The start of the last line, which is the same for every line in its millisecond.
+    opening: Opening,
+}
+
+impl Lines {
+    fn new() -> Self {
+        Lines { text: Vec::with_capacity(64 * 1024), clock: wall_clock(), opening: Opening::default() }
+    }
+}
+
+fn wall_clock() -> (u64, Instant) {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    (ms, Instant::now())
+}
+
+/// `{"time":MS,"msg":"Request","host":"` for one millisecond.
+#[derive(Default)]
+struct Opening {
+    ms: u64,
+    text: Vec<u8>,
+}
+
+impl Opening {
+    fn at(&mut self, ms: u64) -> &[u8] {
+        if self.ms != ms || self.text.is_empty() {
+            self.ms = ms;
+            self.text.clear();
+            self.text.extend_from_slice(b"{\"time\":");
+            number(&mut self.text, ms);
+            self.text.extend_from_slice(b",\"msg\":\"Request\",\"host\":\"");
+        }
+        &self.text
+    }
 }
 
 impl AccessLog {
@@ -49,8 +85,7 @@ impl AccessLog {
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let lines = Lines { text: Vec::with_capacity(64 * 1024), clock: (SystemTime::now(), Instant::now()) };
-        let log = Arc::new(AccessLog { lines: Mutex::new(lines), dropped: AtomicU64::new(0) });
+        let log = Arc::new(AccessLog { lines: Mutex::new(Lines::new()), dropped: AtomicU64::new(0) });
         let writer = Arc::downgrade(&log);
         std::thread::Builder::new().name("gatehouse-access-log".into()).spawn(move || {
             let mut out = out;
@@ -61,7 +96,7 @@ impl AccessLog {
                 {
                     let mut lines = log.lines.lock().unwrap_or_else(|e| e.into_inner());
                     std::mem::swap(&mut lines.text, &mut taken);
-                    lines.clock = (SystemTime::now(), Instant::now());
+                    lines.clock = wall_clock();
                 }
                 let dropped = log.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
@@ -81,8 +116,7 @@ impl AccessLog {
     fn write(&self, record: &Record) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.text.len() < BACKLOG {
-            let clock = lines.clock;
-            record.write_line(&mut lines.text, clock);
+            record.write_line(&mut lines);
         } else {
             drop(lines);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -214,65 +248,37 @@ struct Record {
 
 impl Record {
     /// The line: kamal-proxy's field names (durations in nanoseconds), plus `bytes_sent`.
-    /// `clock` is the wall clock and the monotonic one read together.
-    fn write_line(&self, out: &mut Vec<u8>, clock: (SystemTime, Instant)) {
+    fn write_line(&self, lines: &mut Lines) {
         let s = &self.start;
-        let time = match s.at.checked_duration_since(clock.1) {
-            Some(after) => clock.0.checked_add(after),
-            None => clock.0.checked_sub(clock.1.duration_since(s.at)),
-        }
-        .unwrap_or(clock.0);
-        let time_ms = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let (wall_ms, wall_at) = lines.clock;
+        let time_ms = match s.at.checked_duration_since(wall_at) {
+            Some(after) => wall_ms + after.as_millis() as u64,
+            None => wall_ms.saturating_sub(wall_at.duration_since(s.at).as_millis() as u64),
+        };
+        let out = &mut lines.text;
         let path = s.path.as_ref().map_or("/", PathAndQuery::path);
         let query = s.path.as_ref().and_then(PathAndQuery::query).unwrap_or("");
         // Keys are written with their neighbouring quotes and commas as one constant, so a
         // field costs one copy of a known length plus its value.
-        out.extend_from_slice(b"{\"time\":");
-        number(out, time_ms);
-        out.extend_from_slice(b",\"msg\":\"Request\",\"host\":\"");
+        out.extend_from_slice(lines.opening.at(time_ms));
         string_body(out, s.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
         out.extend_from_slice(b"\",\"path\":\"");
         string_body(out, path.as_bytes());
         out.extend_from_slice(b"\",\"query\":\"");
         string_body(out, query.as_bytes());
         out.extend_from_slice(b"\",\"method\":\"");
-        string_body(out, s.method.as_str().as_bytes());
+        // A method is a token: nothing in it needs escaping.
+        out.extend_from_slice(s.method.as_str().as_bytes());
         out.extend_from_slice(match s.version {
             Version::HTTP_10 => b"\",\"proto\":\"HTTP/1.0\",\"status\":",
             Version::HTTP_2 => b"\",\"proto\":\"HTTP/2.0\",\"status\":",
             _ => b"\",\"proto\":\"HTTP/1.1\",\"status\":",
         });
         number(out, u64::from(self.status));
-        match &self.route {
-            Some((service, target)) => {
-                out.extend_from_slice(b",\"service\":\"");
-                string_body(out, service.spec.name.as_bytes());
-                match target.and_then(|i| service.spec.target(i)) {
-                    Some(t) => {
-                        // Written in place: the target's URL is never allocated.
-                        out.extend_from_slice(match t.scheme {
-                            gatehouse_model::Scheme::Http => b"\",\"target\":\"http://",
-                            gatehouse_model::Scheme::Https => b"\",\"target\":\"https://",
-                            gatehouse_model::Scheme::Unix => b"\",\"target\":\"unix:",
-                        });
-                        if t.scheme == gatehouse_model::Scheme::Unix {
-                            string_body(out, t.host.as_bytes());
-                        } else {
-                            let v6 = t.host.contains(':');
-                            if v6 {
-                                out.push(b'[');
-                            }
-                            string_body(out, t.host.as_bytes());
-                            out.extend_from_slice(if v6 { b"]:" } else { b":" });
-                            number(out, u64::from(t.port));
-                        }
-                        out.extend_from_slice(b"\",\"request_id\":\"");
-                    }
-                    None => out.extend_from_slice(b"\",\"target\":null,\"request_id\":\""),
-                }
-            }
-            None => out.extend_from_slice(b",\"service\":null,\"target\":null,\"request_id\":\""),
-        }
+        out.extend_from_slice(match &self.route {
+            Some((service, target)) => service.attached.log_fields(&service.spec).get(*target),
+            None => b",\"service\":null,\"target\":null,\"request_id\":\"",
+        });
         string_body(out, self.request_id.as_bytes());
         out.extend_from_slice(b"\",\"client_addr\":\"");
         match s.client.ip() {
@@ -316,6 +322,38 @@ impl Record {
             }
         }
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// A service's `service`, `target` and `request_id` keys with its name and each target's URL,
+/// escaped once (when the service's first line is written) instead of on every line.
+pub(crate) struct ServiceFields(Box<[Box<[u8]>]>);
+
+impl ServiceFields {
+    pub(crate) fn new(spec: &ServiceSpec) -> Self {
+        let mut name = Vec::new();
+        string_body(&mut name, spec.name.as_bytes());
+        let fields = spec.all_targets().map(Some).chain([None]).map(|target| {
+            let mut field = b",\"service\":\"".to_vec();
+            field.extend_from_slice(&name);
+            match target {
+                Some(t) => {
+                    field.extend_from_slice(b"\",\"target\":\"");
+                    string_body(&mut field, t.url().as_bytes());
+                    field.extend_from_slice(b"\",\"request_id\":\"");
+                }
+                None => field.extend_from_slice(b"\",\"target\":null,\"request_id\":\""),
+            }
+            field.into_boxed_slice()
+        });
+        ServiceFields(fields.collect())
+    }
+
+    /// The fields for the target at `index` (numbered as [`ServiceSpec::target`] does), or
+    /// for none.
+    fn get(&self, index: Option<usize>) -> &[u8] {
+        let none = self.0.len() - 1;
+        &self.0[index.filter(|&i| i < none).unwrap_or(none)]
     }
 }
 
@@ -458,6 +496,39 @@ mod tests {
             }
         }
         assert!(is_plain(b"") && is_plain(b"/path?x=1") && !is_plain(b"/path\"\x7f"));
+    }
+
+    #[test]
+    fn service_fields_name_each_target_as_its_url_and_none_as_null() {
+        let mut spec = ServiceSpec::new("we\"b", "file");
+        for url in ["http://10.0.0.1:8080", "https://[::1]:8443", "unix:/run/a\"b.sock"] {
+            spec.targets.push(gatehouse_model::TargetSpec::parse_url(url, false).unwrap());
+        }
+        let fields = ServiceFields::new(&spec);
+        let parse = |index| {
+            let mut line = b"{\"x\":0".to_vec();
+            line.extend_from_slice(fields.get(index));
+            line.extend_from_slice(b"id\"}");
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap()
+        };
+        let targets: Vec<_> = [Some(0), Some(1), Some(2), Some(3), None].map(|i| parse(i)["target"].clone()).into();
+        assert_eq!(
+            targets,
+            ["http://10.0.0.1:8080", "https://[::1]:8443", "unix:/run/a\"b.sock"]
+                .map(serde_json::Value::from)
+                .into_iter()
+                .chain([serde_json::Value::Null, serde_json::Value::Null])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!((&parse(Some(1))["service"], &parse(None)["request_id"]), (&"we\"b".into(), &"id".into()));
+    }
+
+    #[test]
+    fn the_opening_changes_with_the_millisecond() {
+        let mut opening = Opening::default();
+        assert_eq!(opening.at(0), b"{\"time\":0,\"msg\":\"Request\",\"host\":\"");
+        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",\"host\":\"");
+        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",\"host\":\"");
     }
 
     #[test]

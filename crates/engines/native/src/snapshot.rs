@@ -7,6 +7,7 @@ use gatehouse_metrics::{Metrics, ServiceMetrics, NO_SERVICE};
 use gatehouse_model::{BuildError, RouteTable, Scheme, ServiceSpec};
 use http::HeaderValue;
 
+use crate::access_log::ServiceFields;
 use crate::throttle::Throttle;
 
 /// One generation of everything routing-related, swapped in as a whole.
@@ -24,6 +25,8 @@ pub struct ServiceRuntime {
     /// Upstream pool key of each target, indexed like the service's targets; made on the
     /// first request, as most of ten thousand discovered services may never see one.
     pool_keys: OnceLock<Box<[Arc<str>]>>,
+    /// What the access log writes for the service and each target, made on its first line.
+    log_fields: OnceLock<ServiceFields>,
 }
 
 impl ServiceRuntime {
@@ -32,7 +35,13 @@ impl ServiceRuntime {
             metrics: metrics.service(&spec.name),
             upstream_warnings: Throttle::default(),
             pool_keys: OnceLock::new(),
+            log_fields: OnceLock::new(),
         }
+    }
+
+    /// The access log's fields for the service (`spec` is the service's own).
+    pub(crate) fn log_fields(&self, spec: &ServiceSpec) -> &ServiceFields {
+        self.log_fields.get_or_init(|| ServiceFields::new(spec))
     }
 
     /// The upstream pool key of each of `spec`'s targets (`spec` is the service's own).
