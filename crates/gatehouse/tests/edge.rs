@@ -222,6 +222,50 @@ async fn an_exchange_given_up_resets_its_target_connection() {
     assert_eq!(ended.await.unwrap(), "reset");
 }
 
+/// A head that announces a body engages no target until the body begins: a client that
+/// sends heads and stalls ties up no application worker. Chunked bodies and clients that
+/// wait for `100 Continue` go through at once, as they may rightly wait for the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_is_engaged_only_once_an_announced_body_begins() {
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), SHORT_TIMEOUTS);
+    let at = gh.listeners[0];
+
+    // Stalled after the head: 408 at the body timeout, and the target never heard of it.
+    let reply = raw(at, b"POST /stalled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\n\r\n").await;
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    assert_eq!((b.requests(), b.connections()), (0, 0));
+
+    // The body comes late: the request goes out when it begins.
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    s.write_all(b"POST /late HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.requests(), 0, "nothing reaches the target before the body begins");
+    send_body_and_expect_200(s).await;
+    assert_eq!((b.last().body_len, b.requests()), (5, 1));
+
+    // A client waiting for 100 Continue is asked for its body by the target's answer.
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+    s.write_all(b"POST /continue HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = support::client::read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    send_body_and_expect_200(s).await;
+    assert_eq!(b.requests(), 2);
+}
+
+/// Sends the five-byte body `hello` and reads the answer to its end: a 200.
+async fn send_body_and_expect_200(mut s: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    s.write_all(b"hello").await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
 const SHORT_TIMEOUTS: &str = "[limits]\nhead_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\nbody_timeout = \"1s\"\n\
                               send_timeout = \"1s\"\ntunnel_idle_timeout = \"1s\"\n";
 

@@ -131,7 +131,9 @@ pub(crate) struct Start {
     host: Option<HeaderValue>,
     path: Option<PathAndQuery>,
     version: Version,
-    client: SocketAddr,
+    /// The client's address as text (shared with its connection) and its port.
+    client: HeaderValue,
+    client_port: u16,
     user_agent: Option<HeaderValue>,
     request_length: Option<HeaderValue>,
     request_type: Option<HeaderValue>,
@@ -140,7 +142,8 @@ pub(crate) struct Start {
 }
 
 impl Start {
-    pub fn new(req: &Request<ClientBody>, client: SocketAddr) -> Self {
+    /// `client_text` is `client`'s address as the connection wrote it once.
+    pub fn new(req: &Request<ClientBody>, client: SocketAddr, client_text: &HeaderValue) -> Self {
         use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
         let [host, user_agent, request_length, request_type] =
             pick(req.headers(), [&HOST, &USER_AGENT, &CONTENT_LENGTH, &CONTENT_TYPE]);
@@ -150,7 +153,8 @@ impl Start {
             host,
             path: req.uri().path_and_query().cloned(),
             version: req.version(),
-            client,
+            client: client_text.clone(),
+            client_port: client.port(),
             user_agent,
             request_length,
             request_type,
@@ -281,21 +285,10 @@ impl Record {
         });
         string_body(out, self.request_id.as_bytes());
         out.extend_from_slice(b"\",\"client_addr\":\"");
-        match s.client.ip() {
-            std::net::IpAddr::V4(ip) => {
-                let [a, b, c, d] = ip.octets();
-                number(out, u64::from(a));
-                for octet in [b, c, d] {
-                    out.push(b'.');
-                    number(out, u64::from(octet));
-                }
-            }
-            ip => {
-                let _ = write!(out, "{ip}");
-            }
-        }
+        // An address's text needs no escaping.
+        out.extend_from_slice(s.client.as_bytes());
         out.extend_from_slice(b"\",\"client_port\":");
-        number(out, u64::from(s.client.port()));
+        number(out, u64::from(s.client_port));
         out.extend_from_slice(b",\"duration\":");
         number(out, u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
         optional_field(out, b",\"user_agent\":", s.user_agent.as_ref());

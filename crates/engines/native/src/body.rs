@@ -26,6 +26,17 @@ pub(crate) enum ClientBody {
     Buffered(Box<Buffered>),
 }
 
+impl ClientBody {
+    /// Ready once the body has begun to arrive (see [`h1::RequestBodyPipe::poll_begun`]);
+    /// an HTTP/2 stream's body at once, as its stream has limits of its own.
+    pub(crate) async fn begun(&mut self) -> Result<(), h1::BodyError> {
+        match self {
+            ClientBody::H1(pipe) => std::future::poll_fn(|cx| pipe.poll_begun(cx)).await,
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Any error of a body passing through.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

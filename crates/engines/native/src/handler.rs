@@ -96,7 +96,7 @@ pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer:
         Ok(slot) => slot,
         Err(_) => return (local_error(LocalError::OverCapacity, conn, None, &snap, &request_id), None),
     };
-    let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer));
+    let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer, &conn.forwarded_for));
     let mut trace = Trace { routed: None, target: None, log };
     let (mut response, tunnel) = match proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await {
         Ok(handled) => handled,
@@ -267,6 +267,13 @@ async fn proxy(
         })?;
         RequestBody::new(ClientBody::Buffered(Box::new(whole)), None)
     } else {
+        // No target is engaged before a body of announced length begins to arrive: a client
+        // that sends a head and stalls ties up no application worker.
+        let mut body = body;
+        body.begun().await.map_err(|e| match e {
+            h1::BodyError::TimedOut => LocalError::BodyTimeout,
+            _ => LocalError::BadRequest("the request body could not be read\n"),
+        })?;
         RequestBody::new(body, spec.max_body_size)
     };
     let mut outgoing = Request::from_parts(parts, body);

@@ -205,10 +205,13 @@ impl<IO: Transport> Connection<IO> {
         let (body, mut pump) = match framing {
             Framing::Empty => (ClientBody::Empty, None),
             framing => {
-                let (tx, rx) = pipe::pipe(match framing {
-                    Framing::Length(n) => Some(n),
-                    _ => None,
-                });
+                let (tx, rx) = pipe::pipe(
+                    match framing {
+                        Framing::Length(n) => Some(n),
+                        _ => None,
+                    },
+                    expect_continue,
+                );
                 let decode = BodyDecoder::new(framing);
                 (ClientBody::H1(rx), Some(Pump::new(tx, decode, expect_continue, self.body_timeout)))
             }

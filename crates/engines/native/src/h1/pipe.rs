@@ -47,12 +47,14 @@ pub(crate) struct Sender {
 pub(crate) struct Receiver {
     slot: Arc<Mutex<Slot>>,
     remaining: Option<u64>,
+    /// The client waits for `100 Continue` before it sends the body.
+    awaits_continue: bool,
 }
 
 /// A pipe for a body of `length` bytes (None: chunked).
-pub(crate) fn pipe(length: Option<u64>) -> (Sender, Receiver) {
+pub(crate) fn pipe(length: Option<u64>, awaits_continue: bool) -> (Sender, Receiver) {
     let slot = Arc::new(Mutex::new(Slot::default()));
-    (Sender { slot: slot.clone() }, Receiver { slot, remaining: length })
+    (Sender { slot: slot.clone() }, Receiver { slot, remaining: length, awaits_continue })
 }
 
 /// Why the writer may not send.
@@ -116,6 +118,31 @@ fn wake(waker: Option<Waker>) {
     }
 }
 
+impl Receiver {
+    /// Ready once a body of announced length has begun to arrive (its first bytes wait to
+    /// be taken, or it failed), taking nothing; at once for a chunked body, which may
+    /// rightly wait for the response, and for a client waiting for `100 Continue`.
+    pub fn poll_begun(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        if self.awaits_continue || self.remaining.is_none_or(|n| n == 0) {
+            return Poll::Ready(Ok(()));
+        }
+        let mut slot = lock(&self.slot);
+        slot.wanted = true;
+        if let Some(error) = slot.error {
+            return Poll::Ready(Err(error));
+        }
+        if slot.frame.is_some() || slot.ended {
+            return Poll::Ready(Ok(()));
+        }
+        if slot.writer_gone {
+            return Poll::Ready(Err(BodyError::Incomplete));
+        }
+        slot.reader = Some(cx.waker().clone());
+        wake(slot.writer.take());
+        Poll::Pending
+    }
+}
+
 impl Body for Receiver {
     type Data = Bytes;
     type Error = BodyError;
@@ -161,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn hands_frames_over_one_at_a_time() {
-        let (mut tx, mut rx) = pipe(Some(4));
+        let (mut tx, mut rx) = pipe(Some(4), false);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(frame) = poll_fn(|cx| Pin::new(&mut rx).poll_frame(cx)).await {
@@ -180,12 +207,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_vanished_writer_is_an_error_and_a_vanished_reader_stops_the_writer() {
-        let (tx, mut rx) = pipe(None);
+        let (tx, mut rx) = pipe(None, false);
         drop(tx);
         let end = poll_fn(|cx| Pin::new(&mut rx).poll_frame(cx)).await;
         assert_eq!(end.unwrap().unwrap_err(), BodyError::Incomplete);
-        let (mut tx, rx) = pipe(None);
+        let (mut tx, rx) = pipe(None, false);
         drop(rx);
         assert_eq!(poll_fn(|cx| tx.poll_ready(cx)).await, Err(ReaderGone));
+    }
+
+    #[tokio::test]
+    async fn a_body_has_begun_when_its_first_bytes_wait_and_chunked_or_continued_ones_at_once() {
+        let (mut tx, mut rx) = pipe(Some(4), false);
+        let waiting = tokio::spawn(async move {
+            poll_fn(|cx| rx.poll_begun(cx)).await.unwrap();
+            // Nothing was taken: the first frame is still there.
+            poll_fn(|cx| Pin::new(&mut rx).poll_frame(cx)).await.unwrap().unwrap().into_data().unwrap()
+        });
+        // Asked for, so the connection may read.
+        poll_fn(|cx| tx.poll_ready(cx)).await.unwrap();
+        tx.send(Frame::data(Bytes::from("ab")));
+        assert_eq!(waiting.await.unwrap(), "ab");
+
+        let (tx, mut rx) = pipe(Some(4), false);
+        tx.fail(BodyError::TimedOut);
+        assert_eq!(poll_fn(|cx| rx.poll_begun(cx)).await, Err(BodyError::TimedOut));
+
+        for (length, awaits_continue) in [(None, false), (Some(4), true), (Some(0), false)] {
+            let (_tx, mut rx) = pipe(length, awaits_continue);
+            assert_eq!(poll_fn(|cx| rx.poll_begun(cx)).await, Ok(()));
+        }
     }
 }
