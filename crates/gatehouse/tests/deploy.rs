@@ -213,6 +213,29 @@ async fn deploy_returns_only_after_a_long_response_on_the_old_target_finished() 
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// A request whose body has not begun is at no target: a deploy does not wait for it, and
+/// it goes where the route points once its body arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_body_follows_the_switch() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));
+    let state = tempfile::tempdir().unwrap();
+    let gh = Gatehouse::start(&config(state.path(), "127.0.0.1:0", ""));
+    ok(&deploy(state.path(), "web", "web.test", &blue, &[]));
+
+    let mut s = tokio::net::TcpStream::connect(gh.listener()).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The deploy returns although the request is open: it is at no target yet.
+    ok(&tokio::task::block_in_place(|| deploy(state.path(), "web", "web.test", &green, &[])));
+
+    s.write_all(b"hello").await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\r\n\r\ngreen"), "{reply}");
+    assert_eq!(green.last().body_len, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_tokens_and_dropped_hosts() {
     let (blue, green) = tokio::join!(backend::start("blue"), backend::start("green"));

@@ -89,16 +89,28 @@ struct Trace {
     log: Option<access_log::Start>,
 }
 
-pub(crate) async fn handle(req: Request<ClientBody>, conn: &ConnInfo, mut timer: ResponseTimer<'_>) -> Handled {
-    let snap = conn.shared.snapshot.load_full();
+pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut timer: ResponseTimer<'_>) -> Handled {
     let request_id = headers::request_id(req.headers());
     let slot = match conn.client.begin_request() {
         Ok(slot) => slot,
-        Err(_) => return (local_error(LocalError::OverCapacity, conn, None, &snap, &request_id), None),
+        Err(_) => {
+            let snap = conn.shared.snapshot.load();
+            return (local_error(LocalError::OverCapacity, conn, None, &snap, &request_id), None);
+        }
     };
     let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer, &conn.forwarded_for));
     let mut trace = Trace { routed: None, target: None, log };
-    let (mut response, tunnel) = match proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await {
+    // Nothing is routed before a body of announced length begins to arrive: a client that
+    // sends a head and stalls ties up no application worker, and the route it gets is the
+    // one in force once it is ready (a deploy's drain never waits on it).
+    let begun = req.body_mut().begun().await;
+    let snap = conn.shared.snapshot.load_full();
+    let handled = match begun {
+        Ok(()) => proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await,
+        Err(h1::BodyError::TimedOut) => Err(LocalError::BodyTimeout),
+        Err(_) => Err(LocalError::BadRequest("the request body could not be read\n")),
+    };
+    let (mut response, tunnel) = match handled {
         Ok(handled) => handled,
         Err(err) => (local_error(err, conn, trace.routed.as_ref(), &snap, &request_id), None),
     };
@@ -267,13 +279,6 @@ async fn proxy(
         })?;
         RequestBody::new(ClientBody::Buffered(Box::new(whole)), None)
     } else {
-        // No target is engaged before a body of announced length begins to arrive: a client
-        // that sends a head and stalls ties up no application worker.
-        let mut body = body;
-        body.begun().await.map_err(|e| match e {
-            h1::BodyError::TimedOut => LocalError::BodyTimeout,
-            _ => LocalError::BadRequest("the request body could not be read\n"),
-        })?;
         RequestBody::new(body, spec.max_body_size)
     };
     let mut outgoing = Request::from_parts(parts, body);
