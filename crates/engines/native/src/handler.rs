@@ -107,8 +107,7 @@ pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut ti
     let snap = conn.shared.snapshot.load_full();
     let handled = match begun {
         Ok(()) => proxy(req, conn, &snap, &request_id, &mut trace, &mut timer).await,
-        Err(h1::BodyError::TimedOut) => Err(LocalError::BodyTimeout),
-        Err(_) => Err(LocalError::BadRequest("the request body could not be read\n")),
+        Err(e) => Err(body_failed(e == h1::BodyError::TimedOut)),
     };
     let (mut response, tunnel) = match handled {
         Ok(handled) => handled,
@@ -123,6 +122,16 @@ pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut ti
     // The request counts against the limits until its answer has been sent.
     response.body_mut().hold(slot);
     (response, tunnel)
+}
+
+/// The answer to a client's request body that failed: it stopped arriving (`timed_out`)
+/// or could not be read.
+fn body_failed(timed_out: bool) -> LocalError {
+    if timed_out {
+        LocalError::BodyTimeout
+    } else {
+        LocalError::BadRequest("the request body could not be read\n")
+    }
 }
 
 /// Answers a request that could not even be read (it has no id yet: one is made).
@@ -270,8 +279,8 @@ async fn proxy(
         let reading = Box::pin(buffer::read_whole(body, spec.buffering.memory, spec.max_body_size));
         let whole = reading.await.map_err(|e| match e {
             BufferError::TooLarge => LocalError::BodyTooLarge,
-            BufferError::Idle(_) => LocalError::BodyTimeout,
-            BufferError::Read(_) => LocalError::BadRequest("the request body could not be read\n"),
+            BufferError::Idle(_) => body_failed(true),
+            BufferError::Read(_) => body_failed(false),
             BufferError::File(e) => {
                 upstream_warning(&service.attached, &spec.name, format_args!("cannot buffer a request body: {e}"));
                 LocalError::BufferFailed
@@ -720,10 +729,7 @@ fn classify(
             if let Some(body) = candidate.downcast_ref::<RequestBodyError>() {
                 return match body {
                     RequestBodyError::TooLarge => LocalError::BodyTooLarge,
-                    RequestBodyError::Client(e) if e.downcast_ref() == Some(&h1::BodyError::TimedOut) => {
-                        LocalError::BodyTimeout
-                    }
-                    RequestBodyError::Client(_) => LocalError::BadRequest("the request body could not be read\n"),
+                    RequestBodyError::Client(e) => body_failed(e.downcast_ref() == Some(&h1::BodyError::TimedOut)),
                 };
             }
         }

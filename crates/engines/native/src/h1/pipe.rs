@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -126,16 +126,21 @@ impl Receiver {
         if self.awaits_continue || self.remaining.is_none_or(|n| n == 0) {
             return Poll::Ready(Ok(()));
         }
+        let slot = ready!(self.poll_filled(cx));
+        Poll::Ready(match slot.error {
+            Some(error) => Err(error),
+            None if slot.frame.is_none() && !slot.ended => Err(BodyError::Incomplete),
+            None => Ok(()),
+        })
+    }
+
+    /// Ready when the slot holds what a reader waits for (a frame, an error, the end, or a
+    /// vanished writer); meanwhile the writer is asked for a frame.
+    fn poll_filled(&self, cx: &mut Context<'_>) -> Poll<MutexGuard<'_, Slot>> {
         let mut slot = lock(&self.slot);
         slot.wanted = true;
-        if let Some(error) = slot.error {
-            return Poll::Ready(Err(error));
-        }
-        if slot.frame.is_some() || slot.ended {
-            return Poll::Ready(Ok(()));
-        }
-        if slot.writer_gone {
-            return Poll::Ready(Err(BodyError::Incomplete));
+        if slot.frame.is_some() || slot.error.is_some() || slot.ended || slot.writer_gone {
+            return Poll::Ready(slot);
         }
         slot.reader = Some(cx.waker().clone());
         wake(slot.writer.take());
@@ -148,8 +153,7 @@ impl Body for Receiver {
     type Error = BodyError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut slot = lock(&self.slot);
-        slot.wanted = true;
+        let mut slot = ready!(self.poll_filled(cx));
         if let Some(frame) = slot.frame.take() {
             wake(slot.writer.take());
             drop(slot);
@@ -164,12 +168,7 @@ impl Body for Receiver {
         if slot.ended {
             return Poll::Ready(None);
         }
-        if slot.writer_gone {
-            return Poll::Ready(Some(Err(BodyError::Incomplete)));
-        }
-        slot.reader = Some(cx.waker().clone());
-        wake(slot.writer.take());
-        Poll::Pending
+        Poll::Ready(Some(Err(BodyError::Incomplete)))
     }
 
     fn is_end_stream(&self) -> bool {
