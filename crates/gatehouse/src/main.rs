@@ -45,6 +45,8 @@ static JEMALLOC_OPTIONS: &u8 =
 
 /// How long requests in flight may run on after SIGTERM or Ctrl-C.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long an upgraded process waits, after its drain, for admin replies still being written.
+const ADMIN_FINISH: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -460,12 +462,22 @@ async fn serve(
     }
     gatehouse_native::install_default_provider();
     let gateway = Gateway::start(source, config, log)?;
+    // After an upgrade the admin servers stop accepting but finish what they answer: the
+    // reply to `gatehouse upgrade` itself is still being written when the new process serves.
+    let (stop_admin, admin_stopping) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stopping = admin_stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
     let mut admin_tasks = Vec::new();
     let socket_file = socket.map(|(listener, file)| {
         tracing::info!(socket = %file.0.display(), "admin socket listening");
         let router = admin::router(gateway.clone(), admin::Access::Socket);
+        let stopped = stopped();
         admin_tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
                 tracing::error!(error = %e, "admin socket stopped");
             }
         }));
@@ -474,13 +486,14 @@ async fn serve(
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %admin.local_addr()?, scheme, "admin API listening");
     let router = admin::router(gateway.clone(), admin::Access::Tcp);
+    let stopped = stopped();
     admin_tasks.push(tokio::spawn(async move {
         let served = match admin_tls {
             Some(tls) => match admin_tls::TlsListener::new(admin, tls) {
-                Ok(listener) => axum::serve(listener, router).await,
+                Ok(listener) => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
                 Err(e) => Err(e),
             },
-            None => axum::serve(admin, router).await,
+            None => axum::serve(admin, router).with_graceful_shutdown(stopped).await,
         };
         if let Err(e) = served {
             tracing::error!(error = %e, "admin API stopped");
@@ -502,9 +515,7 @@ async fn serve(
         }
         Ending::Upgraded(pid) => {
             // The new process serves on the same sockets and is systemd's main process now.
-            for task in admin_tasks {
-                task.abort();
-            }
+            stop_admin.send_replace(true);
             if let Some(file) = socket_file {
                 file.keep();
             }
@@ -516,6 +527,17 @@ async fn serve(
     let drain = gatehouse_native::Drain { timeout: DRAIN, handover: matches!(ending, Ending::Upgraded(_)) };
     let stopping = gateway.clone();
     tokio::task::spawn_blocking(move || stopping.shutdown(drain)).await?;
+    if matches!(ending, Ending::Upgraded(_)) {
+        // Bounded: an admin client that keeps its connection busy does not hold this process.
+        let finished = async {
+            for task in admin_tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(ADMIN_FINISH, finished).await.is_err() {
+            tracing::warn!(waited = ?ADMIN_FINISH, "admin requests still open after the upgrade were cut");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
