@@ -1,9 +1,13 @@
-//! The access log: one JSON line per request (kamal-proxy's fields). The request path
-//! formats its line when the response ends, by hand, into a buffer shared with a writer
-//! thread, which takes the buffer every few milliseconds and writes it with one call: the
-//! request path never waits on the disk or stdout, and nothing it allocated is freed on
-//! another thread. When the writer falls behind, lines are dropped and counted rather than
-//! slowing requests down.
+//! The access log: one JSON line per request (kamal-proxy's fields). Each request writes
+//! its own line as it goes, by hand: the request's fields when it arrives, the response's
+//! when its head is known, the totals when its body ends. The finished line is copied into a
+//! buffer shared with a writer thread, which takes the buffer every few milliseconds and
+//! writes it with one call: the request path never waits on the disk or stdout, and nothing
+//! it allocated is freed on another thread. When the writer falls behind, lines are dropped
+//! and counted rather than slowing requests down.
+//!
+//! Nothing of the request or response is kept until the line ends (no header is cloned): a
+//! line is cheaper to write at once than to gather.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -12,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use http::{HeaderMap, HeaderValue, Request, Version};
 
 use gatehouse_model::ServiceSpec;
 
@@ -24,6 +27,8 @@ use crate::snapshot::ServiceRuntime;
 const BACKLOG: usize = 16 * 1024 * 1024;
 /// How often the writer takes the lines: they are batched, and a request never wakes it.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Room for a typical line, so that it is written without growing.
+const LINE: usize = 512;
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,17 @@ impl Lines {
     fn new() -> Self {
         Lines { text: Vec::with_capacity(64 * 1024), clock: wall_clock(), opening: Opening::default() }
     }
+
+    /// Appends a line whose request started `at`, the rest of it being `rest`.
+    fn append(&mut self, at: Instant, rest: &[u8]) {
+        let (wall_ms, wall_at) = self.clock;
+        let ms = match at.checked_duration_since(wall_at) {
+            Some(after) => wall_ms + after.as_millis() as u64,
+            None => wall_ms.saturating_sub(wall_at.duration_since(at).as_millis() as u64),
+        };
+        self.text.extend_from_slice(self.opening.at(ms));
+        self.text.extend_from_slice(rest);
+    }
 }
 
 fn wall_clock() -> (u64, Instant) {
@@ -58,7 +74,7 @@ fn wall_clock() -> (u64, Instant) {
     (ms, Instant::now())
 }
 
-/// `{"time":MS,"msg":"Request","host":"` for one millisecond.
+/// `{"time":MS,"msg":"Request",` for one millisecond.
 #[derive(Default)]
 struct Opening {
     ms: u64,
@@ -72,7 +88,7 @@ impl Opening {
             self.text.clear();
             self.text.extend_from_slice(b"{\"time\":");
             number(&mut self.text, ms);
-            self.text.extend_from_slice(b",\"msg\":\"Request\",\"host\":\"");
+            self.text.extend_from_slice(b",\"msg\":\"Request\",");
         }
         &self.text
     }
@@ -113,10 +129,10 @@ impl AccessLog {
         Ok(log)
     }
 
-    fn write(&self, record: &Record) {
+    fn append(&self, at: Instant, rest: &[u8]) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.text.len() < BACKLOG {
-            record.write_line(&mut lines);
+            lines.append(at, rest);
         } else {
             drop(lines);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -124,201 +140,156 @@ impl AccessLog {
     }
 }
 
-/// What is known of a request when it arrives.
+/// A line with the request's fields, written when the request arrives.
 pub(crate) struct Start {
     at: Instant,
-    method: Method,
-    host: Option<HeaderValue>,
-    path: Option<PathAndQuery>,
-    version: Version,
-    /// The client's address as text (shared with its connection) and its port.
-    client: HeaderValue,
-    client_port: u16,
-    user_agent: Option<HeaderValue>,
-    request_length: Option<HeaderValue>,
-    request_type: Option<HeaderValue>,
-    /// The routed service's `--log-request-header`s, in its order.
-    request_headers: Vec<Option<HeaderValue>>,
+    line: Vec<u8>,
 }
 
 impl Start {
     /// `client_text` is `client`'s address as the connection wrote it once.
-    pub fn new(req: &Request<ClientBody>, client: SocketAddr, client_text: &HeaderValue) -> Self {
+    pub fn new(
+        req: &Request<ClientBody>,
+        client: SocketAddr,
+        client_text: &HeaderValue,
+        request_id: &HeaderValue,
+    ) -> Self {
         use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+        let at = Instant::now();
+        let mut out = Vec::with_capacity(LINE);
+        // Keys are written with their neighbouring quotes and commas as one constant, so a
+        // field costs one copy of a known length plus its value.
+        out.extend_from_slice(b"\"host\":\"");
         let [host, user_agent, request_length, request_type] =
             pick(req.headers(), [&HOST, &USER_AGENT, &CONTENT_LENGTH, &CONTENT_TYPE]);
-        Start {
-            at: Instant::now(),
-            method: req.method().clone(),
-            host,
-            path: req.uri().path_and_query().cloned(),
-            version: req.version(),
-            client: client_text.clone(),
-            client_port: client.port(),
-            user_agent,
-            request_length,
-            request_type,
-            request_headers: Vec::new(),
-        }
+        string_body(&mut out, host.map_or(&b""[..], HeaderValue::as_bytes));
+        out.extend_from_slice(b"\",\"path\":\"");
+        let (path, query) = req.uri().path_and_query().map_or(("/", ""), |p| (p.path(), p.query().unwrap_or("")));
+        string_body(&mut out, path.as_bytes());
+        out.extend_from_slice(b"\",\"query\":\"");
+        string_body(&mut out, query.as_bytes());
+        out.extend_from_slice(b"\",\"method\":\"");
+        // A method is a token: nothing in it needs escaping.
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.extend_from_slice(match req.version() {
+            Version::HTTP_10 => b"\",\"proto\":\"HTTP/1.0\",\"request_id\":\"",
+            Version::HTTP_2 => b"\",\"proto\":\"HTTP/2.0\",\"request_id\":\"",
+            _ => b"\",\"proto\":\"HTTP/1.1\",\"request_id\":\"",
+        });
+        // Neither an id (headers::request_id) nor an address's text needs escaping.
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\",\"client_addr\":\"");
+        out.extend_from_slice(client_text.as_bytes());
+        out.extend_from_slice(b"\",\"client_port\":");
+        number(&mut out, u64::from(client.port()));
+        optional_field(&mut out, b",\"user_agent\":", user_agent);
+        optional_field(&mut out, b",\"req_content_length\":", request_length);
+        optional_field(&mut out, b",\"req_content_type\":", request_type);
+        Start { at, line: out }
     }
 
-    /// Takes the request headers the routed service logs.
+    /// Adds the request headers the routed service logs.
     pub fn take_headers(&mut self, names: &[String], headers: &HeaderMap) {
-        if !names.is_empty() {
-            self.request_headers = names.iter().map(|n| headers.get(n.as_str()).cloned()).collect();
-        }
+        header_fields(&mut self.line, "req_", names, headers);
     }
 }
 
 /// The first value of each of `names` in `headers`. A small map is walked once (standard
 /// names compare as enum tags) instead of hashing every name.
-fn pick<const N: usize>(headers: &HeaderMap, names: [&http::header::HeaderName; N]) -> [Option<HeaderValue>; N] {
+fn pick<'a, const N: usize>(
+    headers: &'a HeaderMap,
+    names: [&http::header::HeaderName; N],
+) -> [Option<&'a HeaderValue>; N] {
     const WALKED: usize = 16;
     if headers.len() > WALKED {
-        return names.map(|name| headers.get(name).cloned());
+        return names.map(|name| headers.get(name));
     }
-    let mut found: [Option<HeaderValue>; N] = std::array::from_fn(|_| None);
+    let mut found: [Option<&HeaderValue>; N] = [None; N];
     for (name, value) in headers {
         if let Some(i) = names.iter().position(|n| *n == name) {
-            found[i].get_or_insert_with(|| value.clone());
+            found[i].get_or_insert(value);
         }
     }
     found
 }
 
+/// `,"PREFIXname":"value"` for each of `names` that `headers` has (`-` written as `_`).
+#[inline]
+fn header_fields(out: &mut Vec<u8>, prefix: &str, names: &[String], headers: &HeaderMap) {
+    if !names.is_empty() {
+        named_header_fields(out, prefix, names, headers);
+    }
+}
+
+fn named_header_fields(out: &mut Vec<u8>, prefix: &str, names: &[String], headers: &HeaderMap) {
+    for name in names {
+        if let Some(value) = headers.get(name.as_str()) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend(name.bytes().map(|b| if b == b'-' { b'_' } else { b }));
+            out.extend_from_slice(b"\":");
+            string(out, value.as_bytes());
+        }
+    }
+}
+
 type Route = gatehouse_model::Route<ServiceRuntime>;
 
-/// A request answered, waiting for its response body to end.
+/// A line with the response's fields, waiting for the response body to end; written to the
+/// log when it does (or is dropped).
 pub(crate) struct Pending {
     log: Arc<AccessLog>,
-    record: Record,
+    at: Instant,
+    line: Vec<u8>,
+    bytes_sent: u64,
 }
 
 impl Pending {
+    /// `route` is the service and the target last tried.
     pub fn new(
         log: Arc<AccessLog>,
         start: Start,
         status: u16,
         response: &HeaderMap,
-        route: Option<(Route, Option<usize>)>,
-        request_id: &HeaderValue,
+        route: Option<(&Route, Option<usize>)>,
     ) -> Self {
-        let response_headers = match &route {
-            Some((service, _)) if !service.spec.log_headers.response.is_empty() => {
-                service.spec.log_headers.response.iter().map(|n| response.get(n.as_str()).cloned()).collect()
-            }
-            _ => Vec::new(),
-        };
+        let Start { at, line: mut out } = start;
+        out.extend_from_slice(b",\"status\":");
+        status_code(&mut out, status);
+        out.extend_from_slice(match route {
+            Some((service, target)) => service.attached.log_fields(&service.spec).get(target),
+            None => b",\"service\":null,\"target\":null",
+        });
         let [response_length, response_type] =
             pick(response, [&http::header::CONTENT_LENGTH, &http::header::CONTENT_TYPE]);
-        let record = Record {
-            start,
-            status,
-            route,
-            request_id: request_id.clone(),
-            response_length,
-            response_type,
-            response_headers,
-            bytes_sent: 0,
-            duration: Duration::ZERO,
-        };
-        Pending { log, record }
+        optional_field(&mut out, b",\"resp_content_length\":", response_length);
+        optional_field(&mut out, b",\"resp_content_type\":", response_type);
+        if let Some((service, _)) = route {
+            header_fields(&mut out, "resp_", &service.spec.log_headers.response, response);
+        }
+        Pending { log, at, line: out, bytes_sent: 0 }
     }
 
     pub fn sent(&mut self, bytes: usize) {
-        self.record.bytes_sent += bytes as u64;
+        self.bytes_sent += bytes as u64;
     }
 }
 
 impl Drop for Pending {
+    /// Ends the line with kamal-proxy's `duration` (in nanoseconds) and `bytes_sent`.
     fn drop(&mut self) {
-        self.record.duration = self.record.start.at.elapsed();
-        self.log.write(&self.record);
-    }
-}
-
-struct Record {
-    start: Start,
-    status: u16,
-    /// The service and the target last tried.
-    route: Option<(Route, Option<usize>)>,
-    request_id: HeaderValue,
-    response_length: Option<HeaderValue>,
-    response_type: Option<HeaderValue>,
-    response_headers: Vec<Option<HeaderValue>>,
-    bytes_sent: u64,
-    duration: Duration,
-}
-
-impl Record {
-    /// The line: kamal-proxy's field names (durations in nanoseconds), plus `bytes_sent`.
-    fn write_line(&self, lines: &mut Lines) {
-        let s = &self.start;
-        let (wall_ms, wall_at) = lines.clock;
-        let time_ms = match s.at.checked_duration_since(wall_at) {
-            Some(after) => wall_ms + after.as_millis() as u64,
-            None => wall_ms.saturating_sub(wall_at.duration_since(s.at).as_millis() as u64),
-        };
-        let out = &mut lines.text;
-        let path = s.path.as_ref().map_or("/", PathAndQuery::path);
-        let query = s.path.as_ref().and_then(PathAndQuery::query).unwrap_or("");
-        // Keys are written with their neighbouring quotes and commas as one constant, so a
-        // field costs one copy of a known length plus its value.
-        out.extend_from_slice(lines.opening.at(time_ms));
-        string_body(out, s.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
-        out.extend_from_slice(b"\",\"path\":\"");
-        string_body(out, path.as_bytes());
-        out.extend_from_slice(b"\",\"query\":\"");
-        string_body(out, query.as_bytes());
-        out.extend_from_slice(b"\",\"method\":\"");
-        // A method is a token: nothing in it needs escaping.
-        out.extend_from_slice(s.method.as_str().as_bytes());
-        out.extend_from_slice(match s.version {
-            Version::HTTP_10 => b"\",\"proto\":\"HTTP/1.0\",\"status\":",
-            Version::HTTP_2 => b"\",\"proto\":\"HTTP/2.0\",\"status\":",
-            _ => b"\",\"proto\":\"HTTP/1.1\",\"status\":",
-        });
-        number(out, u64::from(self.status));
-        out.extend_from_slice(match &self.route {
-            Some((service, target)) => service.attached.log_fields(&service.spec).get(*target),
-            None => b",\"service\":null,\"target\":null,\"request_id\":\"",
-        });
-        string_body(out, self.request_id.as_bytes());
-        out.extend_from_slice(b"\",\"client_addr\":\"");
-        // An address's text needs no escaping.
-        out.extend_from_slice(s.client.as_bytes());
-        out.extend_from_slice(b"\",\"client_port\":");
-        number(out, u64::from(s.client_port));
+        let duration = self.at.elapsed();
+        let out = &mut self.line;
         out.extend_from_slice(b",\"duration\":");
-        number(out, u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX));
-        optional_field(out, b",\"user_agent\":", s.user_agent.as_ref());
-        optional_field(out, b",\"req_content_length\":", s.request_length.as_ref());
-        optional_field(out, b",\"req_content_type\":", s.request_type.as_ref());
-        optional_field(out, b",\"resp_content_length\":", self.response_length.as_ref());
-        optional_field(out, b",\"resp_content_type\":", self.response_type.as_ref());
+        number(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
         out.extend_from_slice(b",\"bytes_sent\":");
         number(out, self.bytes_sent);
-        if let Some((service, _)) = &self.route {
-            let names = &service.spec.log_headers;
-            for (prefix, names, values) in
-                [("req_", &names.request, &s.request_headers), ("resp_", &names.response, &self.response_headers)]
-            {
-                for (name, value) in names.iter().zip(values) {
-                    if let Some(value) = value {
-                        out.extend_from_slice(b",\"");
-                        out.extend_from_slice(prefix.as_bytes());
-                        out.extend(name.bytes().map(|b| if b == b'-' { b'_' } else { b }));
-                        out.extend_from_slice(b"\":");
-                        string(out, value.as_bytes());
-                    }
-                }
-            }
-        }
         out.extend_from_slice(b"}\n");
+        self.log.append(self.at, out);
     }
 }
 
-/// A service's `service`, `target` and `request_id` keys with its name and each target's URL,
+/// A service's `service` and `target` keys with its name and each target's URL,
 /// escaped once (when the service's first line is written) instead of on every line.
 pub(crate) struct ServiceFields(Box<[Box<[u8]>]>);
 
@@ -333,9 +304,9 @@ impl ServiceFields {
                 Some(t) => {
                     field.extend_from_slice(b"\",\"target\":\"");
                     string_body(&mut field, t.url().as_bytes());
-                    field.extend_from_slice(b"\",\"request_id\":\"");
+                    field.push(b'"');
                 }
-                None => field.extend_from_slice(b"\",\"target\":null,\"request_id\":\""),
+                None => field.extend_from_slice(b"\",\"target\":null"),
             }
             field.into_boxed_slice()
         });
@@ -376,6 +347,21 @@ fn number(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// An HTTP status, three digits (`http::StatusCode` holds 100 to 999), as one copy of a known
+/// length.
+#[inline]
+fn status_code(out: &mut Vec<u8>, status: u16) {
+    if (100..1000).contains(&status) {
+        out.extend_from_slice(&[
+            b'0' + (status / 100) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ]);
+    } else {
+        number(out, u64::from(status));
+    }
+}
+
 /// `key` (with its quotes, colon and leading comma), then the value as a string or `null`.
 #[inline(always)]
 fn optional_field(out: &mut Vec<u8>, key: &[u8], value: Option<&HeaderValue>) {
@@ -396,7 +382,11 @@ fn string(out: &mut Vec<u8>, value: &[u8]) {
 }
 
 /// [`string`] without its quotes.
+#[inline]
 fn string_body(out: &mut Vec<u8>, value: &[u8]) {
+    if value.is_empty() {
+        return;
+    }
     if is_plain(value) {
         out.extend_from_slice(value);
     } else {
@@ -475,7 +465,10 @@ mod tests {
             headers.append(HOST, HeaderValue::from_static("b.test"));
             headers.append(USER_AGENT, HeaderValue::from_static("ua"));
             let [host, agent, kind] = pick(&headers, [&HOST, &USER_AGENT, &CONTENT_TYPE]);
-            assert_eq!((host.unwrap(), agent.unwrap(), kind), ("a.test".parse().unwrap(), "ua".parse().unwrap(), None));
+            assert_eq!(
+                (host.unwrap(), agent.unwrap(), kind),
+                (&"a.test".parse().unwrap(), &"ua".parse().unwrap(), None)
+            );
         }
     }
 
@@ -501,7 +494,7 @@ mod tests {
         let parse = |index| {
             let mut line = b"{\"x\":0".to_vec();
             line.extend_from_slice(fields.get(index));
-            line.extend_from_slice(b"id\"}");
+            line.push(b'}');
             serde_json::from_slice::<serde_json::Value>(&line).unwrap()
         };
         let targets: Vec<_> = [Some(0), Some(1), Some(2), Some(3), None].map(|i| parse(i)["target"].clone()).into();
@@ -513,15 +506,53 @@ mod tests {
                 .chain([serde_json::Value::Null, serde_json::Value::Null])
                 .collect::<Vec<_>>()
         );
-        assert_eq!((&parse(Some(1))["service"], &parse(None)["request_id"]), (&"we\"b".into(), &"id".into()));
+        assert_eq!((&parse(Some(1))["service"], &parse(None)["service"]), (&"we\"b".into(), &"we\"b".into()));
+    }
+
+    #[test]
+    fn a_line_carries_the_request_the_response_and_the_totals() {
+        let log = AccessLog { lines: Mutex::new(Lines::new()), dropped: AtomicU64::new(0) };
+        let req = Request::post("/up?x=1")
+            .header("host", "app.test")
+            .header("user-agent", "ua\\1")
+            .header("content-type", "text/plain")
+            .header("cache-control", "no-cache")
+            .body(ClientBody::Empty)
+            .unwrap();
+        let client = "10.0.0.7:4711".parse().unwrap();
+        let mut start = Start::new(&req, client, &HeaderValue::from_static("10.0.0.7"), &"id-1".parse().unwrap());
+        start.take_headers(&["cache-control".into(), "x-absent".into()], req.headers());
+        let mut response = HeaderMap::new();
+        response.insert(http::header::CONTENT_LENGTH, HeaderValue::from(12));
+        let log = Arc::new(log);
+        let mut pending = Pending::new(log.clone(), start, 404, &response, None);
+        pending.sent(7);
+        pending.sent(5);
+        drop(pending);
+        let text = log.lines.lock().unwrap().text.clone();
+        assert!(text.ends_with(b"}\n") && text.iter().filter(|&&b| b == b'\n').count() == 1);
+        let line: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(line["time"].as_u64().unwrap().abs_diff(now) < 1_000, "{line}");
+        let expected = serde_json::json!({
+            "msg": "Request", "host": "app.test", "path": "/up", "query": "x=1", "method": "POST",
+            "proto": "HTTP/1.1", "request_id": "id-1", "client_addr": "10.0.0.7", "client_port": 4711,
+            "user_agent": "ua\\1", "req_content_length": null, "req_content_type": "text/plain",
+            "req_cache_control": "no-cache", "status": 404, "service": null, "target": null,
+            "resp_content_length": "12", "resp_content_type": null, "bytes_sent": 12,
+        });
+        for (key, value) in expected.as_object().unwrap() {
+            assert_eq!(&line[key], value, "{key} in {line}");
+        }
+        assert!(line["duration"].as_u64().is_some());
     }
 
     #[test]
     fn the_opening_changes_with_the_millisecond() {
         let mut opening = Opening::default();
-        assert_eq!(opening.at(0), b"{\"time\":0,\"msg\":\"Request\",\"host\":\"");
-        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",\"host\":\"");
-        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",\"host\":\"");
+        assert_eq!(opening.at(0), b"{\"time\":0,\"msg\":\"Request\",");
+        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",");
+        assert_eq!(opening.at(1_764_000_000_123), b"{\"time\":1764000000123,\"msg\":\"Request\",");
     }
 
     #[test]
@@ -533,7 +564,7 @@ mod tests {
         number(&mut out, 0);
         out.push(b',');
         number(&mut out, u64::MAX);
-        for n in [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000] {
+        for n in [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000, 999_999] {
             out.push(b',');
             number(&mut out, n);
         }
@@ -543,6 +574,15 @@ mod tests {
         assert_eq!(parsed[1], 0);
         assert_eq!(parsed[2], u64::MAX);
         let numbers: Vec<u64> = parsed.as_array().unwrap()[3..].iter().map(|v| v.as_u64().unwrap()).collect();
-        assert_eq!(numbers, [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000]);
+        assert_eq!(numbers, [7, 10, 99, 100, 101, 1_000_000_007, 10_000_000_000_000_000_000, 999_999]);
+        // Every length, and the bytes after a number stay the number's.
+        for digits in 1..=19 {
+            let n = 10u64.pow(digits) - 1;
+            for m in [n, n + 1] {
+                let mut out = b"x".to_vec();
+                number(&mut out, m);
+                assert_eq!(out, format!("x{m}").as_bytes());
+            }
+        }
     }
 }

@@ -133,7 +133,7 @@ impl Body for RequestBody {
 pub struct ProxyBody {
     kind: Kind,
     /// The access log's record, sent when the body is done (or dropped).
-    log: Option<Box<Pending>>,
+    log: Option<Pending>,
     /// The request's place against the request limits, given back when the body is done.
     slot: Option<RequestSlot>,
 }
@@ -190,7 +190,7 @@ impl ProxyBody {
     }
 
     pub(crate) fn attach_log(&mut self, pending: Pending) {
-        self.log = Some(Box::new(pending));
+        self.log = Some(pending);
     }
 
     pub(crate) fn hold(&mut self, slot: RequestSlot) {

@@ -98,7 +98,8 @@ pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut ti
             return (local_error(LocalError::OverCapacity, conn, None, &snap, &request_id), None);
         }
     };
-    let log = conn.shared.access_log.as_ref().map(|_| access_log::Start::new(&req, conn.peer, &conn.forwarded_for));
+    let log = (conn.shared.access_log.as_ref())
+        .map(|_| access_log::Start::new(&req, conn.peer, &conn.forwarded_for, &request_id));
     let mut trace = Trace { routed: None, target: None, log };
     // Nothing is routed before a body of announced length begins to arrive: a client that
     // sends a head and stalls ties up no application worker, and the route it gets is the
@@ -114,9 +115,9 @@ pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut ti
         Err(err) => (local_error(err, conn, trace.routed.as_ref(), &snap, &request_id), None),
     };
     if let (Some(log), Some(start)) = (&conn.shared.access_log, trace.log) {
-        let route = trace.routed.map(|service| (service, trace.target));
+        let route = trace.routed.as_ref().map(|service| (service, trace.target));
         let status = response.status().as_u16();
-        let pending = access_log::Pending::new(log.clone(), start, status, response.headers(), route, &request_id);
+        let pending = access_log::Pending::new(log.clone(), start, status, response.headers(), route);
         response.body_mut().attach_log(pending);
     }
     // The request counts against the limits until its answer has been sent.

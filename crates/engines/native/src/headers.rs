@@ -224,11 +224,13 @@ pub(crate) fn client_address(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// The request's id: the client's if it is a sane token, else a new random one.
+/// The request's id: the client's if it is a sane token, else a new random one. Either way it
+/// is printable ASCII without `"` or `\`, so logs carry it as it is.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(X_REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+        let sane = |c: &u8| c.is_ascii_graphic() && *c != b'"' && *c != b'\\';
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(sane) {
             return v.clone();
         }
     }
@@ -362,8 +364,10 @@ mod tests {
         assert_ne!(made, request_id(&h));
         h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
         assert_eq!(request_id(&h), "abc-123");
-        h.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"has space").unwrap());
-        assert_ne!(request_id(&h), "has space");
+        for odd in [&b"has space"[..], b"quo\"te", b"back\\slash"] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_bytes(odd).unwrap());
+            assert_ne!(request_id(&h), odd);
+        }
     }
 
     #[test]
