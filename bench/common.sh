@@ -105,3 +105,5 @@ make_certificate() {
 
 # ticks "PIDS": user+system clock ticks the processes have used.
 ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
+# user_ticks PIDS: the user-space part of ticks.
+user_ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$s"; }

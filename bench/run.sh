@@ -2,13 +2,15 @@
 # Gatehouse, nginx and HAProxy side by side (research/peers.md §4.2 A): each proxy pinned to
 # CPU 1 with one worker, the backend and the load generators on CPU 0, runs interleaved
 # (A B C, A B C, ...), medians reported with their ratio to HAProxy's.
-# Loopback only; every run is bounded. ROUNDS (default 3) and SECONDS_PER_RUN (default 10) tune it.
+# Loopback only; every run is bounded. ROUNDS (default 3) and SECONDS_PER_RUN (default 10) tune it;
+# PROXIES (space-separated, default all four) picks a subset.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/packages.sh"
 need_commands nginx:nginx-light haproxy:haproxy wrk:wrk taskset:util-linux curl:curl
 ROUNDS="${ROUNDS:-3}"
 SECS="${SECONDS_PER_RUN:-10}"
+PROXIES="${PROXIES:-gatehouse gatehouse+access_log nginx haproxy}"
 source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 ADMIN=127.0.0.1:16000
 
@@ -33,14 +35,15 @@ measure() {
   wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
   local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
   taskset -c 0 wrk -t1 -c50 -d2s -H 'Host: app.local' "http://$PROXY/" >/dev/null
-  local t0 t1 out reqs
-  t0=$(ticks "$pids")
+  local t0 t1 u0 u1 out reqs
+  t0=$(ticks "$pids") u0=$(user_ticks "$pids")
   out=$(taskset -c 0 wrk -t1 -c50 -d"${SECS}s" -H 'Host: app.local' "http://$PROXY/")
-  t1=$(ticks "$pids")
+  t1=$(ticks "$pids") u1=$(user_ticks "$pids")
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
   local errors; errors=$(echo "$out" | grep -cE 'Socket errors|Non-2xx' || true)
   printf '%s\t%s\trps\t%s\n' "$name" "$round" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" >>"$RESULTS"
   printf '%s\t%s\tcpu_us_per_req\t%s\n' "$name" "$round" "$(awk -v d=$((t1-t0)) -v n="$reqs" -v hz="$TICK" 'BEGIN{printf "%.2f", d/hz*1e6/n}')" >>"$RESULTS"
+  printf '%s\t%s\tuser_share\t%s\n' "$name" "$round" "$(awk -v u=$((u1-u0)) -v t=$((t1-t0)) 'BEGIN{printf "%.3f", t ? u/t : 0}')" >>"$RESULTS"
   printf '%s\t%s\twrk_error_lines\t%s\n' "$name" "$round" "$errors" >>"$RESULTS"
   t0=$(ticks "$pids")
   out=$(taskset -c 0 "$TOOLS" open-loop --addr "$PROXY" --rate 5000 --seconds "$SECS" --connections 50)
@@ -64,12 +67,18 @@ for key, metric in (("bytes_per_connection", "bytes_per_idle_conn"), ("bytes_per
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  GATEHOUSE_LOG=warn measure gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml"
-  # With its access log on (kamal-proxy's JSON lines to a file): the log's CPU cost.
-  GATEHOUSE_LOG=warn measure gatehouse+access_log "$round" "$GATEHOUSE" run -c "$B/gatehouse-logging.toml"
-  rm -f "$B/access.log"
-  measure nginx "$round" nginx -c "$B/nginx.conf"
-  measure haproxy "$round" haproxy -db -f "$B/haproxy.cfg"
+  for proxy in $PROXIES; do
+    case $proxy in
+      gatehouse) GATEHOUSE_LOG=warn measure gatehouse "$round" "$GATEHOUSE" run -c "$B/gatehouse.toml" ;;
+      # With its access log on (kamal-proxy's JSON lines to a file): the log's CPU cost.
+      gatehouse+access_log)
+        GATEHOUSE_LOG=warn measure gatehouse+access_log "$round" "$GATEHOUSE" run -c "$B/gatehouse-logging.toml"
+        rm -f "$B/access.log" ;;
+      nginx) measure nginx "$round" nginx -c "$B/nginx.conf" ;;
+      haproxy) measure haproxy "$round" haproxy -db -f "$B/haproxy.cfg" ;;
+      *) echo "unknown proxy in PROXIES: $proxy (known: gatehouse gatehouse+access_log nginx haproxy)" >&2; exit 2 ;;
+    esac
+  done
 done
 
 python3 "$ROOT/bench/summarize.py" "$RESULTS"

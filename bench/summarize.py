@@ -10,6 +10,7 @@ import sys
 LABELS = [
     ("rps", "requests/s (wrk -c50, closed loop)"),
     ("cpu_us_per_req", "CPU us/request (closed loop)"),
+    ("user_share", "user-space share of that CPU"),
     ("open_loop_p50_ms", "p50 ms at 5k req/s (open loop)"),
     ("open_loop_p99_ms", "p99 ms at 5k req/s (open loop)"),
     ("open_loop_p999_ms", "p99.9 ms at 5k req/s"),
