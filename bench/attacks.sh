@@ -77,9 +77,8 @@ under_attack() {
 
 run_proxy() {
   local name=$1; shift
-  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
-  PIDS+=($pid)
-  wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
+  launch "$name" "wait_ready $PROXY" "$@" || return 1
+  local pid=$PID
   local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
   well_behaved >/dev/null # warm-up
   for round in $(seq 1 "$ROUNDS"); do

@@ -105,5 +105,14 @@ make_certificate() {
 
 # ticks "PIDS": user+system clock ticks the processes have used.
 ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
+# launch NAME READY COMMAND...: starts COMMAND on CPU 1 (its output in $B/NAME.out), then
+# runs READY (a command line) until it serves; sets PID. Says why and fails if it does not.
+launch() {
+  local name=$1 ready=$2; shift 2
+  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & PID=$!
+  PIDS+=($PID)
+  $ready || { echo "$name did not come up: $(tail -5 "$B/$name.out")" >&2; kill $PID; return 1; }
+}
+
 # user_ticks PIDS: the user-space part of ticks.
 user_ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$s"; }

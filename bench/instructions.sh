@@ -33,9 +33,8 @@ wait_ready "$BACKEND" || { echo "backend did not start" >&2; exit 1; }
 count() {
   local name=$1 round=$2; shift 2
   local out="$B/callgrind.$name.$round"
-  taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$B/$name.log" 2>&1 & local pid=$!
-  PIDS+=($pid)
-  wait_ready "$PROXY" 600 || { echo "$name did not come up under valgrind: $(tail -5 "$B/$name.log")" >&2; kill $pid; return 1; }
+  launch "$name.callgrind" "wait_ready $PROXY 600" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" || return 1
+  local pid=$PID
   taskset -c 0 wrk -t1 -c50 -d3s -H 'Host: app.local' "http://$PROXY/" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local requests
@@ -63,9 +62,8 @@ writer_ticks() {
 # native NAME ROUND COMMAND...: prints "NAME ROUND requests ticks user_ticks writer_ticks".
 native() {
   local name=$1 round=$2; shift 2
-  taskset -c 1 "$@" >"$B/$name.native.log" 2>&1 & local pid=$!
-  PIDS+=($pid)
-  wait_ready "$PROXY" || { echo "$name did not come up: $(tail -5 "$B/$name.native.log")" >&2; kill $pid; return 1; }
+  launch "$name" "wait_ready $PROXY" "$@" || return 1
+  local pid=$PID
   taskset -c 0 wrk -t1 -c50 -d2s -H 'Host: app.local' "http://$PROXY/" >/dev/null
   local t0 u0 w0 t1 u1 w1 requests
   t0=$(ticks $pid) u0=$(user_ticks $pid) w0=$(writer_ticks $pid)

@@ -30,9 +30,8 @@ RESULTS="$B/results.tsv"
 
 measure() {
   local name=$1 round=$2; shift 2
-  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
-  PIDS+=($pid)
-  wait_ready "$PROXY" || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
+  launch "$name" "wait_ready $PROXY" "$@" || return 1
+  local pid=$PID
   local pids="$pid $(pgrep -P $pid | tr '\n' ' ')"
   taskset -c 0 wrk -t1 -c50 -d2s -H 'Host: app.local' "http://$PROXY/" >/dev/null
   local t0 t1 u0 u1 out reqs

@@ -48,9 +48,8 @@ ready_tls() {
 
 measure() {
   local name=$1 round=$2; shift 2
-  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & local pid=$!
-  PIDS+=($pid)
-  ready_tls || { echo "$name did not come up: $(cat "$B/$name.out")" >&2; kill $pid; return 1; }
+  launch "$name" ready_tls "$@" || return 1
+  local pid=$PID
   [ "$round" = 1 ] && printf '%s: %s\n' "$name" "$(openssl s_client -connect "$PROXY" -servername app.local -brief </dev/null 2>&1 |
     grep -E 'Protocol version|Ciphersuite|Server Temp Key' | tr '\n' ' ')" >>"$B/protocols.txt"
   local pids="$pid $(pgrep -P $pid | tr '\n' ' ')" t0 t1 out n
