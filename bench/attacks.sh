@@ -13,6 +13,7 @@
 #   pipeline-unread  10 connections writing 10,000 pipelined GETs each, reading nothing
 #   h2-zero-window   50 HTTP/2 connections, 100 streams each, flow-control window 0
 #   h2-idle          500 HTTP/2 connections that send the preface and then nothing
+#   tls-storm        50 clients opening TLS connections back to back, a full handshake each
 # Loopback only; every run is bounded. ROUNDS (default 3), SECONDS_PER_RUN (default 10);
 # ATTACKS and PROXIES (space-separated) pick a subset.
 set -euo pipefail
@@ -21,7 +22,7 @@ source "$ROOT/scripts/packages.sh"
 need_commands nginx:nginx-light haproxy:haproxy taskset:util-linux curl:curl openssl:openssl
 SECS="${SECONDS_PER_RUN:-10}"
 ROUNDS="${ROUNDS:-3}"
-ATTACKS="${ATTACKS:-slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle}"
+ATTACKS="${ATTACKS:-slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle tls-storm}"
 PROXIES="${PROXIES:-gatehouse nginx haproxy}"
 source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 PROXY_TLS=127.0.0.1:18443 ADMIN=127.0.0.1:16000
@@ -53,7 +54,7 @@ well_behaved() {
 # the proxy's CPU and peak RSS meanwhile.
 under_attack() {
   local name=$1 round=$2 attack=$3 pids=$4 conns=500
-  case $attack in tiny-chunks) conns=4 ;; pipeline-unread) conns=10 ;; h2-zero-window) conns=50 ;; esac
+  case $attack in tiny-chunks) conns=4 ;; pipeline-unread) conns=10 ;; h2-zero-window | tls-storm) conns=50 ;; esac
   taskset -c 0 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \
     --seconds $((SECS + 3)) >"$B/attack.json" 2>"$B/attack.err" & local attacker=$!
   sleep 2
@@ -112,7 +113,7 @@ for line in open(sys.argv[1]):
     by_round[(proxy, attack, rnd, metric)] = float(value)
 med = lambda p, a, m: statistics.median(v[(p, a, m)]) if v.get((p, a, m)) else float("nan")
 proxies = [p for p in ("gatehouse", "nginx", "haproxy") if (p, "quiet", "p99_ms") in v]
-attacks = ["slowloris", "slow-body", "tiny-chunks", "pipeline-unread", "h2-zero-window", "h2-idle"]
+attacks = ["slowloris", "slow-body", "tiny-chunks", "pipeline-unread", "h2-zero-window", "h2-idle", "tls-storm"]
 print("| attack | " + " | ".join(proxies) + " |")
 print("|---|" + "---|" * len(proxies))
 print("| quiet: p99, RSS | " + " | ".join(f"{med(p, 'quiet', 'p99_ms'):.2f} ms, {med(p, 'quiet', 'rss_mb'):.0f} MB" for p in proxies) + " |")

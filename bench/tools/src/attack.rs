@@ -28,6 +28,9 @@ pub enum Kind {
     H2ZeroWindow,
     /// HTTP/2 connections that finish TLS, send the preface and then nothing.
     H2Idle,
+    /// New TLS connections back to back, each a full handshake and then closed (a reconnect
+    /// storm: the handshake is the costly part for the proxy).
+    TlsStorm,
 }
 
 /// What an attack did, printed as JSON.
@@ -107,12 +110,21 @@ impl Attack {
             Kind::PipelineUnread => self.pipeline_unread(tally).await,
             Kind::H2ZeroWindow => self.h2(tally, true).await,
             Kind::H2Idle => self.h2(tally, false).await,
+            Kind::TlsStorm => self.handshake(tally).await,
         };
         if result.is_err() {
             tally.closed_by_proxy.fetch_add(1, Ordering::Relaxed);
             // A refused or closed connection is retried, but not in a tight loop.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// One full TLS handshake (no session is kept to resume), then the connection is closed.
+    async fn handshake(&self, tally: &Tally) -> anyhow::Result<()> {
+        let addr = self.tls.context("the TLS storm needs --tls")?;
+        let tcp = self.connect(addr, tally).await?;
+        drop(crate::tls_h2(tcp).await?);
+        Ok(())
     }
 
     /// Sends `head`, then one byte of `drip` every 2 s, for as long as the proxy keeps the

@@ -11,9 +11,9 @@ use gatehouse_metrics::Metrics;
 use gatehouse_model::acme::{Challenges, OnDemand};
 use gatehouse_model::{EdgeLimits, ForwardingPolicy};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::h1;
@@ -250,6 +250,7 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
     runtime.block_on(async move {
         // Every connection task holds a clone of `open`; the channel closes when all are done.
         let (open, mut all_closed) = mpsc::channel::<()>(1);
+        let handshake_turn = Arc::new(Semaphore::new(1));
         for listener in listeners {
             let socket = match TcpListener::from_std(listener.socket) {
                 Ok(s) => s,
@@ -258,7 +259,8 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
                     continue;
                 }
             };
-            tokio::spawn(accept_loop(socket, listener.tls, shared.clone(), stopped.clone(), open.clone()));
+            let tls = listener.tls.map(|endpoint| (endpoint, handshake_turn.clone()));
+            tokio::spawn(accept_loop(socket, tls, shared.clone(), stopped.clone(), open.clone()));
         }
         drop(open);
         let sweeper = tokio::spawn(async {
@@ -290,15 +292,29 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
     });
 }
 
+/// How many connections the accept loop takes before the worker's other tasks run. A burst
+/// of new connections (a reconnect storm, a flood of TLS handshakes at 250 us each) then
+/// queues behind the requests of established connections instead of ahead of all of them:
+/// a request waits for a few handshakes, not hundreds (nginx takes one per turn).
+const ACCEPTS_PER_TURN: u32 = 4;
+
+/// `tls` is the listener's TLS side and its worker's turn for the costly step of a handshake
+/// ([`handshake`]).
 async fn accept_loop(
     socket: TcpListener,
-    tls: Option<Arc<TlsEndpoint>>,
+    tls: Option<(Arc<TlsEndpoint>, HandshakeTurn)>,
     shared: Arc<Shared>,
     stopped: Stopped,
     open: mpsc::Sender<()>,
 ) {
     let mut stop = std::pin::pin!(stop_requested(stopped.clone()));
+    let mut this_turn = 0;
     loop {
+        this_turn += 1;
+        if this_turn > ACCEPTS_PER_TURN {
+            this_turn = 1;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             () = stop.as_mut() => return,
@@ -320,7 +336,13 @@ async fn accept_loop(
                 // TLS handshake's or HTTP/2's state.
                 match &tls {
                     None => tokio::spawn(serve_h1(stream, conn, stopped.clone(), counted)),
-                    Some(endpoint) => tokio::spawn(serve_tls(stream, endpoint.clone(), conn, stopped.clone(), counted)),
+                    Some((endpoint, turn)) => tokio::spawn(serve_tls(
+                        stream,
+                        (endpoint.clone(), turn.clone()),
+                        conn,
+                        stopped.clone(),
+                        counted,
+                    )),
                 };
             }
             Err(e) if is_resource_exhaustion(&e) => {
@@ -389,33 +411,53 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The TLS handshake. With on-demand TLS, the ClientHello is read first: a name no
+/// A worker's turn for the costly step of a TLS handshake: one at a time, each after the
+/// worker has looked for ready sockets (HAProxy runs handshakes in its "heavy" class, one per
+/// loop turn, for the same reason).
+type HandshakeTurn = Arc<Semaphore>;
+
+/// The TLS handshake. The ClientHello is read first. With on-demand TLS, a name no
 /// certificate covers is asked for (the handshake waits while it is obtained, or goes on
 /// with what there is when it is refused).
-async fn handshake(stream: TcpStream, endpoint: &TlsEndpoint, conn: &ConnInfo) -> io::Result<TlsStream<TcpStream>> {
-    let Some(on_demand) = &conn.shared.on_demand else {
-        return TlsAcceptor::from(endpoint.config.clone()).accept(stream).await;
-    };
+///
+/// The answer to the ClientHello (key exchange, signature: about 250 us) is the costly
+/// step. It waits for the worker's turn, and then for the worker to look for ready sockets:
+/// a storm of new connections delays a request on an established one by about one such step,
+/// where otherwise every handshake ready before it would run first.
+async fn handshake(
+    stream: TcpStream,
+    (endpoint, turn): &(Arc<TlsEndpoint>, HandshakeTurn),
+    conn: &ConnInfo,
+) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let hello = start.client_hello();
-    let validating = tls::validates_acme(&hello);
-    let unknown = hello.server_name().filter(|name| !validating && !endpoint.store.covers(name)).map(str::to_owned);
-    if let Some(name) = unknown {
-        let issued = tokio::time::timeout(ON_DEMAND_WAIT, on_demand.ask(&name)).await.unwrap_or(false);
-        tracing::debug!(peer = %conn.peer, name, issued, "on-demand certificate");
+    if let Some(on_demand) = &conn.shared.on_demand {
+        let hello = start.client_hello();
+        let validating = tls::validates_acme(&hello);
+        let unknown = hello.server_name().filter(|name| !validating && !endpoint.store.covers(name)).map(str::to_owned);
+        if let Some(name) = unknown {
+            let issued = tokio::time::timeout(ON_DEMAND_WAIT, on_demand.ask(&name)).await.unwrap_or(false);
+            tracing::debug!(peer = %conn.peer, name, issued, "on-demand certificate");
+        }
     }
-    start.into_stream(endpoint.config.clone()).await
+    let answered = {
+        // The semaphore is never closed; without a permit the step simply goes on.
+        let _turn = turn.acquire().await;
+        // Deferred until the worker has polled its sockets: what is ready runs first.
+        tokio::task::yield_now().await;
+        start.into_stream(endpoint.config.clone())
+    };
+    answered.await
 }
 
 async fn serve_tls(
     stream: TcpStream,
-    endpoint: Arc<TlsEndpoint>,
+    tls: (Arc<TlsEndpoint>, HandshakeTurn),
     conn: ConnInfo,
     stopped: Stopped,
     counted: OpenConnection,
 ) {
     let budget = TLS_HANDSHAKE_TIMEOUT + if conn.shared.on_demand.is_some() { ON_DEMAND_WAIT } else { Duration::ZERO };
-    let stream = match tokio::time::timeout(budget, handshake(stream, &endpoint, &conn)).await {
+    let stream = match tokio::time::timeout(budget, handshake(stream, &tls, &conn)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
