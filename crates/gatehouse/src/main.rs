@@ -465,7 +465,7 @@ async fn serve(
     // After an upgrade the admin servers stop accepting but finish what they answer: the
     // reply to `gatehouse upgrade` itself is still being written when the new process serves.
     let (stop_admin, admin_stopping) = tokio::sync::watch::channel(false);
-    let stopped = move || {
+    let admin_stop_signal = move || {
         let mut stopping = admin_stopping.clone();
         async move {
             let _ = stopping.wait_for(|stop| *stop).await;
@@ -475,7 +475,7 @@ async fn serve(
     let socket_file = socket.map(|(listener, file)| {
         tracing::info!(socket = %file.0.display(), "admin socket listening");
         let router = admin::router(gateway.clone(), admin::Access::Socket);
-        let stopped = stopped();
+        let stopped = admin_stop_signal();
         admin_tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
                 tracing::error!(error = %e, "admin socket stopped");
@@ -486,7 +486,7 @@ async fn serve(
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %admin.local_addr()?, scheme, "admin API listening");
     let router = admin::router(gateway.clone(), admin::Access::Tcp);
-    let stopped = stopped();
+    let stopped = admin_stop_signal();
     admin_tasks.push(tokio::spawn(async move {
         let served = match admin_tls {
             Some(tls) => match admin_tls::TlsListener::new(admin, tls) {
