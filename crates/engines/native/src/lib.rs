@@ -12,6 +12,7 @@ mod buffer;
 mod h1;
 mod h2;
 mod handler;
+mod handshakes;
 mod headers;
 mod listen;
 mod local;

@@ -11,13 +11,14 @@ use gatehouse_metrics::Metrics;
 use gatehouse_model::acme::{Challenges, OnDemand};
 use gatehouse_model::{EdgeLimits, ForwardingPolicy};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::h1;
 use crate::handler::{ConnInfo, Shared};
+use crate::handshakes::Handshakes;
 use crate::occupancy::{ConnectionSlot, Occupancy, Refused};
 use crate::snapshot::Snapshot;
 use crate::tls::{self, CertStore};
@@ -165,9 +166,10 @@ impl NativeProxy {
                 .map_err(EngineError::Worker)?;
             let (shared, stopped, heartbeats) = (shared.clone(), stopped.clone(), heartbeats.clone());
             let beat = move || heartbeats[n].store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let handshakes = Handshakes::start(format!("gatehouse-tls-{n}")).map_err(EngineError::Worker)?;
             let thread = std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{n}"))
-                .spawn(move || run_worker(mine, shared, stopped, beat))
+                .spawn(move || run_worker(mine, Arc::new(handshakes), shared, stopped, beat))
                 .map_err(EngineError::Worker)?;
             threads.push(thread);
         }
@@ -239,7 +241,14 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, beat: impl Fn() + Send + 'static) {
+/// Runs one worker: its TLS listeners' handshakes go through `handshakes`.
+fn run_worker(
+    listeners: Vec<Listener>,
+    handshakes: Arc<Handshakes>,
+    shared: Arc<Shared>,
+    stopped: Stopped,
+    beat: impl Fn() + Send + 'static,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -250,7 +259,6 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
     runtime.block_on(async move {
         // Every connection task holds a clone of `open`; the channel closes when all are done.
         let (open, mut all_closed) = mpsc::channel::<()>(1);
-        let handshake_turn = Arc::new(Semaphore::new(1));
         for listener in listeners {
             let socket = match TcpListener::from_std(listener.socket) {
                 Ok(s) => s,
@@ -259,7 +267,7 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
                     continue;
                 }
             };
-            let tls = listener.tls.map(|endpoint| (endpoint, handshake_turn.clone()));
+            let tls = listener.tls.map(|endpoint| (endpoint, handshakes.clone()));
             tokio::spawn(accept_loop(socket, tls, shared.clone(), stopped.clone(), open.clone()));
         }
         drop(open);
@@ -293,16 +301,15 @@ fn run_worker(listeners: Vec<Listener>, shared: Arc<Shared>, stopped: Stopped, b
 }
 
 /// How many connections the accept loop takes before the worker's other tasks run. A burst
-/// of new connections (a reconnect storm, a flood of TLS handshakes at 250 us each) then
+/// of new connections (a reconnect storm, each with a TLS handshake) then
 /// queues behind the requests of established connections instead of ahead of all of them:
 /// a request waits for a few handshakes, not hundreds (nginx takes one per turn).
 const ACCEPTS_PER_TURN: u32 = 4;
 
-/// `tls` is the listener's TLS side and its worker's turn for the costly step of a handshake
-/// ([`handshake`]).
+/// `tls` is the listener's TLS side and its worker's handshake helper.
 async fn accept_loop(
     socket: TcpListener,
-    tls: Option<(Arc<TlsEndpoint>, HandshakeTurn)>,
+    tls: Option<(Arc<TlsEndpoint>, Arc<Handshakes>)>,
     shared: Arc<Shared>,
     stopped: Stopped,
     open: mpsc::Sender<()>,
@@ -336,9 +343,9 @@ async fn accept_loop(
                 // TLS handshake's or HTTP/2's state.
                 match &tls {
                     None => tokio::spawn(serve_h1(stream, conn, stopped.clone(), counted)),
-                    Some((endpoint, turn)) => tokio::spawn(serve_tls(
+                    Some((endpoint, handshakes)) => tokio::spawn(serve_tls(
                         stream,
-                        (endpoint.clone(), turn.clone()),
+                        (endpoint.clone(), handshakes.clone()),
                         conn,
                         stopped.clone(),
                         counted,
@@ -411,22 +418,14 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A worker's turn for the costly step of a TLS handshake: one at a time, each after the
-/// worker has looked for ready sockets (HAProxy runs handshakes in its "heavy" class, one per
-/// loop turn, for the same reason).
-type HandshakeTurn = Arc<Semaphore>;
-
 /// The TLS handshake. The ClientHello is read first. With on-demand TLS, a name no
 /// certificate covers is asked for (the handshake waits while it is obtained, or goes on
 /// with what there is when it is refused).
-///
-/// The answer to the ClientHello (key exchange, signature: about 250 us) is the costly
-/// step. It waits for the worker's turn, and then for the worker to look for ready sockets:
-/// a storm of new connections delays a request on an established one by about one such step,
-/// where otherwise every handshake ready before it would run first.
+/// The costly step, the answer to the ClientHello, is left to the worker's
+/// [`Handshakes`] helper.
 async fn handshake(
     stream: TcpStream,
-    (endpoint, turn): &(Arc<TlsEndpoint>, HandshakeTurn),
+    (endpoint, handshakes): &(Arc<TlsEndpoint>, Arc<Handshakes>),
     conn: &ConnInfo,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
@@ -439,19 +438,12 @@ async fn handshake(
             tracing::debug!(peer = %conn.peer, name, issued, "on-demand certificate");
         }
     }
-    let answered = {
-        // The semaphore is never closed; without a permit the step simply goes on.
-        let _turn = turn.acquire().await;
-        // Deferred until the worker has polled its sockets: what is ready runs first.
-        tokio::task::yield_now().await;
-        start.into_stream(endpoint.config.clone())
-    };
-    answered.await
+    handshakes.answer(start, endpoint.config.clone()).await?.await
 }
 
 async fn serve_tls(
     stream: TcpStream,
-    tls: (Arc<TlsEndpoint>, HandshakeTurn),
+    tls: (Arc<TlsEndpoint>, Arc<Handshakes>),
     conn: ConnInfo,
     stopped: Stopped,
     counted: OpenConnection,

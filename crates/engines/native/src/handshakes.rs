@@ -1,0 +1,185 @@
+//! The costly step of TLS handshakes, kept off the workers' hot path.
+//!
+//! The answer to a ClientHello (key exchange and signature, about 250 us) is pure CPU. Each
+//! worker has a helper thread of the lowest priority (`SCHED_IDLE`) that computes it: the
+//! kernel gives the helper only CPU time no one else wants, and a worker woken by a request
+//! preempts it at once, so a storm of new connections cannot delay requests on established
+//! ones. On a saturated machine the helper gets no CPU; a handshake then waits
+//! [`HELPER_WAIT`] at most before its worker does the step itself, one at a time and each
+//! after polling its sockets (as HAProxy runs handshakes in its "heavy" task class), so new
+//! connections still get in.
+
+use std::io;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_rustls::server::{Accept, StartHandshake};
+
+/// How long a handshake waits for the helper before its worker takes the step over.
+const HELPER_WAIT: Duration = Duration::from_millis(25);
+
+/// A handshake's costly step, taken by whichever of the helper and the worker comes first.
+type Step = Arc<Mutex<Option<(StartHandshake<TcpStream>, Arc<ServerConfig>)>>>;
+
+struct Job {
+    step: Step,
+    answer: oneshot::Sender<Accept<TcpStream>>,
+}
+
+/// One worker's handshake helper and its turn for doing the step itself.
+pub(crate) struct Handshakes {
+    helper: mpsc::Sender<Job>,
+    turn: Semaphore,
+}
+
+impl Handshakes {
+    /// Starts the helper thread; it ends once the worker drops this.
+    pub(crate) fn start(name: String) -> io::Result<Self> {
+        let (helper, jobs) = mpsc::channel();
+        std::thread::Builder::new().name(name).spawn(move || help(jobs))?;
+        Ok(Handshakes { helper, turn: Semaphore::new(1) })
+    }
+
+    /// Answers the ClientHello `start` read with `config`; the returned future finishes the
+    /// handshake on the worker.
+    pub(crate) async fn answer(
+        &self,
+        start: StartHandshake<TcpStream>,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<Accept<TcpStream>> {
+        let step: Step = Arc::new(Mutex::new(Some((start, config))));
+        let (answer, mut answered) = oneshot::channel();
+        if self.helper.send(Job { step: step.clone(), answer }).is_ok() {
+            if let Ok(Ok(accept)) = tokio::time::timeout(HELPER_WAIT, &mut answered).await {
+                return Ok(accept);
+            }
+        }
+        let untaken = step.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match untaken {
+            Some((start, config)) => {
+                // The semaphore is never closed; without a permit the step simply goes on.
+                let _turn = self.turn.acquire().await;
+                // Deferred until the worker has polled its sockets: what is ready runs first.
+                tokio::task::yield_now().await;
+                Ok(start.into_stream(config))
+            }
+            // The helper is at it.
+            None => answered.await.map_err(|_| io::Error::other("the handshake helper stopped")),
+        }
+    }
+}
+
+fn help(jobs: mpsc::Receiver<Job>) {
+    lowest_priority();
+    while let Ok(job) = jobs.recv() {
+        if job.answer.is_closed() {
+            continue; // the connection is gone
+        }
+        let untaken = job.step.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((start, config)) = untaken {
+            // Sending fails only when the connection has ended meanwhile.
+            let _ = job.answer.send(start.into_stream(config));
+        }
+    }
+}
+
+/// Puts the calling thread in `SCHED_IDLE`: it runs only when its CPU would otherwise idle.
+fn lowest_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain system call on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "the TLS handshake helper keeps the normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{server_config, CertStore, Certificates};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::LazyConfigAcceptor;
+
+    /// A client's handshake with a server that answers through `handshakes`, then one byte
+    /// each way.
+    async fn handshake_through(handshakes: &Handshakes) {
+        let key = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let mut certs = Certificates::default();
+        let (chain, private) = (key.cert.pem(), key.signing_key.serialize_pem());
+        certs.add_preferred_pem(chain.as_bytes(), private.as_bytes(), "test".as_ref()).unwrap();
+        let config = Arc::new(server_config(Arc::new(CertStore::new(certs)), None, &[b"http/1.1"]).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(key.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
+            tls.write_all(b"?").await.unwrap();
+            let mut reply = [0u8; 1];
+            tls.read_exact(&mut reply).await.unwrap();
+            reply[0]
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await.unwrap();
+            let mut tls = handshakes.answer(start, config).await.unwrap().await.unwrap();
+            let mut asked = [0u8; 1];
+            tls.read_exact(&mut asked).await.unwrap();
+            tls.write_all(b"!").await.unwrap();
+            tls.flush().await.unwrap();
+            asked[0]
+        };
+        assert_eq!(tokio::join!(client, server), (b'!', b'?'));
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        crate::tls::install_default_provider();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn the_helper_answers_handshakes() {
+        let handshakes = Handshakes::start("test-handshakes".into()).unwrap();
+        runtime().block_on(handshake_through(&handshakes));
+    }
+
+    #[test]
+    fn a_handshake_the_helper_never_gets_to_is_done_by_its_worker() {
+        // A helper that never runs: its queue is held, never read.
+        let (helper, _never_read) = mpsc::channel();
+        let handshakes = Handshakes { helper, turn: Semaphore::new(1) };
+        runtime().block_on(handshake_through(&handshakes));
+    }
+
+    /// The scheduling policy of this process's thread named `name`, if it is running.
+    fn policy_of(name: &str) -> Option<String> {
+        std::fs::read_dir("/proc/self/task").unwrap().flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let sched = std::fs::read_to_string(task.path().join("sched")).ok()?;
+            let policy = sched.lines().find(|l| l.starts_with("policy"))?;
+            (comm.trim() == name).then(|| policy.rsplit(' ').next().unwrap_or_default().to_string())
+        })
+    }
+
+    #[test]
+    fn the_helper_runs_at_idle_priority_and_ends_with_its_worker() {
+        let handshakes = Handshakes::start("gh-test-helper".into()).unwrap();
+        let idle = libc::SCHED_IDLE.to_string();
+        let waited = (0..100).find(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            policy_of("gh-test-helper") == Some(idle.clone())
+        });
+        assert!(waited.is_some(), "the helper runs with policy {:?}", policy_of("gh-test-helper"));
+        drop(handshakes);
+        let ended = (0..100).find(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            policy_of("gh-test-helper").is_none()
+        });
+        assert!(ended.is_some(), "the helper outlived its worker");
+    }
+}
