@@ -34,6 +34,10 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 50)]
         connections: usize,
+        /// Also writes every latency (microseconds, one per line) to this file, for pooling
+        /// runs.
+        #[arg(long)]
+        samples: Option<std::path::PathBuf>,
     },
     /// Opens idle keep-alive connections (one request each) and reports the RSS growth of PIDS.
     Idle {
@@ -140,8 +144,8 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::OpenLoop { addr, host, rate, seconds, connections } => {
-                open_loop(addr, host, rate, seconds, connections).await
+            Command::OpenLoop { addr, host, rate, seconds, connections, samples } => {
+                open_loop(addr, host, rate, seconds, connections, samples).await
             }
             Command::Idle { addr, host, connections, pids } => idle(addr, host, connections, pids).await,
             Command::WsBackend { listen } => ws_backend(listen).await,
@@ -163,7 +167,14 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, connections: usize) -> anyhow::Result<()> {
+async fn open_loop(
+    addr: SocketAddr,
+    host: String,
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+    samples: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     ensure_loopback(addr)?;
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -206,6 +217,10 @@ async fn open_loop(addr: SocketAddr, host: String, rate: u64, seconds: u64, conn
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
+    if let Some(path) = samples {
+        let text: String = all.iter().map(|us| format!("{us}\n")).collect();
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let pct = |p: f64| quantile_ms(&all, p);
     println!(
         "{}",
