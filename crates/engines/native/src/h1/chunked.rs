@@ -97,8 +97,9 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Like [`Decoder::decode`], but the data of chunks that are in `buf` together comes back
-    /// as one piece (up to `max` bytes): a body sent in 1-byte chunks costs a piece per read,
-    /// not a piece (and an upstream write) per chunk.
+    /// as one piece (up to about `max` bytes): a body sent in 1-byte chunks costs a piece per
+    /// read, not a piece (and an upstream write) per chunk, and each chunk's data is copied
+    /// straight into the piece.
     pub fn decode_run(&mut self, buf: &mut BytesMut, max: usize) -> Result<Decoded, ChunkError> {
         let first = match self.decode(buf)? {
             Decoded::Data(data) => data,
@@ -106,15 +107,24 @@ impl Decoder {
         };
         let mut run: Option<BytesMut> = None;
         while !buf.is_empty() && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
-            match self.decode(buf) {
-                Ok(Decoded::Data(more)) => {
-                    run.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more)
+            match self.read_framing(buf) {
+                None => {
+                    let take = self.take_data(buf.len());
+                    run.get_or_insert_with(|| {
+                        let mut run = BytesMut::with_capacity(max.min(first.len() + buf.len()));
+                        run.extend_from_slice(&first);
+                        run
+                    })
+                    .extend_from_slice(&buf[..take]);
+                    buf.advance(take);
                 }
-                Ok(Decoded::Trailers(fields)) => {
+                Some(Ok(Decoded::Trailers(fields))) => {
                     self.held = Some(Box::new(fields));
                     break;
                 }
-                Ok(Decoded::NeedMore | Decoded::End) | Err(_) => break,
+                // More is needed, the body ended or the framing broke: the state says so
+                // again on the next call.
+                Some(_) => break,
             }
         }
         Ok(Decoded::Data(run.map_or(first, BytesMut::freeze)))
@@ -125,34 +135,59 @@ impl Decoder {
         if let Some(trailers) = self.held.take() {
             return Ok(Decoded::Trailers(*trailers));
         }
+        if let Some(decoded) = self.read_framing(buf) {
+            return decoded;
+        }
+        let take = self.take_data(buf.len());
+        Ok(Decoded::Data(buf.split_to(take).freeze()))
+    }
+
+    /// Consumes framing up to the next chunk data: `None` when some is at the front of `buf`,
+    /// otherwise what [`Decoder::decode`] returns.
+    fn read_framing(&mut self, buf: &mut BytesMut) -> Option<Result<Decoded, ChunkError>> {
         loop {
             match self.state {
-                State::Done => return Ok(Decoded::End),
-                State::Failed => return Err(ChunkError),
-                State::Data(remaining) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    let take = remaining.min(buf.len() as u64);
-                    self.state = if take == remaining { State::DataCr } else { State::Data(remaining - take) };
-                    return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+                State::Done => return Some(Ok(Decoded::End)),
+                State::Failed => return Some(Err(ChunkError)),
+                State::Data(_) if buf.is_empty() => return Some(Ok(Decoded::NeedMore)),
+                State::Data(_) => return None,
+                // The usual framing, `\r\n` after data and a plain `1f\r\n` size line (below),
+                // in one step each rather than a step per byte.
+                State::DataCr if buf.starts_with(b"\r\n") => {
+                    buf.advance(2);
+                    self.state = NEXT_SIZE;
                 }
                 State::Trailers => {
                     let trailers = self.trailers(buf);
                     if trailers.is_err() {
                         self.state = State::Failed;
                     }
-                    return trailers;
+                    return Some(trailers);
                 }
                 state => {
+                    let plain = if state == NEXT_SIZE { plain_size_line(buf) } else { None };
+                    if let Some((size, len)) = plain {
+                        buf.advance(len);
+                        self.state = if size == 0 { State::Trailers } else { State::Data(size) };
+                        continue;
+                    }
                     let Some(&byte) = buf.first() else {
-                        return Ok(Decoded::NeedMore);
+                        return Some(Ok(Decoded::NeedMore));
                     };
                     buf.advance(1);
                     self.state = step(state, byte).unwrap_or(State::Failed);
                 }
             }
         }
+    }
+
+    /// How many of the `available` bytes at the front of the buffer are the current chunk's
+    /// data; the state moves past them.
+    fn take_data(&mut self, available: usize) -> usize {
+        let State::Data(remaining) = self.state else { return 0 };
+        let take = remaining.min(available as u64);
+        self.state = if take == remaining { State::DataCr } else { State::Data(remaining - take) };
+        take as usize
     }
 
     fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
@@ -188,6 +223,18 @@ impl Decoder {
             _ => Err(ChunkError),
         }
     }
+}
+
+/// A size line of hex digits and CRLF alone, short enough to be under the size limit: its
+/// size and length. Anything else (extensions, blanks, a line cut short) is for [`step`].
+fn plain_size_line(buf: &[u8]) -> Option<(u64, usize)> {
+    const MAX_DIGITS: usize = 13; // 16^13 = 2^52, under MAX_CHUNK_SIZE
+    let digits = buf.iter().take(MAX_DIGITS + 1).take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > MAX_DIGITS || buf.get(digits..digits + 2) != Some(b"\r\n") {
+        return None;
+    }
+    let size = buf[..digits].iter().fold(0u64, |size, &b| size << 4 | (b as char).to_digit(16).map_or(0, u64::from));
+    Some((size, digits + 2))
 }
 
 /// One byte of framing outside chunk data.
@@ -292,7 +339,23 @@ mod tests {
             b"ffffffffffffffff\r\n",
             b"100000000000000\r\n",
         ] {
-            assert_eq!(decode_in_steps(bad, 1).unwrap_err(), ChunkError, "{}", String::from_utf8_lossy(bad));
+            // Byte by byte, and whole (the plain size line's one step).
+            for step in [1, bad.len()] {
+                assert_eq!(decode_in_steps(bad, step), Err(ChunkError), "{}", String::from_utf8_lossy(bad));
+            }
+        }
+        for (size_line, size) in [("fffffffffffff", 16u64.pow(13) - 1), ("ffffffffffffff", (1 << 56) - 1), ("0001", 1)]
+        {
+            let input = format!("{size_line}\r\n");
+            for step in [1, input.len()] {
+                let mut decoder = Decoder::default();
+                let mut buf = BytesMut::new();
+                for piece in input.as_bytes().chunks(step) {
+                    buf.extend_from_slice(piece);
+                    assert_eq!(decoder.decode(&mut buf), Ok(Decoded::NeedMore), "{size_line}");
+                }
+                assert_eq!(decoder.state, State::Data(size), "{size_line} in steps of {step}");
+            }
         }
         let long = format!("1;{}\r\n", "e".repeat(MAX_SIZE_LINE));
         assert!(decode_in_steps(long.as_bytes(), 64).is_err());
