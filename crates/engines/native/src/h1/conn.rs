@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Method, Response, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -332,10 +332,11 @@ impl<IO: Transport> Connection<IO> {
         let _ = tokio::time::timeout(LINGER_TIME, self.io.shutdown()).await;
         if linger {
             let mut seen = 0;
-            let mut scratch = [0u8; 4096];
             let _ = tokio::time::timeout(LINGER_TIME, async {
                 while seen < LINGER_BYTES {
-                    match self.io.read(&mut scratch).await {
+                    // Body-sized reads into the connection's buffer: 1 MiB takes 64 reads, not 256.
+                    self.buf.clear();
+                    match poll_fn(|cx| read::poll_fill(cx, &mut self.io, &mut self.buf, read::BODY_READ)).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => seen += n,
                     }
@@ -542,5 +543,46 @@ mod tests {
         }
         let got = String::from_utf8_lossy(&got);
         assert!(got.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_arrived_reaches_the_client_whole_and_the_rest_is_read_away() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = target.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_at = proxy.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = proxy.accept().await.unwrap();
+            let (_stop, stopped) = tokio::sync::watch::channel(None);
+            serve(socket, connection_to(at), stopped).await;
+        });
+        let client = tokio::net::TcpStream::connect(proxy_at).await.unwrap();
+        let (mut rx, mut tx) = client.into_split();
+        // 600 KB still on its way when the answer comes: under the linger limit, so all of it
+        // is read away (many reads) and the client's writes all succeed.
+        let body_len = 600_000;
+        let upload = tokio::spawn(async move {
+            tx.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {body_len}\r\n\r\n").as_bytes())
+                .await?;
+            for _ in 0..body_len / 1000 {
+                tx.write_all(&[b'x'; 1000]).await?;
+            }
+            io::Result::Ok(())
+        });
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut got)).await.unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "the answer ended in a reset: {read:?} after {got:?}");
+        // (With or without `Connection: close`: that depends on whether the target had let go
+        // of the body when the answer went out.)
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"), "{got:?}");
+        upload.await.unwrap().unwrap();
     }
 }
