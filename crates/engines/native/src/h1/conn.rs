@@ -502,9 +502,8 @@ mod tests {
         ConnInfo::new(shared, peer, false, client)
     }
 
-    #[tokio::test]
-    async fn a_partly_written_100_continue_is_completed_before_the_final_response() {
-        // The target answers at once, without waiting for the body.
+    /// A target that answers `ok` as soon as it has a request head, without reading the body.
+    async fn target_answering_at_once() -> SocketAddr {
         let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = target.local_addr().unwrap();
         tokio::spawn(async move {
@@ -521,6 +520,12 @@ mod tests {
             socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
+        at
+    }
+
+    #[tokio::test]
+    async fn a_partly_written_100_continue_is_completed_before_the_final_response() {
+        let at = target_answering_at_once().await;
         let (mut client, proxy) = tokio::io::duplex(4);
         let (_stop, stopped) = tokio::sync::watch::channel(None);
         tokio::spawn(serve(proxy, connection_to(at), stopped));
@@ -547,15 +552,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_before_the_body_arrived_reaches_the_client_whole_and_the_rest_is_read_away() {
-        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let at = target.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut socket, _) = target.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = socket.read(&mut buf).await;
-            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
+        let at = target_answering_at_once().await;
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_at = proxy.local_addr().unwrap();
         tokio::spawn(async move {
