@@ -12,7 +12,8 @@ trap cleanup EXIT
 # nginx writes temporary files; keep them in the working folder.
 NGINX_TEMP_PATHS="client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;"
 
-# start_backend ADDR=TEXT...: one nginx on CPU 0 answering 200 TEXT on each address.
+# start_backend ADDR=TEXT...: one nginx on CPU $BACKEND_CPU (default 0) answering 200 TEXT on
+# each address.
 start_backend() {
   local servers=""
   for pair in "$@"; do servers+="server { listen ${pair%%=*}; location / { return 200 \"${pair#*=}\\n\"; } } "; done
@@ -21,7 +22,7 @@ worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 1000000; $NGINX_TEMP_PATHS $servers }
 CONF
-  taskset -c 0 nginx -c "$B/backend.conf" & PIDS+=($!)
+  taskset -c "${BACKEND_CPU:-0}" nginx -c "$B/backend.conf" & PIDS+=($!)
 }
 
 # wait_ready ADDR [TENTHS]: until http://ADDR/ answers 200 for Host app.local (10 s, or
@@ -105,11 +106,11 @@ make_certificate() {
 
 # ticks "PIDS": user+system clock ticks the processes have used.
 ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
-# launch NAME READY COMMAND...: starts COMMAND on CPU 1 (its output in $B/NAME.out), then
+# launch NAME READY COMMAND...: starts COMMAND on CPU $PROXY_CPU (default 1) (its output in $B/NAME.out), then
 # runs READY (a command line) until it serves; sets PID. Says why and fails if it does not.
 launch() {
   local name=$1 ready=$2; shift 2
-  taskset -c 1 "$@" >"$B/$name.out" 2>&1 & PID=$!
+  taskset -c "${PROXY_CPU:-1}" "$@" >"$B/$name.out" 2>&1 & PID=$!
   PIDS+=($PID)
   $ready || { echo "$name did not come up: $(tail -5 "$B/$name.out")" >&2; kill $PID; return 1; }
 }
