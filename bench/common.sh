@@ -106,8 +106,9 @@ make_certificate() {
 
 # ticks "PIDS": user+system clock ticks the processes have used.
 ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$s"; }
-# launch NAME READY COMMAND...: starts COMMAND on CPU $PROXY_CPU (default 1) (its output in $B/NAME.out), then
-# runs READY (a command line) until it serves; sets PID. Says why and fails if it does not.
+# launch NAME READY COMMAND...: starts COMMAND on CPU $PROXY_CPU (default 1), its output in
+# $B/NAME.out, then runs READY (a command line) until it serves; sets PID. Says why and fails
+# if it does not.
 launch() {
   local name=$1 ready=$2; shift 2
   taskset -c "${PROXY_CPU:-1}" "$@" >"$B/$name.out" 2>&1 & PID=$!

@@ -233,8 +233,13 @@ fn plain_size_line(buf: &[u8]) -> Option<(u64, usize)> {
     if digits == 0 || digits > MAX_DIGITS || buf.get(digits..digits + 2) != Some(b"\r\n") {
         return None;
     }
-    let size = buf[..digits].iter().fold(0u64, |size, &b| size << 4 | (b as char).to_digit(16).map_or(0, u64::from));
+    let size = buf[..digits].iter().fold(0u64, |size, &b| size << 4 | hex_value(b));
     Some((size, digits + 2))
+}
+
+/// The value of a hex digit (callers checked that it is one).
+fn hex_value(digit: u8) -> u64 {
+    (digit as char).to_digit(16).map_or(0, u64::from)
 }
 
 /// One byte of framing outside chunk data.
@@ -243,8 +248,7 @@ fn step(state: State, byte: u8) -> Result<State, ChunkError> {
     Ok(match (state, byte) {
         (State::Size { line, .. }, _) if line >= MAX_SIZE_LINE => return Err(ChunkError),
         (State::Size { value, digits, part: Digits, line }, b) if b.is_ascii_hexdigit() => {
-            let digit = (b as char).to_digit(16).map_or(0, u64::from);
-            let value = value << 4 | digit;
+            let value = value << 4 | hex_value(b);
             if value >= MAX_CHUNK_SIZE {
                 return Err(ChunkError);
             }
