@@ -174,9 +174,9 @@ async fn answers_say_when_the_connection_ends() {
     let (gh, _) = start(&b.url(), "");
     let at = gh.listeners[0];
 
-    // Answered without its body (no route): the response says the connection closes, and
-    // the close waits for the client instead of resetting under the response.
-    let reply = raw(at, b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 100\r\n\r\nabc").await;
+    // Answered without the rest of its body (no route): the response says the connection
+    // closes, and the close waits for the client instead of resetting under the response.
+    let reply = raw(at, &with_first_piece("nowhere.test", 100_000)).await;
     assert_eq!(status_of(&reply), 404, "{reply}");
     assert!(reply.contains("connection: close\r\n"), "{reply}");
 
@@ -220,13 +220,14 @@ async fn an_exchange_given_up_resets_its_target_connection() {
             }
         }
     });
-    let reply = raw(gh.listeners[0], b"POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: 1000000\r\n\r\nabc").await;
+    let reply = raw(gh.listeners[0], &with_first_piece("h.test", 1_000_000)).await;
     assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("\r\n\r\nok"), "{reply}");
     assert_eq!(ended.await.unwrap(), "reset");
 }
 
-/// A head that announces a body engages no target until the body begins: a client that
-/// sends heads and stalls ties up no application worker. Chunked bodies and clients that
+/// A head that announces a body engages no target until the body's first piece (16 KiB, or
+/// all of a shorter body) has arrived: a client that sends heads and stalls or trickles ties
+/// up no application worker. Chunked bodies and clients that
 /// wait for `100 Continue` go through at once, as they may rightly wait for the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_is_engaged_only_once_an_announced_body_begins() {
@@ -239,14 +240,17 @@ async fn a_target_is_engaged_only_once_an_announced_body_begins() {
     assert_eq!(status_of(&reply), 408, "{reply}");
     assert_eq!((b.requests(), b.connections()), (0, 0));
 
-    // The body comes late: the request goes out when it begins.
+    // The body comes late and in parts: the request goes out when all of it is there.
     let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
     s.write_all(b"POST /late HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b.requests(), 0, "nothing reaches the target before the body begins");
-    send_body_and_expect_200(s).await;
+    for part in ["", "hell"] {
+        s.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(b.requests(), 0, "nothing reaches the target with {part:?} of the body");
+    }
+    send_body_and_expect_200(s, "o").await;
     assert_eq!((b.last().body_len, b.requests()), (5, 1));
 
     // A client waiting for 100 Continue is asked for its body by the target's answer.
@@ -256,17 +260,25 @@ async fn a_target_is_engaged_only_once_an_announced_body_begins() {
         .unwrap();
     let interim = support::client::read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
-    send_body_and_expect_200(s).await;
+    send_body_and_expect_200(s, "hello").await;
     assert_eq!(b.requests(), 2);
 }
 
-/// Sends the five-byte body `hello` and reads the answer to its end: a 200.
-async fn send_body_and_expect_200(mut s: tokio::net::TcpStream) {
+/// Sends `body` (the rest of the five-byte body `hello`) and reads the answer to its end: a 200.
+async fn send_body_and_expect_200(mut s: tokio::net::TcpStream, body: &str) {
     use tokio::io::AsyncReadExt;
-    s.write_all(b"hello").await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// A POST to `host` announcing `length` body bytes, with the first 16 KiB of them: enough for
+/// the request to be routed, far from all of it.
+fn with_first_piece(host: &str, length: usize) -> Vec<u8> {
+    let mut request = format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+    request.resize(request.len() + 16 * 1024, b'x');
+    request
 }
 
 const SHORT_TIMEOUTS: &str = "[limits]\nhead_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\nbody_timeout = \"1s\"\n\

@@ -101,9 +101,10 @@ pub(crate) async fn handle(mut req: Request<ClientBody>, conn: &ConnInfo, mut ti
     let log = (conn.shared.access_log.as_ref())
         .map(|_| access_log::Start::new(&req, conn.peer, &conn.forwarded_for, &request_id));
     let mut trace = Trace { routed: None, target: None, log };
-    // Nothing is routed before a body of announced length begins to arrive: a client that
-    // sends a head and stalls ties up no application worker, and the route it gets is the
-    // one in force once it is ready (a deploy's drain never waits on it).
+    // Nothing is routed before the first piece of a body of announced length has arrived
+    // (16 KiB, or all of a shorter body): a client that sends a head and trickles or stalls
+    // ties up no application worker, and the route it gets is the one in force once it is
+    // ready (a deploy's drain never waits on it).
     let begun = req.body_mut().begun().await;
     let snap = conn.shared.snapshot.load_full();
     let handled = match begun {

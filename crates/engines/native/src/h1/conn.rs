@@ -34,6 +34,10 @@ use crate::local::LocalError;
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// A body of announced length goes to the handler (and is routed) once this much of it, or
+/// all of it when it is shorter, has arrived: a client that trickles its body ties up no
+/// target, as with nginx's request buffering and HAProxy's `http-buffer-request`.
+const FIRST_PIECE: u64 = read::BODY_READ as u64;
 
 /// A client stream the HTTP/1 server can run on.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -369,12 +373,21 @@ struct Pump {
     idle: Option<Pin<Box<Sleep>>>,
     /// Bytes arrived since the idle timer was last set.
     progressed: bool,
+    /// Bytes the connection's buffer must hold before the first frame is made (see
+    /// [`FIRST_PIECE`]); zero once it is made.
+    gather: usize,
 }
 
 impl Pump {
     fn new(tx: pipe::Sender, decode: BodyDecoder, expect_continue: bool, idle_timeout: Duration) -> Self {
         let continue_sent = if expect_continue { 0 } else { CONTINUE.len() };
-        Pump { tx: Some(tx), decode, continue_sent, outcome: None, idle_timeout, idle: None, progressed: false }
+        // A client waiting for `100 Continue` sends nothing until the target wants the body.
+        let gather = match decode {
+            BodyDecoder::Length(n) if !expect_continue => n.min(FIRST_PIECE) as usize,
+            _ => 0,
+        };
+        let idle = None;
+        Pump { tx: Some(tx), decode, continue_sent, outcome: None, idle_timeout, idle, progressed: false, gather }
     }
 
     /// Ready when the client has sent nothing for the idle timeout.
@@ -427,7 +440,13 @@ impl Pump {
                 }
                 continue;
             }
-            match self.decode.next(buf) {
+            let piece = if buf.len() < self.gather {
+                Piece::NeedMore
+            } else {
+                self.gather = 0;
+                self.decode.next(buf)
+            };
+            match piece {
                 Piece::Frame(frame, last) => {
                     if let Some(tx) = self.tx.as_mut() {
                         tx.send(frame);
@@ -521,6 +540,45 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         at
+    }
+
+    #[tokio::test]
+    async fn a_body_reaches_no_target_before_its_first_piece_has_arrived() {
+        // A body longer than the first piece and one shorter: each held until 16 KiB, or all
+        // of it, is there.
+        for (length, first) in [(40_000usize, 16_000usize), (10, 9)] {
+            let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (mut client, proxy) = tokio::io::duplex(64 * 1024);
+            let (_stop, stopped) = tokio::sync::watch::channel(None);
+            tokio::spawn(serve(proxy, connection_to(target.local_addr().unwrap()), stopped));
+            let head = format!("POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {length}\r\n\r\n");
+            let body: Vec<u8> = (0..length).map(|i| b'a' + (i % 26) as u8).collect();
+            client.write_all(head.as_bytes()).await.unwrap();
+            client.write_all(&body[..first]).await.unwrap();
+            let early = tokio::time::timeout(Duration::from_millis(300), target.accept()).await;
+            assert!(early.is_err(), "a target was connected with {first} of {length} body bytes sent");
+
+            client.write_all(&body[first..]).await.unwrap();
+            let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), target.accept()).await.unwrap().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            while !seen.ends_with(&body) {
+                let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await.unwrap().unwrap();
+                assert!(n > 0, "the target got {} bytes, then a close", seen.len());
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let seen = String::from_utf8_lossy(&seen);
+            assert!(seen.starts_with("POST /up HTTP/1.1\r\n"), "{seen:?}");
+            assert!(seen.contains(&format!("\r\ncontent-length: {length}\r\n")), "{seen:?}");
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"ok") {
+                let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got));
+        }
     }
 
     #[tokio::test]

@@ -119,7 +119,7 @@ fn wake(waker: Option<Waker>) {
 }
 
 impl Receiver {
-    /// Ready once a body of announced length has begun to arrive (its first bytes wait to
+    /// Ready once a body of announced length has begun to arrive (its first frame waits to
     /// be taken, or it failed), taking nothing; at once for a chunked body, which may
     /// rightly wait for the response, and for a client waiting for `100 Continue`.
     pub fn poll_begun(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
