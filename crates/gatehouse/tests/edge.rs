@@ -273,6 +273,56 @@ async fn send_body_and_expect_200(mut s: tokio::net::TcpStream, body: &str) {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
 
+/// A client that pipelines requests and reads none of the answers gets only as many served as
+/// fill its receive window and 64 KiB more; once it reads, the rest are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_answers_gets_no_more_requests_served() {
+    use tokio::io::AsyncReadExt;
+    let b = backend::start("b").await;
+    let (gh, _) = start(&b.url(), "");
+    let total = 6_000;
+    let s = tokio::net::TcpStream::connect(gh.listeners[0]).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    let writing = tokio::spawn(async move {
+        tx.write_all(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n".repeat(total).as_slice()).await.unwrap();
+        tx
+    });
+    // Served until the answers back up, then no more while nothing is read.
+    let mut served = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if b.requests() > 0 && b.requests() == served {
+            break;
+        }
+        served = b.requests();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.requests(), served, "requests went on being served to a client that reads nothing");
+    assert!(served > 0 && served < total / 2, "{served} of {total} served before the answers backed up");
+
+    // Nothing was dropped: every request is answered once the client reads.
+    let mut seen = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let answers = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut answers = 0;
+        while answers < total {
+            let n = rx.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {answers} answers");
+            seen.extend_from_slice(&chunk[..n]);
+            answers += seen.windows(17).filter(|w| w == b"HTTP/1.1 200 OK\r\n").count();
+            // Keep only a tail that may hold the start of a status line.
+            let keep = seen.len().min(16);
+            seen.drain(..seen.len() - keep);
+        }
+        answers
+    })
+    .await
+    .expect("all answers within 30 s");
+    assert_eq!(answers, total);
+    drop(writing.await.unwrap());
+    assert_eq!(b.requests(), total);
+}
+
 /// A POST to `host` announcing `length` body bytes, with the first 16 KiB of them: enough for
 /// the request to be routed, far from all of it.
 fn with_first_piece(host: &str, length: usize) -> Vec<u8> {

@@ -39,6 +39,12 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// target, as with nginx's request buffering and HAProxy's `http-buffer-request`.
 const FIRST_PIECE: u64 = read::BODY_READ as u64;
 
+/// Bytes of answers the client has not taken (sent and not acknowledged: beyond what its
+/// receive window holds) past which no further request of its is read. A client that
+/// pipelines requests and never reads would otherwise have the proxy, and the target, work
+/// through every one of them as fast as the kernel's buffers take the answers.
+const UNTAKEN_ANSWERS: usize = 64 * 1024;
+
 /// A client stream the HTTP/1 server can run on.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would find bytes, without holding a buffer while waiting. Streams
@@ -47,15 +53,33 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// Bytes written that the client has not acknowledged yet (None: not known).
+    fn untaken(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
     fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+
+    fn untaken(&self) -> Option<usize> {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) writes one int through the pointer, which
+        // outlives the call.
+        let done = unsafe { libc::ioctl(self.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
+    }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn untaken(&self) -> Option<usize> {
+        self.get_ref().0.untaken()
+    }
+}
 
 /// Serves HTTP/1.1 on `io` until the client leaves, an exchange ends the connection, or
 /// the worker stops (the request in flight finishes first).
@@ -112,6 +136,14 @@ pub(crate) async fn serve<IO: Transport>(io: IO, conn: ConnInfo, stopped: crate:
         };
         match Box::pin(c.exchange(head, &conn, &stopped)).await {
             After::KeepAlive => {
+                let taken = tokio::select! {
+                    taken = c.client_takes_answers() => taken,
+                    () = stop.as_mut() => return,
+                };
+                if !taken {
+                    conn.shared.metrics.proxy_error("response_stalled");
+                    return;
+                }
                 if c.buf.is_empty() {
                     // Let the buffer go (the request's header values may still share it).
                     c.buf = BytesMut::new();
@@ -182,6 +214,30 @@ impl<IO: Transport> Connection<IO> {
                 Ok(0) | Err(_) => return Err(ReadError::Io),
                 Ok(_) => began |= was_empty,
             }
+        }
+    }
+
+    /// Waits until the client has taken all but [`UNTAKEN_ANSWERS`] of the answers sent to
+    /// it (at once, nearly always); false when it took nothing for the send timeout. Polled:
+    /// the kernel signals no wakeup for acknowledgements.
+    async fn client_takes_answers(&self) -> bool {
+        let Some(mut untaken) = self.io.untaken().filter(|&n| n > UNTAKEN_ANSWERS) else {
+            return true;
+        };
+        let mut deadline = tokio::time::Instant::now() + self.send_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            tokio::time::sleep(pause).await;
+            let Some(now_untaken) = self.io.untaken().filter(|&n| n > UNTAKEN_ANSWERS) else {
+                return true;
+            };
+            let now = tokio::time::Instant::now();
+            if now_untaken < untaken {
+                (untaken, deadline) = (now_untaken, now + self.send_timeout);
+            } else if now >= deadline {
+                return false;
+            }
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
