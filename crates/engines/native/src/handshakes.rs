@@ -4,14 +4,16 @@
 //! worker has a helper thread of the lowest priority (`SCHED_IDLE`) that computes it: the
 //! kernel gives the helper only CPU time no one else wants, and a worker woken by a request
 //! preempts it at once, so a storm of new connections cannot delay requests on established
-//! ones. On a saturated machine the helper gets no CPU; a handshake then waits
+//! ones. On a saturated machine (or one where any other process keeps the CPU busy: an
+//! application on the same host) the helper gets no CPU; a handshake then waits
 //! [`HELPER_WAIT`] at most before its worker does the step itself, one at a time and each
 //! after polling its sockets (as HAProxy runs handshakes in its "heavy" task class), so new
-//! connections still get in.
+//! connections still get in. For [`STARVED_FOR`] after that, handshakes go to the worker
+//! straight away: a busy host costs one wait a second, not one per handshake.
 
 use std::io;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -20,6 +22,8 @@ use tokio_rustls::server::{Accept, StartHandshake};
 
 /// How long a handshake waits for the helper before its worker takes the step over.
 const HELPER_WAIT: Duration = Duration::from_millis(25);
+/// How long the worker takes every step itself after the helper missed [`HELPER_WAIT`].
+const STARVED_FOR: Duration = Duration::from_secs(1);
 
 /// A handshake's costly step, taken by whichever of the helper and the worker comes first.
 type Step = Arc<Mutex<Option<(StartHandshake<TcpStream>, Arc<ServerConfig>)>>>;
@@ -33,6 +37,8 @@ struct Job {
 pub(crate) struct Handshakes {
     helper: mpsc::Sender<Job>,
     turn: Semaphore,
+    /// Until when the helper is passed over (it missed a handshake's wait).
+    starved_until: Mutex<Option<Instant>>,
 }
 
 impl Handshakes {
@@ -40,7 +46,15 @@ impl Handshakes {
     pub(crate) fn start(name: String) -> io::Result<Self> {
         let (helper, jobs) = mpsc::channel();
         std::thread::Builder::new().name(name).spawn(move || help(jobs))?;
-        Ok(Handshakes { helper, turn: Semaphore::new(1) })
+        Ok(Handshakes::with_helper(helper))
+    }
+
+    fn with_helper(helper: mpsc::Sender<Job>) -> Self {
+        Handshakes { helper, turn: Semaphore::new(1), starved_until: Mutex::new(None) }
+    }
+
+    fn starved_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.starved_until.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Answers the ClientHello `start` read with `config`; the returned future finishes the
@@ -52,7 +66,9 @@ impl Handshakes {
     ) -> io::Result<Accept<TcpStream>> {
         let step: Step = Arc::new(Mutex::new(Some((start, config))));
         let (answer, mut answered) = oneshot::channel();
-        if self.helper.send(Job { step: step.clone(), answer }).is_ok() {
+        let starved = self.starved_until().is_some_and(|until| Instant::now() < until);
+        let asked = !starved && self.helper.send(Job { step: step.clone(), answer }).is_ok();
+        if asked {
             if let Ok(Ok(accept)) = tokio::time::timeout(HELPER_WAIT, &mut answered).await {
                 return Ok(accept);
             }
@@ -60,6 +76,9 @@ impl Handshakes {
         let untaken = step.lock().unwrap_or_else(PoisonError::into_inner).take();
         match untaken {
             Some((start, config)) => {
+                if asked {
+                    *self.starved_until() = Some(Instant::now() + STARVED_FOR);
+                }
                 // The semaphore is never closed; without a permit the step simply goes on.
                 let _turn = self.turn.acquire().await;
                 // Deferred until the worker has polled its sockets: what is ready runs first.
@@ -149,11 +168,16 @@ mod tests {
     }
 
     #[test]
-    fn a_handshake_the_helper_never_gets_to_is_done_by_its_worker() {
+    fn a_handshake_the_helper_never_gets_to_is_done_by_its_worker_as_are_the_next_ones() {
         // A helper that never runs: its queue is held, never read.
-        let (helper, _never_read) = mpsc::channel();
-        let handshakes = Handshakes { helper, turn: Semaphore::new(1) };
-        runtime().block_on(handshake_through(&handshakes));
+        let (helper, never_read) = mpsc::channel();
+        let handshakes = Handshakes::with_helper(helper);
+        runtime().block_on(async {
+            handshake_through(&handshakes).await;
+            // Passed over now: the next handshake does not wait for it.
+            handshake_through(&handshakes).await;
+        });
+        assert_eq!(never_read.try_iter().count(), 1, "only the first handshake was offered to the starved helper");
     }
 
     /// The scheduling policy of this process's thread named `name`, if it is running.
