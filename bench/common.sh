@@ -12,10 +12,24 @@ trap cleanup EXIT
 # nginx writes temporary files; keep them in the working folder.
 NGINX_TEMP_PATHS="client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_path $B; uwsgi_temp_path $B; scgi_temp_path $B;"
 
+# require_free ADDR...: stops the run when something already listens on an address: a server
+# left over from another run would be measured in place of the one this run starts.
+require_free() {
+  for addr in "$@"; do
+    if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+      echo "$addr is already in use (a server left from another run?): stop it first" >&2
+      exit 1
+    fi
+  done
+}
+
 # start_backend ADDR=TEXT...: one nginx on CPU $BACKEND_CPU (default 0) answering 200 TEXT on
-# each address.
+# each address; first, the backend's, proxy's and admin addresses must be free.
 start_backend() {
   local servers=""
+  local pair
+  for pair in "$@"; do require_free "${pair%%=*}"; done
+  require_free ${PROXY:-} ${PROXY_TLS:-} ${ADMIN:-}
   for pair in "$@"; do servers+="server { listen ${pair%%=*}; location / { return 200 \"${pair#*=}\\n\"; } } "; done
   cat >"$B/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
