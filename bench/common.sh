@@ -15,6 +15,7 @@ NGINX_TEMP_PATHS="client_body_temp_path $B; proxy_temp_path $B; fastcgi_temp_pat
 # require_free ADDR...: stops the run when something already listens on an address: a server
 # left over from another run would be measured in place of the one this run starts.
 require_free() {
+  local addr
   for addr in "$@"; do
     if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
       echo "$addr is already in use (a server left from another run?): stop it first" >&2
@@ -26,11 +27,12 @@ require_free() {
 # start_backend ADDR=TEXT...: one nginx on CPU $BACKEND_CPU (default 0) answering 200 TEXT on
 # each address; first, the backend's, proxy's and admin addresses must be free.
 start_backend() {
-  local servers=""
-  local pair
-  for pair in "$@"; do require_free "${pair%%=*}"; done
+  local servers="" pair
   require_free ${PROXY:-} ${PROXY_TLS:-} ${ADMIN:-}
-  for pair in "$@"; do servers+="server { listen ${pair%%=*}; location / { return 200 \"${pair#*=}\\n\"; } } "; done
+  for pair in "$@"; do
+    require_free "${pair%%=*}"
+    servers+="server { listen ${pair%%=*}; location / { return 200 \"${pair#*=}\\n\"; } } "
+  done
   cat >"$B/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $B/backend.pid; error_log $B/backend.err;
 events { worker_connections 8192; }
