@@ -27,9 +27,10 @@ ROUNDS="${ROUNDS:-3}"
 ATTACKS="${ATTACKS:-slowloris slow-body tiny-chunks pipeline-unread h2-zero-window h2-idle tls-storm}"
 PROXIES="${PROXIES:-gatehouse nginx haproxy}"
 case "${LAYOUT:-two-cpus}" in
-  two-cpus) PROXY_CPU=1 BACKEND_CPU=0 CLIENT_CPU=0 ;;
-  one-cpu) PROXY_CPU=1 BACKEND_CPU=1 CLIENT_CPU=1 ;;
-  *) echo "LAYOUT is two-cpus or one-cpu" >&2; exit 2 ;;
+  two-cpus) PROXY_CPU=1 BACKEND_CPU=0 CLIENT_CPU=0 ATTACKER_CPU=0 ;;
+  one-cpu) PROXY_CPU=1 BACKEND_CPU=1 CLIENT_CPU=1 ATTACKER_CPU=1 ;;
+  attacker-apart) PROXY_CPU=1 BACKEND_CPU=1 CLIENT_CPU=1 ATTACKER_CPU=0 ;;
+  *) echo "LAYOUT is two-cpus, one-cpu or attacker-apart" >&2; exit 2 ;;
 esac
 source "$ROOT/bench/common.sh"
 BACKEND=127.0.0.1:19000 PROXY=127.0.0.1:18080 PROXY_TLS=127.0.0.1:18443 ADMIN=127.0.0.1:16000
@@ -75,7 +76,7 @@ quiet_then_attack() {
   # The attacker runs at nice 19: on the CPU it shares with the well-behaved client, its own
   # work (client-side TLS, thousands of sockets) would otherwise delay the client's timers
   # and count as the proxy's latency.
-  taskset -c "$CLIENT_CPU" nice -n 19 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \
+  taskset -c "$ATTACKER_CPU" nice -n 19 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \
     --seconds $((SECS + 3)) >"$B/attack.json" 2>"$B/attack.err" & local attacker=$!
   sleep 2
   t0=$(ticks "$pids")

@@ -4,12 +4,15 @@
 //! worker has a helper thread of the lowest priority (`SCHED_IDLE`) that computes it: the
 //! kernel gives the helper only CPU time no one else wants, and a worker woken by a request
 //! preempts it at once, so a storm of new connections cannot delay requests on established
-//! ones. On a saturated machine (or one where any other process keeps the CPU busy: an
-//! application on the same host) the helper gets no CPU; a handshake then waits
-//! [`HELPER_WAIT`] at most before its worker does the step itself, one at a time and each
-//! after polling its sockets (as HAProxy runs handshakes in its "heavy" task class), so new
-//! connections still get in. For [`STARVED_FOR`] after that, handshakes go to the worker
-//! straight away: a busy host costs one wait a second, not one per handshake.
+//! ones. A helper that is behind but finishing steps is waited for (the handshake timeout
+//! bounds the wait). On a saturated machine (or one where any other process keeps the CPU
+//! busy: an application on the same host) the helper finishes nothing; once a handshake has
+//! waited [`HELPER_WAIT`] without the helper finishing any step, the worker takes the steps
+//! itself, one at a time, each after polling its sockets and then resting [`WORKER_REST`]
+//! times as long as the step took (as HAProxy runs handshakes in its "heavy" task class), so
+//! new connections still get in without taking more than a fifth of the worker. For
+//! [`STARVED_FOR`] after that, handshakes go to the worker straight away: a busy host costs
+//! one wait a second, not one per handshake.
 
 use std::io;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -17,13 +20,17 @@ use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio_rustls::server::{Accept, StartHandshake};
 
-/// How long a handshake waits for the helper before its worker takes the step over.
+/// How long a handshake waits for a helper that finishes nothing before its worker takes
+/// the step over.
 const HELPER_WAIT: Duration = Duration::from_millis(25);
-/// How long the worker takes every step itself after the helper missed [`HELPER_WAIT`].
+/// How long the worker takes every step itself after the helper was found starved.
 const STARVED_FOR: Duration = Duration::from_secs(1);
+/// After a step of its own, the worker takes the next only after this many times as long:
+/// handshakes get at most a fifth of a worker whose helper gets no CPU.
+const WORKER_REST: u32 = 4;
 
 /// A handshake's costly step, taken by whichever of the helper and the worker comes first.
 type Step = Arc<Mutex<Option<(StartHandshake<TcpStream>, Arc<ServerConfig>)>>>;
@@ -33,11 +40,18 @@ struct Job {
     answer: oneshot::Sender<Accept<TcpStream>>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// One worker's handshake helper and its turn for doing the step itself.
 pub(crate) struct Handshakes {
     helper: mpsc::Sender<Job>,
-    turn: Semaphore,
-    /// Until when the helper is passed over (it missed a handshake's wait).
+    /// When the helper last finished a step (or started).
+    helper_finished: Arc<Mutex<Instant>>,
+    /// The worker's own turn, one step at a time: when it may take the next.
+    turn: tokio::sync::Mutex<Instant>,
+    /// Until when the helper is passed over (it was found starved).
     starved_until: Mutex<Option<Instant>>,
 }
 
@@ -45,16 +59,20 @@ impl Handshakes {
     /// Starts the helper thread; it ends once the worker drops this.
     pub(crate) fn start(name: String) -> io::Result<Self> {
         let (helper, jobs) = mpsc::channel();
-        std::thread::Builder::new().name(name).spawn(move || help(jobs))?;
-        Ok(Handshakes::with_helper(helper))
+        let handshakes = Handshakes::with_helper(helper);
+        let finished = handshakes.helper_finished.clone();
+        std::thread::Builder::new().name(name).spawn(move || help(jobs, finished))?;
+        Ok(handshakes)
     }
 
     fn with_helper(helper: mpsc::Sender<Job>) -> Self {
-        Handshakes { helper, turn: Semaphore::new(1), starved_until: Mutex::new(None) }
-    }
-
-    fn starved_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.starved_until.lock().unwrap_or_else(PoisonError::into_inner)
+        let now = Instant::now();
+        Handshakes {
+            helper,
+            helper_finished: Arc::new(Mutex::new(now)),
+            turn: tokio::sync::Mutex::new(now),
+            starved_until: Mutex::new(None),
+        }
     }
 
     /// Answers the ClientHello `start` read with `config`; the returned future finishes the
@@ -66,43 +84,64 @@ impl Handshakes {
     ) -> io::Result<Accept<TcpStream>> {
         let step: Step = Arc::new(Mutex::new(Some((start, config))));
         let (answer, mut answered) = oneshot::channel();
-        let starved = self.starved_until().is_some_and(|until| Instant::now() < until);
-        let asked = !starved && self.helper.send(Job { step: step.clone(), answer }).is_ok();
-        if asked {
-            if let Ok(Ok(accept)) = tokio::time::timeout(HELPER_WAIT, &mut answered).await {
-                return Ok(accept);
-            }
-        }
-        let untaken = step.lock().unwrap_or_else(PoisonError::into_inner).take();
-        match untaken {
-            Some((start, config)) => {
-                if asked {
-                    *self.starved_until() = Some(Instant::now() + STARVED_FOR);
+        let starved = lock(&self.starved_until).is_some_and(|until| Instant::now() < until);
+        if !starved && self.helper.send(Job { step: step.clone(), answer }).is_ok() {
+            loop {
+                match tokio::time::timeout(HELPER_WAIT, &mut answered).await {
+                    Ok(Ok(accept)) => return Ok(accept),
+                    // The helper has stopped.
+                    Ok(Err(_)) => break,
+                    Err(_) if lock(&self.helper_finished).elapsed() < HELPER_WAIT => {}
+                    Err(_) => {
+                        *lock(&self.starved_until) = Some(Instant::now() + STARVED_FOR);
+                        break;
+                    }
                 }
-                // The semaphore is never closed; without a permit the step simply goes on.
-                let _turn = self.turn.acquire().await;
-                // Deferred until the worker has polled its sockets: what is ready runs first.
-                tokio::task::yield_now().await;
-                Ok(start.into_stream(config))
             }
-            // The helper is at it.
-            None => answered.await.map_err(|_| io::Error::other("the handshake helper stopped")),
         }
+        tokio::select! {
+            Ok(accept) = &mut answered => Ok(accept),
+            taken = self.take_step(&step) => match taken {
+                Some(accept) => Ok(accept),
+                // The helper got to it first.
+                None => answered.await.map_err(|_| io::Error::other("the handshake helper stopped")),
+            },
+        }
+    }
+
+    /// Takes `step` on the worker in its turn, unless the helper has taken it meanwhile.
+    async fn take_step(&self, step: &Step) -> Option<Accept<TcpStream>> {
+        let mut next_turn = self.turn.lock().await;
+        tokio::time::sleep_until((*next_turn).into()).await;
+        // Deferred until the worker has polled its sockets: what is ready runs first.
+        tokio::task::yield_now().await;
+        let (start, config) = lock(step).take()?;
+        let began = Instant::now();
+        let accept = start.into_stream(config);
+        *next_turn = Instant::now() + began.elapsed() * WORKER_REST;
+        Some(accept)
     }
 }
 
-fn help(jobs: mpsc::Receiver<Job>) {
+fn help(jobs: mpsc::Receiver<Job>, finished: Arc<Mutex<Instant>>) {
     lowest_priority();
     while let Ok(job) = jobs.recv() {
-        if job.answer.is_closed() {
-            continue; // the connection is gone
-        }
-        let untaken = job.step.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some((start, config)) = untaken {
-            // Sending fails only when the connection has ended meanwhile.
-            let _ = job.answer.send(start.into_stream(config));
-        }
+        take_job(job, &finished);
     }
+}
+
+/// The helper's part: the job's step, unless the worker took it or its connection is gone;
+/// whether it took it.
+fn take_job(job: Job, finished: &Mutex<Instant>) -> bool {
+    if job.answer.is_closed() {
+        return false;
+    }
+    let untaken = lock(&job.step).take();
+    let Some((start, config)) = untaken else { return false };
+    // Sending fails only when the connection has ended meanwhile.
+    let _ = job.answer.send(start.into_stream(config));
+    *lock(finished) = Instant::now();
+    true
 }
 
 /// Puts the calling thread in `SCHED_IDLE`: it runs only when its CPU would otherwise idle.
@@ -178,6 +217,32 @@ mod tests {
             handshake_through(&handshakes).await;
         });
         assert_eq!(never_read.try_iter().count(), 1, "only the first handshake was offered to the starved helper");
+    }
+
+    #[test]
+    fn a_helper_that_is_behind_but_finishing_steps_is_waited_for() {
+        let (helper, jobs) = mpsc::channel::<Job>();
+        let handshakes = Handshakes::with_helper(helper);
+        let finished = handshakes.helper_finished.clone();
+        // A helper busy with earlier steps: it finishes one every 2 ms, and gets to these
+        // only after 150 ms, far beyond a handshake's wait.
+        let busy = std::thread::spawn(move || {
+            let behind = Instant::now();
+            while behind.elapsed() < Duration::from_millis(150) {
+                *lock(&finished) = Instant::now();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let offered = std::iter::from_fn(|| jobs.recv_timeout(Duration::from_secs(5)).ok()).take(3);
+            offered.fold(0, |taken, job| taken + usize::from(take_job(job, &finished)))
+        });
+        runtime().block_on(async {
+            tokio::join!(
+                handshake_through(&handshakes),
+                handshake_through(&handshakes),
+                handshake_through(&handshakes)
+            );
+        });
+        assert_eq!(busy.join().unwrap(), 3, "the worker took none of the helper's steps");
     }
 
     /// The scheduling policy of this process's thread named `name`, if it is running.
