@@ -2,7 +2,9 @@
 # Cheap attacks against Gatehouse, nginx and HAProxy, one proxy at a time, each pinned to
 # CPU 1 with one worker (the backend, the attacker and the well-behaved client on CPU 0; with
 # LAYOUT=one-cpu all of them on CPU 1, for VMs whose idle vCPUs wake slowly: there a request
-# crossing CPUs can wait milliseconds for the host, which the "machine floor" row shows).
+# crossing CPUs can wait milliseconds for the host, which the "machine floor" row shows; with
+# LAYOUT=attacker-apart the attacker alone on CPU 0 and the rest on CPU 1, as an attacker on
+# another machine: its own work, client-side TLS above all, is not charged to the proxy).
 # For each attack: the proxy's CPU and peak RSS while it runs, and the p99 latency of a
 # well-behaved client (1,000 req/s from 127.0.0.1, open loop) against its quiet p99 (goal:
 # within 1.2x). The attacker connects from 127.0.0.2 so that per-client limits apply to it
@@ -17,7 +19,8 @@
 #   h2-idle          500 HTTP/2 connections that send the preface and then nothing
 #   tls-storm        50 clients opening TLS connections back to back, a full handshake each
 # Loopback only; every run is bounded. ROUNDS (default 3), SECONDS_PER_RUN (default 10);
-# ATTACKS and PROXIES (space-separated) pick a subset; LAYOUT is two-cpus (default) or one-cpu.
+# ATTACKS and PROXIES (space-separated) pick a subset; LAYOUT is two-cpus (default), one-cpu
+# or attacker-apart.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/packages.sh"
