@@ -8,8 +8,7 @@
 //! bounds the wait). On a saturated machine (or one where any other process keeps the CPU
 //! busy: an application on the same host) the helper finishes nothing; once a handshake has
 //! waited [`HELPER_WAIT`] without the helper finishing any step, the worker takes the steps
-//! itself, one at a time, each after polling its sockets and then resting [`WORKER_REST`]
-//! times as long as the step took (as HAProxy runs handshakes in its "heavy" task class), so
+//! itself, each after polling its sockets and in its heavy lane (see [`crate::heavy`]), so
 //! new connections still get in without taking more than a fifth of the worker. For
 //! [`STARVED_FOR`] after that, handshakes go to the worker straight away: a busy host costs
 //! one wait a second, not one per handshake.
@@ -23,14 +22,13 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_rustls::server::{Accept, StartHandshake};
 
+use crate::heavy;
+
 /// How long a handshake waits for a helper that finishes nothing before its worker takes
 /// the step over.
 const HELPER_WAIT: Duration = Duration::from_millis(25);
 /// How long the worker takes every step itself after the helper was found starved.
 const STARVED_FOR: Duration = Duration::from_secs(1);
-/// After a step of its own, the worker takes the next only after this many times as long:
-/// handshakes get at most a fifth of a worker whose helper gets no CPU.
-const WORKER_REST: u32 = 4;
 
 /// A handshake's costly step, taken by whichever of the helper and the worker comes first.
 type Step = Arc<Mutex<Option<(StartHandshake<TcpStream>, Arc<ServerConfig>)>>>;
@@ -44,13 +42,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One worker's handshake helper and its turn for doing the step itself.
+/// One worker's handshake helper.
 pub(crate) struct Handshakes {
     helper: mpsc::Sender<Job>,
     /// When the helper last finished a step (or started).
     helper_finished: Arc<Mutex<Instant>>,
-    /// The worker's own turn, one step at a time: when it may take the next.
-    turn: tokio::sync::Mutex<Instant>,
     /// Until when the helper is passed over (it was found starved).
     starved_until: Mutex<Option<Instant>>,
 }
@@ -66,13 +62,7 @@ impl Handshakes {
     }
 
     fn with_helper(helper: mpsc::Sender<Job>) -> Self {
-        let now = Instant::now();
-        Handshakes {
-            helper,
-            helper_finished: Arc::new(Mutex::new(now)),
-            turn: tokio::sync::Mutex::new(now),
-            starved_until: Mutex::new(None),
-        }
+        Handshakes { helper, helper_finished: Arc::new(Mutex::new(Instant::now())), starved_until: Mutex::new(None) }
     }
 
     /// Answers the ClientHello `start` read with `config`; the returned future finishes the
@@ -109,16 +99,16 @@ impl Handshakes {
         }
     }
 
-    /// Takes `step` on the worker in its turn, unless the helper has taken it meanwhile.
+    /// Takes `step` on the worker in its heavy lane, unless the helper has taken it meanwhile.
     async fn take_step(&self, step: &Step) -> Option<Accept<TcpStream>> {
-        let mut next_turn = self.turn.lock().await;
-        tokio::time::sleep_until((*next_turn).into()).await;
         // Deferred until the worker has polled its sockets: what is ready runs first.
         tokio::task::yield_now().await;
+        // The step follows the turn in the same poll: no other step can slip in between.
+        heavy::turn().await;
         let (start, config) = lock(step).take()?;
         let began = Instant::now();
         let accept = start.into_stream(config);
-        *next_turn = Instant::now() + began.elapsed() * WORKER_REST;
+        heavy::rest_after(began.elapsed());
         Some(accept)
     }
 }

@@ -14,6 +14,7 @@ mod h2;
 mod handler;
 mod handshakes;
 mod headers;
+mod heavy;
 mod listen;
 mod local;
 mod occupancy;

@@ -97,16 +97,18 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Like [`Decoder::decode`], but the data of chunks that are in `buf` together comes back
-    /// as one piece (up to about `max` bytes): a body sent in 1-byte chunks costs a piece per
-    /// read, not a piece (and an upstream write) per chunk, and each chunk's data is copied
-    /// straight into the piece.
+    /// as one piece (up to about `max` bytes, from about `max` bytes of `buf` at most): a body
+    /// sent in 1-byte chunks costs a piece per read, not a piece (and an upstream write) per
+    /// chunk, each chunk's data is copied straight into the piece, and one call decodes a
+    /// bounded number of chunks whatever the buffer holds.
     pub fn decode_run(&mut self, buf: &mut BytesMut, max: usize) -> Result<Decoded, ChunkError> {
+        let given = buf.len();
         let first = match self.decode(buf)? {
             Decoded::Data(data) => data,
             other => return Ok(other),
         };
         let mut run: Option<BytesMut> = None;
-        while !buf.is_empty() && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
+        while !buf.is_empty() && given - buf.len() < max && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
             match self.read_framing(buf) {
                 None => {
                     let take = self.take_data(buf.len());
@@ -395,6 +397,9 @@ mod tests {
         let mut buf = BytesMut::from(&b"1\r\na\r\n1\r\nb\r\n"[..]);
         let mut decoder = Decoder::default();
         assert_eq!(decoder.decode_run(&mut buf, 1), Ok(Decoded::Data(Bytes::from_static(b"a"))), "bounded");
+        let mut buf: BytesMut = (0..1000).flat_map(|_| *b"1\r\na\r\n").collect();
+        let Decoded::Data(run) = Decoder::default().decode_run(&mut buf, 600).unwrap() else { panic!("data") };
+        assert_eq!((run.len(), buf.len()), (101, 5396), "bounded by the framing read too (to the chunk)");
     }
 
     #[test]
