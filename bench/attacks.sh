@@ -76,7 +76,7 @@ quiet_then_attack() {
   read -r p99 errors < <(well_behaved "$SAMPLES/$name.$attack.$round.quiet")
   record "$name" "$attack" "$round" quiet_p99_ms "$p99"
   case $attack in tiny-chunks) conns=4 ;; pipeline-unread) conns=10 ;; h2-zero-window | tls-storm) conns=50 ;; esac
-  # The attacker runs at nice 19: on the CPU it shares with the well-behaved client, its own
+  # The attacker runs at nice 19: where it shares a CPU with the well-behaved client, its own
   # work (client-side TLS, thousands of sockets) would otherwise delay the client's timers
   # and count as the proxy's latency.
   taskset -c "$ATTACKER_CPU" nice -n 19 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \

@@ -583,6 +583,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use super::super::chunked::{Decoded, Decoder};
     use super::*;
     use crate::handler::Shared;
     use crate::occupancy::Occupancy;
@@ -642,6 +643,19 @@ mod tests {
         at
     }
 
+    /// Reads from `from` until what arrived ends with `end` (5 s for each read); a close
+    /// before that fails the test.
+    async fn read_until(from: &mut (impl AsyncRead + Unpin), end: &[u8]) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while !seen.ends_with(end) {
+            let n = tokio::time::timeout(Duration::from_secs(5), from.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "{} bytes arrived, then a close", seen.len());
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    }
+
     #[tokio::test]
     async fn a_body_reaches_no_target_before_its_first_piece_has_arrived() {
         // A body longer than the first piece and one shorter: each held until 16 KiB, or all
@@ -660,23 +674,12 @@ mod tests {
 
             client.write_all(&body[first..]).await.unwrap();
             let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), target.accept()).await.unwrap().unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 16 * 1024];
-            while !seen.ends_with(&body) {
-                let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await.unwrap().unwrap();
-                assert!(n > 0, "the target got {} bytes, then a close", seen.len());
-                seen.extend_from_slice(&buf[..n]);
-            }
+            let seen = read_until(&mut socket, &body).await;
             let seen = String::from_utf8_lossy(&seen);
             assert!(seen.starts_with("POST /up HTTP/1.1\r\n"), "{seen:?}");
             assert!(seen.contains(&format!("\r\ncontent-length: {length}\r\n")), "{seen:?}");
             socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
-            let mut got = Vec::new();
-            while !got.ends_with(b"ok") {
-                let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
-                assert!(n > 0);
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_until(&mut client, b"ok").await;
             assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got));
         }
     }
@@ -698,13 +701,7 @@ mod tests {
             client
         });
         let (mut socket, _) = tokio::time::timeout(Duration::from_secs(5), target.accept()).await.unwrap().unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        while !seen.ends_with(b"\r\n0\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await.unwrap().unwrap();
-            assert!(n > 0, "the target got {} bytes, then a close", seen.len());
-            seen.extend_from_slice(&buf[..n]);
-        }
+        let seen = read_until(&mut socket, b"\r\n0\r\n\r\n").await;
         assert!(heavy::waits() > 0, "the pieces after the first dense one waited for the worker's heavy lane");
         let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let head = String::from_utf8_lossy(&seen[..head_end]);
@@ -713,14 +710,14 @@ mod tests {
             "{head:?}"
         );
         let mut wire = BytesMut::from(&seen[head_end..]);
-        let (mut decoder, mut got, mut chunks) = (super::super::chunked::Decoder::default(), Vec::new(), 0);
+        let (mut decoder, mut got, mut chunks) = (Decoder::default(), Vec::new(), 0);
         loop {
             match decoder.decode(&mut wire).unwrap() {
-                super::super::chunked::Decoded::Data(data) => {
+                Decoded::Data(data) => {
                     got.extend_from_slice(&data);
                     chunks += 1;
                 }
-                super::super::chunked::Decoded::End => break,
+                Decoded::End => break,
                 other => panic!("{other:?} before the end"),
             }
         }
@@ -728,12 +725,7 @@ mod tests {
         assert!(chunks <= 10, "20,000 chunks of a byte went upstream as {chunks}");
         socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
         let mut client = upload.await.unwrap();
-        let mut got = Vec::new();
-        while !got.ends_with(b"ok") {
-            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.unwrap().unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_until(&mut client, b"ok").await;
         assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{:?}", String::from_utf8_lossy(&got));
     }
 
