@@ -263,3 +263,53 @@ async fn returning_clients_resume_their_tls_sessions() {
         assert!(resumed(at, &config).await, "the second resumes ({:?})", versions[0].version);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_over_tls_gets_its_answer_whole_while_the_rest_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "default", &ca.leaf(&["a.test"]));
+    let b = backend::start("app").await;
+    let config = format!(
+        r#"port = 0
+[[listeners]]
+address = "127.0.0.1:0"
+tls_certificates = [{{ cert = "default.pem", key = "default.key" }}]
+[[services]]
+name = "app"
+hosts = ["a.test"]
+targets = ["{}"]
+max_body_size = 1000
+"#,
+        b.url()
+    );
+    let gh = Gatehouse::start_with(&config, dir, &[]);
+    let tcp = tokio::net::TcpStream::connect(gh.listeners[0]).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let client = std::sync::Arc::new(support::client::tls_client(&ca.pem(), &[b"http/1.1"]));
+    let tls = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.unwrap();
+    let (mut rx, mut tx) = tokio::io::split(tls);
+    // 600 KB of records still on their way (over 300 ms) when the 413 goes out: the proxy
+    // drops them (without decrypting) so that its close does not reset the upload midway.
+    let body_len = 600_000;
+    let upload = tokio::spawn(async move {
+        tx.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {body_len}\r\n\r\n").as_bytes())
+            .await?;
+        for _ in 0..body_len / 10_000 {
+            tx.write_all(&[b'x'; 10_000]).await?;
+            tx.flush().await?;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tx.flush().await?;
+        std::io::Result::Ok(tx)
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), rx.read_to_end(&mut got)).await.unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(read.is_ok(), "the answer ended in a reset: {read:?} after {got:?}");
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got:?}");
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), upload).await.unwrap().unwrap();
+    assert!(sent.is_ok(), "the upload was cut short: {:?}", sent.err());
+    assert_eq!(b.requests(), 0, "the target never saw the refused request");
+}
