@@ -35,7 +35,7 @@ use crate::local::LocalError;
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// While lingering, the worker wakes for a client's bytes once this many wait (or it
-/// closed): an upload sent 4 KiB at a time woke it 200 times per MiB.
+/// closed): an upload sent 4 KiB at a time could wake it for each packet, 256 times per MiB.
 const DISCARD_WAKE: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// A body of announced length goes to the handler (and is routed) once this much of it, or
@@ -846,7 +846,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_before_the_body_arrived_reaches_the_client_whole_and_the_rest_is_read_away() {
+    async fn an_answer_before_the_body_arrived_reaches_the_client_whole_and_the_rest_is_dropped() {
         let at = target_answering_at_once().await;
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_at = proxy.local_addr().unwrap();
@@ -858,7 +858,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(proxy_at).await.unwrap();
         let (mut rx, mut tx) = client.into_split();
         // 600 KB still on its way when the answer comes: under the linger limit, so all of it
-        // is read away (many reads) and the client's writes all succeed.
+        // is dropped (in the kernel, over several wake-ups) and the client's writes all succeed.
         let body_len = 600_000;
         let upload = tokio::spawn(async move {
             tx.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {body_len}\r\n\r\n").as_bytes())
