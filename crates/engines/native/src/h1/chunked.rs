@@ -107,29 +107,49 @@ impl Decoder {
             Decoded::Data(data) => data,
             other => return Ok(other),
         };
-        let mut run: Option<BytesMut> = None;
-        while !buf.is_empty() && given - buf.len() < max && first.len() + run.as_ref().map_or(0, BytesMut::len) < max {
-            match self.read_framing(buf) {
-                None => {
-                    let take = self.take_data(buf.len());
-                    run.get_or_insert_with(|| {
-                        let mut run = BytesMut::with_capacity(max.min(first.len() + buf.len()));
-                        run.extend_from_slice(&first);
-                        run
-                    })
-                    .extend_from_slice(&buf[..take]);
-                    buf.advance(take);
+        // The chunks after the first are read from a slice and the buffer is advanced once at
+        // the end, not three times per chunk (size line, data, CRLF).
+        let read_before = given - buf.len();
+        let bytes = &buf[..];
+        let mut used = 0;
+        let mut produced = first.len();
+        // Starts as `first` when a second chunk's data comes; no allocation until then.
+        let mut run = BytesMut::new();
+        while used < bytes.len() && read_before + used < max && produced < max {
+            let rest = &bytes[used..];
+            // Between two chunks the framing usually is `\r\n1f\r\n`: one step for it
+            // here, the state machine for everything else.
+            match between_chunks(rest) {
+                Some((size, len)) if self.state == State::DataCr => {
+                    used += len;
+                    self.state = State::Data(size);
                 }
-                Some(Ok(Decoded::Trailers(fields))) => {
-                    self.held = Some(Box::new(fields));
-                    break;
+                _ => {
+                    let (framing, outcome) = self.read_framing(rest);
+                    used += framing;
+                    match outcome {
+                        None => {}
+                        Some(Ok(Decoded::Trailers(fields))) => {
+                            self.held = Some(Box::new(fields));
+                            break;
+                        }
+                        // More is needed, the body ended or the framing broke: the state
+                        // says so again on the next call.
+                        Some(_) => break,
+                    }
                 }
-                // More is needed, the body ended or the framing broke: the state says so
-                // again on the next call.
-                Some(_) => break,
             }
+            let take = self.take_data(bytes.len() - used);
+            if run.is_empty() && take > 0 {
+                run.reserve(max.min(first.len() + bytes.len()));
+                run.extend_from_slice(&first);
+            }
+            run.extend_from_slice(&bytes[used..used + take]);
+            used += take;
+            produced += take;
         }
-        Ok(Decoded::Data(run.map_or(first, BytesMut::freeze)))
+        buf.advance(used);
+        Ok(Decoded::Data(if run.is_empty() { first } else { run.freeze() }))
     }
 
     /// Consumes framing from the front of `buf` and returns the next piece of the body.
@@ -137,46 +157,51 @@ impl Decoder {
         if let Some(trailers) = self.held.take() {
             return Ok(Decoded::Trailers(*trailers));
         }
-        if let Some(decoded) = self.read_framing(buf) {
+        let (framing, outcome) = self.read_framing(buf);
+        buf.advance(framing);
+        if let Some(decoded) = outcome {
             return decoded;
         }
         let take = self.take_data(buf.len());
         Ok(Decoded::Data(buf.split_to(take).freeze()))
     }
 
-    /// Consumes framing up to the next chunk data: `None` when some is at the front of `buf`,
-    /// otherwise what [`Decoder::decode`] returns.
-    fn read_framing(&mut self, buf: &mut BytesMut) -> Option<Result<Decoded, ChunkError>> {
+    /// Reads framing from the front of `bytes` up to the next chunk data: how many bytes it
+    /// took, and `None` when chunk data follows them, otherwise what [`Decoder::decode`]
+    /// returns.
+    fn read_framing(&mut self, bytes: &[u8]) -> (usize, Option<Result<Decoded, ChunkError>>) {
+        let mut used = 0;
         loop {
+            let rest = &bytes[used..];
             match self.state {
-                State::Done => return Some(Ok(Decoded::End)),
-                State::Failed => return Some(Err(ChunkError)),
-                State::Data(_) if buf.is_empty() => return Some(Ok(Decoded::NeedMore)),
-                State::Data(_) => return None,
+                State::Done => return (used, Some(Ok(Decoded::End))),
+                State::Failed => return (used, Some(Err(ChunkError))),
+                State::Data(_) if rest.is_empty() => return (used, Some(Ok(Decoded::NeedMore))),
+                State::Data(_) => return (used, None),
                 // The usual framing, `\r\n` after data and a plain `1f\r\n` size line (below),
                 // in one step each rather than a step per byte.
-                State::DataCr if buf.starts_with(b"\r\n") => {
-                    buf.advance(2);
+                State::DataCr if rest.starts_with(b"\r\n") => {
+                    used += 2;
                     self.state = NEXT_SIZE;
                 }
                 State::Trailers => {
-                    let trailers = self.trailers(buf);
+                    let (len, trailers) = self.trailers(rest);
                     if trailers.is_err() {
                         self.state = State::Failed;
                     }
-                    return Some(trailers);
+                    return (used + len, Some(trailers));
                 }
                 state => {
-                    let plain = if state == NEXT_SIZE { plain_size_line(buf) } else { None };
+                    let plain = if state == NEXT_SIZE { plain_size_line(rest) } else { None };
                     if let Some((size, len)) = plain {
-                        buf.advance(len);
+                        used += len;
                         self.state = if size == 0 { State::Trailers } else { State::Data(size) };
                         continue;
                     }
-                    let Some(&byte) = buf.first() else {
-                        return Some(Ok(Decoded::NeedMore));
+                    let Some(&byte) = rest.first() else {
+                        return (used, Some(Ok(Decoded::NeedMore)));
                     };
-                    buf.advance(1);
+                    used += 1;
                     self.state = step(state, byte).unwrap_or(State::Failed);
                 }
             }
@@ -192,37 +217,38 @@ impl Decoder {
         take as usize
     }
 
-    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
-        if buf.starts_with(b"\r\n") {
-            buf.advance(2);
+    /// The trailer section at the front of `bytes`: how many bytes it took, and the outcome.
+    fn trailers(&mut self, bytes: &[u8]) -> (usize, Result<Decoded, ChunkError>) {
+        if bytes.starts_with(b"\r\n") {
             self.state = State::Done;
-            return Ok(Decoded::End);
+            return (2, Ok(Decoded::End));
         }
-        if buf.len() < 2 {
-            return Ok(Decoded::NeedMore);
+        if bytes.len() < 2 {
+            return (0, Ok(Decoded::NeedMore));
         }
         let mut fields = [httparse::EMPTY_HEADER; 32];
-        match httparse::parse_headers(buf, &mut fields) {
+        match httparse::parse_headers(bytes, &mut fields) {
             Ok(httparse::Status::Complete((len, parsed))) if len <= MAX_TRAILERS => {
                 // httparse takes a bare LF as a line end; the framing of a body does not.
-                if buf[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
-                    return Err(ChunkError);
+                if bytes[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r')) {
+                    return (0, Err(ChunkError));
                 }
                 let mut trailers = HeaderMap::with_capacity(parsed.len());
                 for field in parsed {
-                    let name = http::HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError)?;
-                    let value = http::HeaderValue::from_bytes(field.value).map_err(|_| ChunkError)?;
+                    let Ok(name) = http::HeaderName::from_bytes(field.name.as_bytes()) else {
+                        return (0, Err(ChunkError));
+                    };
+                    let Ok(value) = http::HeaderValue::from_bytes(field.value) else { return (0, Err(ChunkError)) };
                     if !FORBIDDEN_TRAILERS.contains(&name.as_str()) {
                         trailers.append(name, value);
                     }
                 }
-                buf.advance(len);
                 self.state = State::Done;
                 // Only forbidden fields: no trailers at all (found by fuzzing).
-                Ok(if trailers.is_empty() { Decoded::End } else { Decoded::Trailers(trailers) })
+                (len, Ok(if trailers.is_empty() { Decoded::End } else { Decoded::Trailers(trailers) }))
             }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => Ok(Decoded::NeedMore),
-            _ => Err(ChunkError),
+            Ok(httparse::Status::Partial) if bytes.len() <= MAX_TRAILERS => (0, Ok(Decoded::NeedMore)),
+            _ => (0, Err(ChunkError)),
         }
     }
 }
@@ -231,17 +257,35 @@ impl Decoder {
 /// size and length. Anything else (extensions, blanks, a line cut short) is for [`step`].
 fn plain_size_line(buf: &[u8]) -> Option<(u64, usize)> {
     const MAX_DIGITS: usize = 13; // 16^13 = 2^52, under MAX_CHUNK_SIZE
-    let digits = buf.iter().take(MAX_DIGITS + 1).take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > MAX_DIGITS || buf.get(digits..digits + 2) != Some(b"\r\n") {
-        return None;
+    let mut size = 0;
+    let mut digits = 0;
+    while let Some(value) = buf.get(digits).and_then(|&b| hex_digit(b)) {
+        if digits == MAX_DIGITS {
+            return None;
+        }
+        size = size << 4 | value;
+        digits += 1;
     }
-    let size = buf[..digits].iter().fold(0u64, |size, &b| size << 4 | hex_value(b));
-    Some((size, digits + 2))
+    (digits > 0 && buf.get(digits..digits + 2) == Some(b"\r\n")).then_some((size, digits + 2))
 }
 
-/// The value of a hex digit (callers checked that it is one).
-fn hex_value(digit: u8) -> u64 {
-    (digit as char).to_digit(16).map_or(0, u64::from)
+/// The framing between two chunks in its usual shape: the CRLF after one chunk's data and a
+/// plain size line of a next chunk that is not the last. The next chunk's size and the
+/// framing's length.
+fn between_chunks(bytes: &[u8]) -> Option<(u64, usize)> {
+    let (size, len) = plain_size_line(bytes.strip_prefix(b"\r\n")?)?;
+    (size > 0).then_some((size, len + 2))
+}
+
+/// The value of a hex digit; `None` for any other byte.
+fn hex_digit(byte: u8) -> Option<u64> {
+    let value = match byte {
+        b'0'..=b'9' => byte - b'0',
+        b'a'..=b'f' => byte - b'a' + 10,
+        b'A'..=b'F' => byte - b'A' + 10,
+        _ => return None,
+    };
+    Some(u64::from(value))
 }
 
 /// One byte of framing outside chunk data.
@@ -250,7 +294,7 @@ fn step(state: State, byte: u8) -> Result<State, ChunkError> {
     Ok(match (state, byte) {
         (State::Size { line, .. }, _) if line >= MAX_SIZE_LINE => return Err(ChunkError),
         (State::Size { value, digits, part: Digits, line }, b) if b.is_ascii_hexdigit() => {
-            let value = value << 4 | hex_value(b);
+            let value = value << 4 | hex_digit(b).unwrap_or(0);
             if value >= MAX_CHUNK_SIZE {
                 return Err(ChunkError);
             }
@@ -301,14 +345,26 @@ pub(crate) fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 mod tests {
     use super::*;
 
-    /// Decodes `input` fed `step` bytes at a time; returns the body and the trailers.
-    fn decode_in_steps(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>, Bytes), ChunkError> {
+    type Decoding = Result<(Vec<u8>, Option<HeaderMap>, Bytes), ChunkError>;
+
+    /// Decodes `input` fed `step` bytes at a time; returns the body, the trailers and what
+    /// was left in the buffer.
+    fn decode_in_steps(input: &[u8], step: usize) -> Decoding {
+        decode_with(input, step, None)
+    }
+
+    /// Like `decode_in_steps`, with [`Decoder::decode_run`] (`run` bytes at most) when given.
+    fn decode_with(input: &[u8], step: usize, run: Option<usize>) -> Decoding {
         let mut decoder = Decoder::default();
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut pieces = input.chunks(step);
         loop {
-            match decoder.decode(&mut buf)? {
+            let decoded = match run {
+                Some(max) => decoder.decode_run(&mut buf, max)?,
+                None => decoder.decode(&mut buf)?,
+            };
+            match decoded {
                 Decoded::Data(d) => body.extend_from_slice(&d),
                 Decoded::Trailers(t) => return Ok((body, Some(t), buf.freeze())),
                 Decoded::End => return Ok((body, None, buf.freeze())),
@@ -400,6 +456,37 @@ mod tests {
         let mut buf: BytesMut = (0..1000).flat_map(|_| *b"1\r\na\r\n").collect();
         let Decoded::Data(run) = Decoder::default().decode_run(&mut buf, 600).unwrap() else { panic!("data") };
         assert_eq!((run.len(), buf.len()), (101, 5396), "bounded by the framing read too (to the chunk)");
+    }
+
+    /// Runs of chunks, fed in any split and bounded at any size, decode to what the
+    /// byte-by-byte state machine makes of them, and break where it breaks: the usual framing
+    /// between chunks takes a shorter way through `decode_run`.
+    #[test]
+    fn runs_agree_with_the_state_machine_in_any_split() {
+        let inputs: [&[u8]; 12] = [
+            b"1\r\na\r\n2\r\nbc\r\nA\r\n0123456789\r\nf\r\n0123456789abcde\r\n0\r\n\r\n",
+            b"1\r\na\r\n1;ext=1\r\nb\r\n1 \r\nc\r\n0\r\n\r\n",
+            b"1\r\na\r\n00000000000000001\r\nb\r\n0\r\n\r\n",
+            b"1\r\na\r\n1\r\nb\r\n0\r\nX-Sum: 1\r\n\r\n",
+            b"1\r\na\r\n0;last\r\n\r\n",
+            b"1\r\na\n1\r\nb\r\n0\r\n\r\n",
+            b"1\r\na\r\n1\nb\r\n0\r\n\r\n",
+            b"1\r\na\r\nfffffffffffffff\r\n",
+            b"1\r\na\r\n\r\nb\r\n",
+            b"1\r\na\r\n-1\r\nb\r\n",
+            b"1\r\nab\r\n0\r\n\r\n",
+            b"1\r\na\r\n1\r\n",
+        ];
+        for input in inputs {
+            let text = String::from_utf8_lossy(input);
+            let machine = decode_in_steps(input, 1).map(|(body, trailers, _)| (body, trailers));
+            for step in 1..=input.len() {
+                for max in [1, 3, 16 * 1024] {
+                    let run = decode_with(input, step, Some(max)).map(|(body, trailers, _)| (body, trailers));
+                    assert_eq!(run, machine, "{text:?} in steps of {step}, runs of {max}");
+                }
+            }
+        }
     }
 
     #[test]
