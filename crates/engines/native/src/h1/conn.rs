@@ -358,10 +358,13 @@ impl<IO: Transport> Connection<IO> {
             rest
         });
         let stopping = stopped.borrow().is_some();
-        // A body nobody reads any more cannot be skipped reliably: the connection closes, and
-        // the response says so.
-        let abandoned = pump.as_ref().is_some_and(Pump::abandoned);
-        let keep_alive = keep_alive && !stopping && !abandoned;
+        // An answer that comes before the whole body did (a refusal, a target that answers
+        // early) closes the connection, and says so in its head: the rest of the body may still
+        // go to the target while the answer is written, but it is not read to its end after
+        // that (an attacker's body can be endless), and a head that promised keep-alive could
+        // not be taken back once the target let go of the body.
+        let body_unfinished = pump.as_ref().is_some_and(|p| p.outcome != Some(Outcome::Complete));
+        let keep_alive = keep_alive && !stopping && !body_unfinished;
         let after = match self.respond(response, &method, version, keep_alive, unfinished_continue, &mut pump).await {
             Ok(after) => after,
             Err(e) => {
@@ -383,8 +386,8 @@ impl<IO: Transport> Connection<IO> {
                 }
                 After::Upgrade
             }
-            After::KeepAlive if self.finish_body(&mut pump).await => After::KeepAlive,
-            After::KeepAlive | After::Close => {
+            After::KeepAlive => After::KeepAlive,
+            After::Close => {
                 // Bytes the client sent that were not read (the rest of a body, pipelined
                 // requests) would turn the close into a reset that can destroy the response
                 // on its way: read and drop them first.
@@ -434,16 +437,6 @@ impl<IO: Transport> Connection<IO> {
         })
         .await?;
         Ok(plan.after)
-    }
-
-    /// Reads what is left of a request body whose response is already out, so the connection
-    /// can carry the next request. False when that cannot be done.
-    async fn finish_body(&mut self, pump: &mut Option<Pump>) -> bool {
-        let Some(pump) = pump.as_mut() else {
-            return true;
-        };
-        let finished = tokio::time::timeout(LINGER_TIME, poll_fn(|cx| pump.poll(cx, &mut self.io, &mut self.buf)));
-        finished.await.is_ok() && pump.outcome == Some(Outcome::Complete)
     }
 
     /// Ends the connection. With `linger`, first reads and drops what the client is still
@@ -528,14 +521,6 @@ impl Pump {
             timer.as_mut().reset(deadline);
         }
         timer.as_mut().poll(cx)
-    }
-
-    /// The body will not be read to its end: the request was answered without it.
-    fn abandoned(&self) -> bool {
-        match self.outcome {
-            Some(outcome) => outcome == Outcome::Abandoned,
-            None => self.tx.as_ref().is_some_and(pipe::Sender::reader_gone),
-        }
     }
 
     fn end(&mut self, outcome: Outcome, error: Option<BodyError>) {
@@ -872,9 +857,10 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut got)).await.unwrap();
         let got = String::from_utf8_lossy(&got);
         assert!(read.is_ok(), "the answer ended in a reset: {read:?} after {got:?}");
-        // (With or without `Connection: close`: that depends on whether the target had let go
-        // of the body when the answer went out.)
+        // The head says the connection closes, whether or not the target had let go of the
+        // body when the answer went out.
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"), "{got:?}");
+        assert!(got.contains("\r\nconnection: close\r\n"), "{got:?}");
         upload.await.unwrap().unwrap();
     }
 }

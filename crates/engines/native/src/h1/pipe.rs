@@ -82,11 +82,6 @@ impl Sender {
         wake(slot.reader.take());
     }
 
-    /// Nobody will read the rest of the body.
-    pub fn reader_gone(&self) -> bool {
-        lock(&self.slot).reader_gone
-    }
-
     pub fn finish(self) {
         lock(&self.slot).ended = true;
     }
