@@ -20,7 +20,9 @@
 #   tls-storm        50 clients opening TLS connections back to back, a full handshake each
 # Loopback only; every run is bounded. ROUNDS (default 3), SECONDS_PER_RUN (default 10);
 # ATTACKS and PROXIES (space-separated) pick a subset; LAYOUT is two-cpus (default), one-cpu
-# or attacker-apart.
+# or attacker-apart. CONTROL=1 adds, after each window, one with the client straight to the
+# backend (the attack still running in the attacked one): what the attack costs a client that
+# does not pass through the proxy at all, which no proxy can undo.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/packages.sh"
@@ -75,18 +77,20 @@ quiet_then_attack() {
   local p99 errors t0 t1 peak sampler
   read -r p99 errors < <(well_behaved "$SAMPLES/$name.$attack.$round.quiet")
   record "$name" "$attack" "$round" quiet_p99_ms "$p99"
+  [ -z "${CONTROL:-}" ] || well_behaved "$SAMPLES/$name.$attack.$round.quiet-direct" "$BACKEND" >/dev/null
   case $attack in tiny-chunks) conns=4 ;; pipeline-unread) conns=10 ;; h2-zero-window | tls-storm) conns=50 ;; esac
   # The attacker runs at nice 19: where it shares a CPU with the well-behaved client, its own
   # work (client-side TLS, thousands of sockets) would otherwise delay the client's timers
   # and count as the proxy's latency.
   taskset -c "$ATTACKER_CPU" nice -n 19 "$TOOLS" attack --kind "$attack" --addr "$PROXY" --tls "$PROXY_TLS" --connections "$conns" \
-    --seconds $((SECS + 3)) >"$B/attack.json" 2>"$B/attack.err" & local attacker=$!
+    --seconds $((SECS + 3 + ${CONTROL:+SECS+}0)) >"$B/attack.json" 2>"$B/attack.err" & local attacker=$!
   sleep 2
   t0=$(ticks "$pids")
   ( while sleep 0.5; do rss_kb "$pids"; done ) >"$B/rss.log" & sampler=$!
   read -r p99 errors < <(well_behaved "$SAMPLES/$name.$attack.$round.attack")
   t1=$(ticks "$pids")
   kill $sampler 2>/dev/null || true
+  [ -z "${CONTROL:-}" ] || well_behaved "$SAMPLES/$name.$attack.$round.attack-direct" "$BACKEND" >/dev/null
   wait $attacker 2>/dev/null || true
   peak=$(sort -n "$B/rss.log" | tail -1)
   record "$name" "$attack" "$round" p99_ms "$p99"
@@ -162,6 +166,14 @@ for a in attacks:
                      f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}x), "
                      f"CPU {med(p, a, 'cpu_pct'):.0f}%, RSS {max(v[(p, a, 'rss_mb')]):.0f} MB, errors {sum(v[(p, a, 'errors')]):.0f}")
     print(f"| {a} | " + " | ".join(cells) + " |")
+controls = [(p, a) for p in proxies for a in attacks
+            if glob.glob(os.path.join(sys.argv[2], f"{p}.{a}.*.attack-direct"))]
+for p, a in controls:
+    quiet, attacked = pooled_p99(p, a, "quiet-direct"), pooled_p99(p, a, "attack-direct")
+    print(f"\ncontrol, {a} against {p}: the client straight to the backend, p99 {attacked:.2f} ms vs "
+          f"{quiet:.2f} quiet ({attacked / quiet:.2f}x)", end="")
+if controls:
+    print()
 print("\np99s pool every round's samples: the attack's windows against the quiet windows just before them"
       "\n(goal: 1.2x at most); each round's own ratio, and their median, show how far one noisy window moved"
       "\nthe pooled one; CPU is the median, RSS the peak; well-behaved client: 1,000 req/s open loop"
