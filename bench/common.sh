@@ -2,7 +2,8 @@
 # the backend (nginx answering fixed text) and a readiness wait. Loopback only.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 (cd "$ROOT" && cargo build --release --locked -q -p gatehouse -p gatehouse-bench)
-GATEHOUSE="$ROOT/target/release/gatehouse"
+# GATEHOUSE_BINARY runs another build of Gatehouse (to compare two side by side).
+GATEHOUSE="${GATEHOUSE_BINARY:-$ROOT/target/release/gatehouse}"
 TOOLS="$ROOT/target/release/gatehouse-bench"
 B="$(mktemp -d /tmp/gatehouse-bench.XXXXXX)"
 PIDS=()
