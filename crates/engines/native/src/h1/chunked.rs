@@ -112,10 +112,9 @@ impl Decoder {
         let read_before = given - buf.len();
         let bytes = &buf[..];
         let mut used = 0;
-        let mut produced = first.len();
         // Starts as `first` when a second chunk's data comes; no allocation until then.
         let mut run = BytesMut::new();
-        while used < bytes.len() && read_before + used < max && produced < max {
+        while used < bytes.len() && read_before + used < max && first.len().max(run.len()) < max {
             let rest = &bytes[used..];
             // Between two chunks the framing usually is `\r\n1f\r\n`: one step for it
             // here, the state machine for everything else.
@@ -146,7 +145,6 @@ impl Decoder {
             }
             run.extend_from_slice(&bytes[used..used + take]);
             used += take;
-            produced += take;
         }
         buf.advance(used);
         Ok(Decoded::Data(if run.is_empty() { first } else { run.freeze() }))

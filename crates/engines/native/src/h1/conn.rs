@@ -363,7 +363,7 @@ impl<IO: Transport> Connection<IO> {
         // go to the target while the answer is written, but it is not read to its end after
         // that (an attacker's body can be endless), and a head that promised keep-alive could
         // not be taken back once the target let go of the body.
-        let body_unfinished = pump.as_ref().is_some_and(|p| p.outcome != Some(Outcome::Complete));
+        let body_unfinished = pump.as_ref().is_some_and(Pump::unfinished);
         let keep_alive = keep_alive && !stopping && !body_unfinished;
         let after = match self.respond(response, &method, version, keep_alive, unfinished_continue, &mut pump).await {
             Ok(after) => after,
@@ -391,7 +391,7 @@ impl<IO: Transport> Connection<IO> {
                 // Bytes the client sent that were not read (the rest of a body, pipelined
                 // requests) would turn the close into a reset that can destroy the response
                 // on its way: read and drop them first.
-                let unread = !self.buf.is_empty() || pump.is_some_and(|p| p.outcome != Some(Outcome::Complete));
+                let unread = !self.buf.is_empty() || pump.as_ref().is_some_and(Pump::unfinished);
                 self.close(unread).await;
                 After::Close
             }
@@ -511,6 +511,11 @@ impl Pump {
             dense: false,
             turn: heavy::Turn::default(),
         }
+    }
+
+    /// The body has not all gone upstream (yet, or ever).
+    fn unfinished(&self) -> bool {
+        self.outcome != Some(Outcome::Complete)
     }
 
     /// Ready when the client has sent nothing for the idle timeout.
